@@ -1,0 +1,3 @@
+from crate_cli.cli import main
+
+main()

@@ -1,0 +1,115 @@
+"""The root `crate` command: lazy subcommands and one error handler.
+
+Subcommand modules are imported only when their command runs, so `crate run`
+pays for neither rich nor the other commands. `crate run` also starts its
+ephemeral RSA key generation before click is even imported (see `main`).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+# name -> (module, attribute): each is a click command or group.
+COMMANDS = {
+    "init": ("crate_cli.commands.init", "init"),
+    "org": ("crate_cli.commands.org", "org"),
+    "env": ("crate_cli.commands.env", "env"),
+    "session": ("crate_cli.commands.session", "session"),
+    "secrets": ("crate_cli.commands.secrets", "secrets"),
+    "run": ("crate_cli.commands.run", "run"),
+}
+
+# Set by main() for `crate run`, picked up by the run command: the ephemeral
+# key generation started before anything else, and the argv after `--`
+# (split off here, because click would drop the first `--`).
+early_ephemeral_key: Any = None
+run_command: list[str] | None = None
+
+
+def _build_root() -> Any:
+    import importlib
+
+    import click
+
+    from crate_cli import __version__
+
+    class LazyGroup(click.Group):
+        def list_commands(self, ctx: click.Context) -> list[str]:
+            return sorted(COMMANDS)
+
+        def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+            target = COMMANDS.get(cmd_name)
+            if target is None:
+                return None
+            command: click.Command = getattr(importlib.import_module(target[0]), target[1])
+            return command
+
+    @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, "--version", prog_name="crate")
+    @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
+    @click.pass_context
+    def crate(ctx: click.Context, debug: bool) -> None:
+        """crate: a local-first secrets manager for developers.
+
+        \b
+        crate secrets set NAME VALUE      store a secret (sealed, encrypted at rest)
+        crate run -- CMD ARGS...          run CMD with the secrets in its environment
+        """
+        ctx.obj = {"debug": debug}
+
+    return crate
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and turn CrateErrors into exit codes."""
+    global early_ephemeral_key, run_command
+    args = sys.argv[1:] if argv is None else list(argv)
+    first = next((a for a in args if not a.startswith("-")), None)
+    if first == "run" and "--" not in args[: args.index("run")]:
+        from crate_cli.client import EphemeralKey
+
+        early_ephemeral_key = EphemeralKey()
+        if "--" in args:
+            cut = args.index("--")
+            args, run_command = args[:cut], args[cut + 1 :]
+
+    import click
+
+    from crate_cli.errors import CrateError, ExitCode
+
+    debug = "--debug" in (args[: args.index("--")] if "--" in args else args)
+    root = _build_root()
+    try:
+        root.main(args=args, prog_name="crate", standalone_mode=False)
+    except CrateError as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        click.echo(f"crate: error: {e.message}", err=True)
+        if e.hint:
+            click.echo(f"crate: {e.hint}", err=True)
+        sys.exit(int(e.exit_code))
+    except click.exceptions.Abort:
+        click.echo("crate: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(ExitCode.USAGE if e.exit_code == 2 else e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        # The reader went away (`crate secrets list | head`): not an error.
+        sys.stderr.close()
+        sys.exit(0)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        if debug:
+            raise
+        click.echo(
+            f"crate: internal error ({type(e).__name__}); rerun with --debug for details",
+            err=True,
+        )
+        sys.exit(ExitCode.ERROR)

@@ -1,0 +1,199 @@
+"""The client role of the Crate protocol.
+
+Stores are sealed here, before anything leaves the client: each value is
+encrypted to the org public key as a JWE whose protected header names the
+key (`kid`) and the target (org, env, name). Retrievals send a fresh RSA
+public key and a nonce, and open the bundle with the matching private key,
+which is then dropped.
+
+The transport decides where the server role runs (in-process or remote);
+this module does not care.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as _random
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from crate_cli.errors import IntegrityError
+from crate_cli.transport import Transport
+from crate_cli.vault import jwe
+from crate_cli.vault.names import check_env, check_secret_name, check_tags
+
+DEFAULT_EPHEMERAL_BITS = 2048
+
+
+class EphemeralKey:
+    """A fresh RSA key pair for one retrieval, generated in a background thread.
+
+    Key generation is the costliest step of a retrieval and releases the GIL
+    for most of its time, so `crate run` starts it first and overlaps it with
+    its imports and the vault's work.
+    """
+
+    def __init__(self, bits: int = DEFAULT_EPHEMERAL_BITS) -> None:
+        self.bits = bits
+        self._key: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._generate, daemon=True)
+        self._thread.start()
+
+    def _generate(self) -> None:
+        try:
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            self._key = rsa.generate_private_key(public_exponent=65537, key_size=self.bits)
+        except BaseException as e:  # re-raised in the caller's thread by get()
+            self._error = e
+
+    def get(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._key
+
+
+@dataclass(frozen=True)
+class RetrievedSecret:
+    name: str
+    value: str
+    version: int
+    tags: list[str]
+
+
+class SecretsClient:
+    def __init__(self, transport: Transport, org: str) -> None:
+        self.transport = transport
+        self.org = org
+        self._public: tuple[str, Any] | None = None
+
+    def _path(self, *parts: str) -> str:
+        return "/".join(
+            ["/organization", quote(self.org, safe=""), *(quote(p, safe="") for p in parts)]
+        )
+
+    def public_key(self) -> tuple[str, Any]:
+        if self._public is None:
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+            body = self.transport.request("GET", self._path("secrets", "public-key"))
+            if body.get("alg") != jwe.ALG:
+                raise IntegrityError(f"the server offers {body.get('alg')!r}, not {jwe.ALG}")
+            key = load_pem_public_key(str(body["public_key_pem"]).encode("ascii"))
+            self._public = (str(body["key_id"]), key)
+        return self._public
+
+    def store(
+        self, env: str, values: list[tuple[str, str]], tags: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Seal and store values in one transaction; `tags=None` keeps existing tags."""
+        check_env(env)
+        for name, _ in values:
+            check_secret_name(name)
+        if tags is not None:
+            tags = check_tags(tags)
+        kid, key = self.public_key()
+        if len(values) == 1:
+            name, value = values[0]
+            token = jwe.encrypt(
+                key, value.encode("utf-8"), {"kid": kid, "org": self.org, "env": env, "name": name}
+            )
+            body: dict[str, Any] = {
+                "name": name,
+                "environment": env,
+                "encrypted_value": token,
+                "sealed": True,
+            }
+            if tags is not None:
+                body["tags"] = tags
+            return [self.transport.request("PUT", self._path("secrets"), body=body)]
+        plaintext = json.dumps(dict(values), ensure_ascii=False).encode("utf-8")
+        token = jwe.encrypt(key, plaintext, {"kid": kid, "org": self.org, "env": env})
+        entries: list[dict[str, Any]] = []
+        for name, _ in values:
+            entry: dict[str, Any] = {"name": name}
+            if tags is not None:
+                entry["tags"] = tags
+            entries.append(entry)
+        body = {"environment": env, "sealed": True, "secrets": entries, "encrypted_values": token}
+        result = self.transport.request("PUT", self._path("secrets"), body=body)
+        return list(result["secrets"])
+
+    def list_secrets(self, env: str, tags: list[str] | None = None) -> list[dict[str, Any]]:
+        query = {"env": check_env(env)}
+        if tags:
+            query["tags"] = ",".join(check_tags(tags))
+        return list(self.transport.request("GET", self._path("secrets"), query=query)["secrets"])
+
+    def retrieve(
+        self,
+        env: str,
+        names: list[str] | None = None,
+        tags: list[str] | None = None,
+        versions: dict[str, int] | None = None,
+        ephemeral: EphemeralKey | None = None,
+    ) -> list[RetrievedSecret]:
+        """The ephemeral exchange: values of the selected secrets, opened here only."""
+        check_env(env)
+        names = [check_secret_name(n) for n in names or []]
+        tags = check_tags(tags or [])
+        key = (ephemeral or EphemeralKey()).get()
+        nonce = _random.token_urlsafe(24)
+        body: dict[str, Any] = {
+            "environment": env,
+            "names": names,
+            "tags": tags,
+            "public_key": jwe.public_jwk(key.public_key()),
+            "nonce": nonce,
+        }
+        if versions:
+            body["versions"] = versions
+        reply = self.transport.request("POST", self._path("secrets", "retrieve"), body=body)
+        try:
+            bundle = json.loads(jwe.decrypt(key, str(reply["bundle"])).plaintext)
+            if (
+                bundle["nonce"] != nonce
+                or bundle["org"] != self.org
+                or bundle["environment"] != env
+            ):
+                raise IntegrityError("the retrieval bundle does not answer this request")
+            return [
+                RetrievedSecret(str(s["name"]), str(s["value"]), int(s["version"]), list(s["tags"]))
+                for s in bundle["secrets"]
+            ]
+        except (KeyError, TypeError, ValueError):
+            raise IntegrityError("the retrieval bundle is malformed") from None
+
+    def delete(self, env: str, name: str) -> dict[str, Any]:
+        return self.transport.request(
+            "DELETE", self._path("secrets", check_secret_name(name)), query={"env": check_env(env)}
+        )
+
+    def history(self, env: str, name: str) -> list[dict[str, Any]]:
+        reply = self.transport.request(
+            "GET",
+            self._path("secrets", check_secret_name(name), "versions"),
+            query={"env": check_env(env)},
+        )
+        return list(reply["versions"])
+
+    def rollback(self, env: str, name: str, to: int) -> dict[str, Any]:
+        return self.transport.request(
+            "POST",
+            self._path("secrets", check_secret_name(name), "rollback"),
+            body={"environment": check_env(env), "to": to},
+        )
+
+    def environments(self) -> list[str]:
+        return list(self.transport.request("GET", self._path("environments"))["environments"])
+
+    def create_environment(self, name: str) -> None:
+        self.transport.request("POST", self._path("environments"), body={"name": check_env(name)})
+
+    def delete_environment(self, name: str) -> int:
+        reply = self.transport.request("DELETE", self._path("environments", check_env(name)))
+        return int(reply["secrets_deleted"])

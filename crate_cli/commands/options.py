@@ -1,0 +1,58 @@
+"""Options and output shared by the click commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from crate_cli.context import Session
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+org_option = click.option(
+    "--org",
+    envvar="CRATE_ORG",
+    metavar="ORG",
+    help="Organization (default: the session's; env CRATE_ORG).",
+)
+env_option = click.option(
+    "--env",
+    "env",
+    envvar="CRATE_ENV",
+    metavar="ENV",
+    help="Environment (default: dev; env CRATE_ENV).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def hidden_prompt(text: str) -> str:
+    value: str = click.prompt(text, hide_input=True, err=True, prompt_suffix="")
+    return value
+
+
+def open_session() -> Session:
+    """A Session whose passphrase prompt works when stdin is a terminal."""
+    return Session(prompt=hidden_prompt if sys.stdin.isatty() else None)
+
+
+def flush_notices(session: Session) -> None:
+    for notice in session.notices:
+        click.echo(notice, err=True)
+    session.notices.clear()
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def split_tags(values: tuple[str, ...]) -> list[str]:
+    """Tags given as repeated options and/or comma-separated lists."""
+    return [t for v in values for t in v.split(",") if t]
+
+
+def tags_option(help_text: str) -> Callable[[F], F]:
+    return click.option("--tags", "tags", multiple=True, metavar="A,B", help=help_text)

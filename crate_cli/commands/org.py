@@ -1,0 +1,72 @@
+"""`crate org`: create, list and delete organizations."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from crate_cli.commands.options import flush_notices, json_option, open_session, print_json
+from crate_cli.errors import InvalidInput
+
+
+@click.group()
+def org() -> None:
+    """Manage organizations (one encrypted vault file each)."""
+
+
+@org.command("create")
+@click.argument("name")
+def create(name: str) -> None:
+    """Create organization NAME with fresh keys."""
+    from crate_cli.vault.orgs import create_org
+
+    session = open_session()
+    session.init()
+    create_org(session.home, session.master, name)
+    flush_notices(session)
+    click.echo(f"created organization {name!r}", err=True)
+
+
+@org.command("list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List organizations; * marks the session's."""
+    from crate_cli.vault.orgs import list_orgs
+
+    session = open_session()
+    current = str(session.settings.get("session.org") or "")
+    names = list_orgs(session.home)
+    if as_json:
+        print_json([{"name": n, "current": n == current} for n in names])
+        return
+    for n in names:
+        click.echo(f"{'*' if n == current else ' '} {n}")
+
+
+@org.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete(name: str, yes: bool) -> None:
+    """Delete organization NAME and every secret in it."""
+    from crate_cli.errors import NotFound
+    from crate_cli.vault.orgs import delete_org, org_exists
+
+    session = open_session()
+    if not org_exists(session.home, name):
+        raise NotFound(f"organization {name!r} does not exist")
+    confirm_destruction(f"Delete organization {name!r} and all its secrets?", yes)
+    delete_org(session.home, name)
+    if session.settings.get("session.org") == name:
+        session.settings.set("session.org", "")
+        session.settings.save()
+    click.echo(f"deleted organization {name!r}", err=True)
+
+
+def confirm_destruction(question: str, yes: bool) -> None:
+    """Ask on a terminal; without one, insist on --yes."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise InvalidInput("refusing to delete without confirmation", "pass --yes")
+    click.confirm(question, abort=True, err=True)

@@ -1,0 +1,77 @@
+"""`crate session`: the org and env commands use by default."""
+
+from __future__ import annotations
+
+import click
+
+from crate_cli.commands.options import flush_notices, json_option, open_session, print_json
+from crate_cli.errors import NotFound
+
+
+@click.group()
+def session() -> None:
+    """Show or change the session's defaults."""
+
+
+@session.group("org")
+def session_org() -> None:
+    """The session's organization."""
+
+
+@session_org.command("set")
+@click.argument("name")
+def org_set(name: str) -> None:
+    """Make NAME the default organization."""
+    from crate_cli.vault.orgs import org_exists
+
+    s = open_session()
+    if not org_exists(s.home, name):
+        raise NotFound(f"organization {name!r} does not exist", "create it with: crate org create")
+    s.settings.set("session.org", name)
+    s.settings.save()
+    click.echo(f"session organization: {name}", err=True)
+
+
+@session.group("env")
+def session_env() -> None:
+    """The session's environment."""
+
+
+@session_env.command("set")
+@click.argument("name")
+def env_set(name: str) -> None:
+    """Make NAME the default environment."""
+    s = open_session()
+    org_name = s.org()
+    if name not in s.client(org_name).environments():
+        raise NotFound(f"environment {name!r} does not exist in organization {org_name!r}")
+    flush_notices(s)
+    s.settings.set("session.env", name)
+    s.settings.save()
+    click.echo(f"session environment: {name}", err=True)
+
+
+@session.command("show")
+@json_option
+def show(as_json: bool) -> None:
+    """Show the current org, env, home and keystore."""
+    s = open_session()
+    versions = s.master.versions()
+    keystore = (
+        ", ".join(sorted({slot.type for slot in s.master.current().slots}))
+        if versions
+        else "not initialized"
+    )
+    info = {
+        "org": str(s.settings.get("session.org") or "") or None,
+        "env": s.env(),
+        "home": str(s.home.data_dir),
+        "settings": str(s.home.settings_path),
+        "keystore": keystore,
+        "master_key_version": s.master.current().version if versions else None,
+    }
+    if as_json:
+        print_json(info)
+        return
+    for key, value in info.items():
+        click.echo(f"{key + ':':<20}{value if value is not None else '-'}")

@@ -1,0 +1,178 @@
+"""Paths and settings.
+
+`CRATE_HOME` overrides every path (tests always set it). Without it, vaults
+and keys live in the platform's user data folder and settings in its config
+folder, both from platformdirs (imported only then: it is not free).
+
+Settings are TOML, read with tomllib and written with tomli-w, always
+atomically (temporary file in the same folder, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crate_cli.errors import CrateError, InvalidInput
+
+APP_NAME = "crate"
+SETTINGS_FILE = "settings.toml"
+
+# Settings a user may change, with their defaults and the type they must have.
+DEFAULTS: dict[str, Any] = {
+    "session.org": "",
+    "session.env": "dev",
+    "secrets.max_value_bytes": 64 * 1024,
+    "crypto.ephemeral_rsa_bits": 2048,
+    "keys.unlock_order": ["env", "tpm2", "keyring", "pkcs11", "file", "passphrase"],
+}
+
+
+@dataclass(frozen=True)
+class CrateHome:
+    """Where crate keeps its files."""
+
+    data_dir: Path
+    config_dir: Path
+
+    @property
+    def orgs_dir(self) -> Path:
+        return self.data_dir / "orgs"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def settings_path(self) -> Path:
+        return self.config_dir / SETTINGS_FILE
+
+    def vault_path(self, org: str) -> Path:
+        return self.orgs_dir / f"{org}.vault"
+
+    def describe(self) -> str:
+        if self.data_dir == self.config_dir:
+            return str(self.data_dir)
+        return f"{self.data_dir} (settings in {self.config_dir})"
+
+
+def resolve_home(environ: dict[str, str] | None = None) -> CrateHome:
+    env = os.environ if environ is None else environ
+    override = env.get("CRATE_HOME")
+    if override:
+        root = Path(override).expanduser().absolute()
+        return CrateHome(data_dir=root, config_dir=root)
+    import platformdirs
+
+    return CrateHome(
+        data_dir=Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)),
+        config_dir=Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)),
+    )
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` (and parents) and make sure only the owner can enter it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Atomically replace `path` with `data`, readable by the owner only.
+
+    The temporary file is created 0600 in the same folder, so a crash leaves
+    either the old file or the new one, and the data is never world-readable.
+    """
+    ensure_private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock held for the block (serialises crate processes)."""
+    import fcntl
+
+    ensure_private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Settings:
+    """The user's settings file: nested TOML tables addressed as `section.key`."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+
+    @classmethod
+    def load(cls, home: CrateHome) -> Settings:
+        path = home.settings_path
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return cls(path, {})
+        import tomllib
+
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise CrateError(
+                f"settings file {path} is not valid TOML: {e}",
+                "fix or remove the file; crate recreates it with defaults",
+            ) from None
+        return cls(path, data)
+
+    def get(self, key: str) -> Any:
+        section, _, name = key.partition(".")
+        table = self.data.get(section)
+        if isinstance(table, dict) and name in table:
+            value = table[name]
+            default = DEFAULTS.get(key)
+            if default is not None and not isinstance(value, type(default)):
+                raise InvalidInput(
+                    f"setting {key} in {self.path} must be a {type(default).__name__}"
+                )
+            return value
+        return DEFAULTS.get(key)
+
+    def set(self, key: str, value: Any) -> None:
+        section, _, name = key.partition(".")
+        self.data.setdefault(section, {})[name] = value
+
+    def save(self) -> None:
+        import tomli_w
+
+        write_private_file(self.path, tomli_w.dumps(self.data).encode("utf-8"))

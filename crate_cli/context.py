@@ -1,0 +1,131 @@
+"""Where a command finds its home, settings, org, env and client.
+
+Also runs crate's implicit first use: the first command that needs the vault
+creates the master key (the `auto` keystore) and the `personal` org, and
+leaves notices for the CLI to print on stderr. No click, no rich here.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from crate_cli.client import SecretsClient
+from crate_cli.config import CrateHome, Settings, resolve_home
+from crate_cli.errors import Conflict, InvalidInput, NotFound
+from crate_cli.vault.masterkey import MasterKeys, MasterVersion
+from crate_cli.vault.names import check_env, check_org
+from crate_cli.vault.slots.base import SecretPrompt
+
+if TYPE_CHECKING:
+    from crate_cli.vault.service import VaultService
+
+DEFAULT_ORG = "personal"
+KEYSTORES = ("auto", "file", "passphrase")
+
+
+def local_actor() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+class Session:
+    """One command's view of crate: paths, settings, keys and the client."""
+
+    def __init__(
+        self, environ: dict[str, str] | None = None, prompt: SecretPrompt | None = None
+    ) -> None:
+        self.environ = dict(os.environ) if environ is None else environ
+        self.prompt = prompt
+        self.notices: list[str] = []
+
+    @cached_property
+    def home(self) -> CrateHome:
+        return resolve_home(self.environ)
+
+    @cached_property
+    def settings(self) -> Settings:
+        return Settings.load(self.home)
+
+    @cached_property
+    def master(self) -> MasterKeys:
+        return MasterKeys(
+            self.home,
+            environ=self.environ,
+            prompt=self.prompt,
+            unlock_order=list(self.settings.get("keys.unlock_order")),
+        )
+
+    def init(self, keystore: str = "auto") -> tuple[bool, MasterVersion]:
+        """Create master key v1 if there is none; returns (created, version)."""
+        if keystore not in KEYSTORES:
+            raise InvalidInput(f"unknown keystore {keystore!r}: use one of {', '.join(KEYSTORES)}")
+        if self.master.exists():
+            return False, self.master.current()
+        slot_type = "file" if keystore == "auto" else keystore
+        version = self.master.create_first(slot_type)
+        if not self.home.settings_path.exists():
+            self.settings.save()
+        if slot_type == "file":
+            self.notices.append(
+                f"crate: created master key v1 in {self.home.keys_dir}, protected by file "
+                "permissions only (no TPM or OS keystore is used yet)"
+            )
+        else:
+            self.notices.append(f"crate: created master key v1 sealed by a {slot_type} slot")
+        return True, version
+
+    def org(self, explicit: str | None = None) -> str:
+        """The org to act on: --org/CRATE_ORG, else the session's, else `personal`.
+
+        On first use with no org at all, `personal` is created and selected.
+        """
+        if explicit:
+            return check_org(explicit)
+        chosen = str(self.settings.get("session.org") or "")
+        if chosen:
+            return check_org(chosen)
+        from crate_cli.vault.orgs import create_org, list_orgs
+
+        self.init()
+        if not list_orgs(self.home):
+            try:
+                create_org(self.home, self.master, DEFAULT_ORG)
+                self.notices.append(f"crate: created organization {DEFAULT_ORG!r} and selected it")
+            except Conflict:
+                pass  # another crate process created it first
+        elif DEFAULT_ORG not in list_orgs(self.home):
+            raise NotFound(
+                "no organization is selected",
+                "choose one with: crate session org set NAME (or --org / CRATE_ORG)",
+            )
+        self.settings.set("session.org", DEFAULT_ORG)
+        self.settings.save()
+        return DEFAULT_ORG
+
+    def env(self, explicit: str | None = None) -> str:
+        return check_env(explicit or str(self.settings.get("session.env") or "dev"))
+
+    @cached_property
+    def service(self) -> VaultService:
+        from crate_cli.vault.service import VaultService
+
+        return VaultService(
+            self.home, self.master, int(self.settings.get("secrets.max_value_bytes"))
+        )
+
+    def client(self, org: str) -> SecretsClient:
+        """A client for `org` over the in-process transport (the loopback)."""
+        from crate_cli.transport.loopback import LoopbackTransport
+        from crate_cli.vault.api import ApiCore, Principal
+
+        self.init()
+        transport = LoopbackTransport(ApiCore(self.service), Principal(actor=local_actor()))
+        return SecretsClient(transport, org)

@@ -1,0 +1,160 @@
+"""One error tree for the whole program.
+
+Every failure a user can meet is a `CrateError` subclass that carries the
+message the user sees, the process exit code (DESIGN §7) and, for the API
+core, a stable wire code and HTTP status. The CLI renders them in one or two
+lines; the API core turns them into `{"error": {"code", "message"}}`; the
+client turns such a response back into the same class.
+
+Messages never contain a secret value: they are built from names only.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import ClassVar
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    DENIED = 4
+    INTEGRITY = 5
+    KEYSTORE = 6
+    CONFLICT = 7
+    # `crate run` only, as a shell reports them.
+    CANNOT_EXECUTE = 126
+    COMMAND_NOT_FOUND = 127
+
+
+class CrateError(Exception):
+    """Base of every error a user can see."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.ERROR
+    api_code: ClassVar[str] = "internal_error"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def diagnostics(self) -> str:
+        """The text shown to the user: the message, then the hint if any."""
+        if self.hint:
+            return f"{self.message}\n{self.hint}"
+        return self.message
+
+
+class InvalidInput(CrateError):
+    """A name, value or argument that breaks a rule; nothing was changed."""
+
+    exit_code = ExitCode.USAGE
+    api_code = "bad_request"
+    http_status = 400
+
+
+class PayloadTooLarge(InvalidInput):
+    api_code = "payload_too_large"
+    http_status = 413
+
+
+class SealedTransportRequired(InvalidInput):
+    """A store request that does not carry a sealed JWE."""
+
+    api_code = "sealed_transport_required"
+
+
+class InvalidSealedValue(InvalidInput):
+    """A sealed value that is malformed, for another key, or for another target."""
+
+    api_code = "invalid_sealed_value"
+
+
+class NotFound(CrateError):
+    exit_code = ExitCode.NOT_FOUND
+    api_code = "not_found"
+    http_status = 404
+
+
+class Unauthorized(CrateError):
+    exit_code = ExitCode.DENIED
+    api_code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(CrateError):
+    exit_code = ExitCode.DENIED
+    api_code = "forbidden"
+    http_status = 403
+
+
+class IntegrityError(CrateError):
+    """Decryption or authentication failed. Never says which part failed."""
+
+    exit_code = ExitCode.INTEGRITY
+    api_code = "integrity_error"
+    http_status = 500
+
+    def __init__(self, message: str | None = None, hint: str | None = None) -> None:
+        super().__init__(
+            message or "integrity check failed: the data was modified or belongs elsewhere",
+            hint,
+        )
+
+
+class VaultCorrupted(IntegrityError):
+    """The vault file is not a readable crate vault (truncated, not SQLite)."""
+
+
+class KeystoreError(CrateError):
+    """The master key could not be unlocked or a key slot is unavailable."""
+
+    exit_code = ExitCode.KEYSTORE
+    api_code = "keystore_unavailable"
+    http_status = 503
+
+
+class WrongPassphrase(KeystoreError):
+    pass
+
+
+class Conflict(CrateError):
+    exit_code = ExitCode.CONFLICT
+    api_code = "conflict"
+    http_status = 409
+
+
+class UnsupportedVersion(CrateError):
+    """A file written by a newer crate, or in a format this one cannot read."""
+
+
+class CommandNotFound(CrateError):
+    exit_code = ExitCode.COMMAND_NOT_FOUND
+
+
+class CommandNotExecutable(CrateError):
+    exit_code = ExitCode.CANNOT_EXECUTE
+
+
+def _all_subclasses(cls: type[CrateError]) -> list[type[CrateError]]:
+    out: list[type[CrateError]] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def error_from_api(code: str, message: str) -> CrateError:
+    """Rebuild the error a server sent, so the client exits as the server decided.
+
+    Several classes share a wire code; the most general one (the first defined)
+    is used, which keeps the exit code right.
+    """
+    classes: list[type[CrateError]] = [CrateError, *_all_subclasses(CrateError)]
+    for cls in classes:
+        if cls.api_code == code:
+            return cls(message)
+    return CrateError(message)

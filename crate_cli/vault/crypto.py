@@ -1,0 +1,83 @@
+"""The at-rest cipher: AES-256-GCM with associated data that names the place.
+
+Every ciphertext crate stores is `FORMAT || nonce(12) || ciphertext || tag(16)`
+under a 32-byte key, with associated data built by `aad()` alone, so that a
+ciphertext moved to another purpose, org, env, name or version fails to
+decrypt. The version of the key that wrapped it is stored beside it (a column
+or a record field) by the caller.
+
+Every failure to decrypt raises `IntegrityError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from crate_cli.errors import IntegrityError
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+FORMAT_V1 = b"\x01"
+_OVERHEAD = len(FORMAT_V1) + NONCE_BYTES + TAG_BYTES
+
+# Purpose labels: one per kind of ciphertext. The label is versioned so a
+# future format can never be confused with this one.
+SECRET_VALUE = "crate/secret-value/v1"
+SECRET_DEK = "crate/secret-dek/v1"
+ORG_DEK = "crate/org-dek/v1"
+ORG_RSA_KEY = "crate/org-rsa-key/v1"
+ORG_AUDIT_KEY = "crate/org-audit-key/v1"
+MASTER_SLOT = "crate/master-slot/v1"
+
+
+def aad(purpose: str, *parts: str | int) -> bytes:
+    """Associated data binding a ciphertext to its purpose and place.
+
+    For example `aad(SECRET_VALUE, "acme", "dev", "DB_URL", 7)` gives
+    `b"crate/secret-value/v1|acme|dev|DB_URL|7"`. Parts are names that cannot
+    contain `|` (see `names`), which keeps the encoding unambiguous.
+    """
+    texts = [str(p) for p in parts]
+    for t in texts:
+        if "|" in t:
+            raise ValueError("associated data parts must not contain '|'")
+    return "|".join([purpose, *texts]).encode("utf-8")
+
+
+def new_key() -> bytes:
+    return os.urandom(KEY_BYTES)
+
+
+def encrypt(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
+    """Encrypt under `key` with a fresh random nonce."""
+    nonce = os.urandom(NONCE_BYTES)
+    return FORMAT_V1 + nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
+
+
+def decrypt(key: bytes, blob: bytes, associated: bytes) -> bytes:
+    """Decrypt a blob made by `encrypt`; any mismatch raises IntegrityError."""
+    if len(key) != KEY_BYTES or len(blob) < _OVERHEAD or blob[:1] != FORMAT_V1:
+        raise IntegrityError()
+    nonce = blob[1 : 1 + NONCE_BYTES]
+    try:
+        return AESGCM(key).decrypt(nonce, blob[1 + NONCE_BYTES :], associated)
+    except InvalidTag:
+        raise IntegrityError() from None
+
+
+def wrap_key(wrapping_key: bytes, key: bytes, associated: bytes) -> bytes:
+    """Wrap a 32-byte key (a DEK, the master key) under another key."""
+    if len(key) != KEY_BYTES:
+        raise ValueError("only 32-byte keys are wrapped")
+    return encrypt(wrapping_key, key, associated)
+
+
+def unwrap_key(wrapping_key: bytes, blob: bytes, associated: bytes) -> bytes:
+    key = decrypt(wrapping_key, blob, associated)
+    if len(key) != KEY_BYTES:
+        raise IntegrityError()
+    return key

@@ -1,0 +1,205 @@
+"""A small JWE codec (RFC 7516 compact serialization) for crate's algorithms only.
+
+`alg` is always `RSA-OAEP-256` (RSAES-OAEP with SHA-256 and MGF1-SHA-256,
+RFC 7518 §4.3) and `enc` always `A256GCM` (RFC 7518 §5.3). A general JOSE
+library costs 70-100 ms to import, which `crate run` cannot pay; this module
+composes the same standard from `cryptography` primitives and is proven
+against joserfc in both directions by the tests.
+
+Parsing is strict: five parts, base64url without padding, a JSON object
+header with exactly the known algorithms, no `crit`, no `zip`, a 96-bit IV,
+a 128-bit tag and an encrypted key as long as the RSA modulus. Every failure
+to decrypt, whatever its cause, raises `IntegrityError` (RFC 7516 §11.5: no
+oracle on why).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from crate_cli.errors import IntegrityError
+
+ALG = "RSA-OAEP-256"
+ENC = "A256GCM"
+_CEK_BYTES = 32
+_IV_BYTES = 12
+_TAG_BYTES = 16
+_MAX_TOKEN = 64 * 1024 * 1024
+_MAX_HEADER = 8 * 1024
+
+
+class MalformedJWE(IntegrityError):
+    """Not a JWE of crate's form (wrong shape, algorithm or header)."""
+
+    def __init__(self, message: str = "not a valid RSA-OAEP-256/A256GCM JWE") -> None:
+        super().__init__(message)
+
+
+def b64u_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+_B64U_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def b64u_decode(text: str) -> bytes:
+    """Strict base64url without padding: one encoding per byte string, no other."""
+    if not isinstance(text, str) or len(text) % 4 == 1 or not _B64U_ALPHABET.issuperset(text):
+        raise MalformedJWE()
+    raw = text.encode("ascii")
+    try:
+        data = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+    except (binascii.Error, ValueError):
+        raise MalformedJWE() from None
+    if b64u_encode(data) != text:  # non-zero unused bits in the last character
+        raise MalformedJWE()
+    return data
+
+
+def _oaep() -> padding.OAEP:
+    return padding.OAEP(
+        mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
+    )
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    header: dict[str, Any]
+    plaintext: bytes
+
+
+def encrypt(
+    public_key: rsa.RSAPublicKey, plaintext: bytes, extra_header: dict[str, Any] | None = None
+) -> str:
+    """Encrypt `plaintext` to `public_key`; `extra_header` joins the protected header."""
+    header: dict[str, Any] = {"alg": ALG, "enc": ENC}
+    if extra_header:
+        for key in extra_header:
+            if key in ("alg", "enc", "zip", "crit"):
+                raise ValueError(f"header parameter {key} is set by the codec")
+        header.update(extra_header)
+    protected = b64u_encode(json.dumps(header, separators=(",", ":")).encode("utf-8"))
+    cek = os.urandom(_CEK_BYTES)
+    iv = os.urandom(_IV_BYTES)
+    encrypted_key = public_key.encrypt(cek, _oaep())
+    sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
+    ciphertext, tag = sealed[:-_TAG_BYTES], sealed[-_TAG_BYTES:]
+    return ".".join(
+        [
+            protected,
+            b64u_encode(encrypted_key),
+            b64u_encode(iv),
+            b64u_encode(ciphertext),
+            b64u_encode(tag),
+        ]
+    )
+
+
+def parse_header(token: str) -> dict[str, Any]:
+    """Check the shape and the protected header of a compact JWE, and return it.
+
+    Used before decryption to pick the key (`kid`) and check the target; the
+    header is authenticated only once `decrypt` succeeds.
+    """
+    if not isinstance(token, str) or len(token) > _MAX_TOKEN:
+        raise MalformedJWE()
+    parts = token.split(".")
+    if len(parts) != 5:
+        raise MalformedJWE()
+    if len(parts[0]) > _MAX_HEADER:
+        raise MalformedJWE()
+    try:
+        header = json.loads(b64u_decode(parts[0]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise MalformedJWE() from None
+    if not isinstance(header, dict):
+        raise MalformedJWE()
+    if header.get("alg") != ALG or header.get("enc") != ENC:
+        raise MalformedJWE(f"unsupported JWE algorithms: crate accepts only {ALG} with {ENC}")
+    if "crit" in header or "zip" in header:
+        raise MalformedJWE("JWE header parameters 'crit' and 'zip' are not accepted")
+    return header
+
+
+def decrypt(private_key: rsa.RSAPrivateKey, token: str) -> Decrypted:
+    """Decrypt a compact JWE made for `private_key`; any failure raises IntegrityError."""
+    header = parse_header(token)
+    protected, ek_b64, iv_b64, ct_b64, tag_b64 = token.split(".")
+    encrypted_key = b64u_decode(ek_b64)
+    iv = b64u_decode(iv_b64)
+    ciphertext = b64u_decode(ct_b64)
+    tag = b64u_decode(tag_b64)
+    if (
+        len(iv) != _IV_BYTES
+        or len(tag) != _TAG_BYTES
+        or len(encrypted_key) != (private_key.key_size + 7) // 8
+    ):
+        raise MalformedJWE()
+    try:
+        cek = private_key.decrypt(encrypted_key, _oaep())
+    except ValueError:
+        # RFC 7516 §11.5: go on with a random key so that a bad key and a bad
+        # ciphertext fail the same way, at the tag check.
+        cek = os.urandom(_CEK_BYTES)
+    if len(cek) != _CEK_BYTES:
+        cek = os.urandom(_CEK_BYTES)
+    try:
+        plaintext = AESGCM(cek).decrypt(iv, ciphertext + tag, protected.encode("ascii"))
+    except InvalidTag:
+        raise IntegrityError() from None
+    return Decrypted(header=header, plaintext=plaintext)
+
+
+def public_jwk(public_key: rsa.RSAPublicKey) -> dict[str, str]:
+    """The RFC 7517 JWK of an RSA public key (members kty, n, e)."""
+    numbers = public_key.public_numbers()
+    return {
+        "kty": "RSA",
+        "n": b64u_encode(_int_bytes(numbers.n)),
+        "e": b64u_encode(_int_bytes(numbers.e)),
+    }
+
+
+def public_key_from_jwk(
+    jwk: object, min_bits: int = 2048, max_bits: int = 8192
+) -> rsa.RSAPublicKey:
+    """Load an RSA public JWK sent by a client; refuses weak or absurd keys."""
+    if not isinstance(jwk, dict) or jwk.get("kty") != "RSA":
+        raise MalformedJWE("public_key must be an RSA JWK")
+    if "d" in jwk:
+        raise MalformedJWE("public_key must not contain private key members")
+    n_raw = b64u_decode(jwk.get("n", ""))
+    e_raw = b64u_decode(jwk.get("e", ""))
+    n = int.from_bytes(n_raw, "big")
+    e = int.from_bytes(e_raw, "big")
+    if not (min_bits <= n.bit_length() <= max_bits) or e < 3 or e % 2 == 0 or len(e_raw) > 8:
+        raise MalformedJWE(f"public_key must be RSA of {min_bits} to {max_bits} bits")
+    try:
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    except ValueError:
+        raise MalformedJWE("public_key is not a valid RSA key") from None
+
+
+def thumbprint(public_key: rsa.RSAPublicKey) -> str:
+    """RFC 7638 JWK thumbprint (SHA-256), used as the key id of org keys."""
+    jwk = public_jwk(public_key)
+    canonical = json.dumps(
+        {"e": jwk["e"], "kty": "RSA", "n": jwk["n"]}, separators=(",", ":"), sort_keys=True
+    )
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(canonical.encode("ascii"))
+    return b64u_encode(digest.finalize())
+
+
+def _int_bytes(value: int) -> bytes:
+    return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")

@@ -1,0 +1,29 @@
+"""Key-slot providers, looked up by type name and imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+
+from crate_cli.errors import InvalidInput
+from crate_cli.vault.slots.base import SlotProvider
+
+# type name -> (module, class). Later providers (tpm2, keyring, pkcs11, env)
+# join this table.
+_PROVIDERS = {
+    "file": ("crate_cli.vault.slots.file", "FileSlot"),
+    "passphrase": ("crate_cli.vault.slots.passphrase", "PassphraseSlot"),
+}
+
+SLOT_TYPES = tuple(_PROVIDERS)
+
+
+def provider(type_name: str) -> SlotProvider:
+    try:
+        module_name, class_name = _PROVIDERS[type_name]
+    except KeyError:
+        raise InvalidInput(
+            f"unknown key slot type {type_name!r}: use one of {', '.join(SLOT_TYPES)}"
+        ) from None
+    cls = getattr(importlib.import_module(module_name), class_name)
+    instance: SlotProvider = cls()
+    return instance

@@ -1,0 +1,72 @@
+"""The seam for key-slot providers.
+
+A slot holds one master key version, sealed by something outside the vault:
+a key file, a passphrase, and (later) a TPM, the OS keystore or an HSM. Each
+provider turns the 32-byte master key into a JSON-able `params` dict and back.
+Providers raise `KeystoreError` (exit 6) when they cannot unseal, with a
+message that says what to do.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from crate_cli.config import CrateHome
+from crate_cli.errors import KeystoreError
+from crate_cli.vault import crypto
+
+# Asks the user for a secret without echo; returns the answer. None where no
+# terminal exists, in which case providers say which variable to set.
+SecretPrompt = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class SlotContext:
+    """What a provider may use: where files go, the environment, a prompt."""
+
+    home: CrateHome
+    environ: dict[str, str]
+    prompt: SecretPrompt | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class SlotProvider(ABC):
+    type_name: str
+
+    @abstractmethod
+    def seal(
+        self, ctx: SlotContext, master_key: bytes, version: int, slot_id: str
+    ) -> dict[str, Any]:
+        """Seal `master_key` and return the params to store in the slot record."""
+
+    @abstractmethod
+    def unseal(self, ctx: SlotContext, params: dict[str, Any], version: int, slot_id: str) -> bytes:
+        """Return the master key, or raise KeystoreError."""
+
+    def destroy(self, ctx: SlotContext, params: dict[str, Any]) -> None:  # noqa: B027
+        """Remove what the slot keeps outside the registry (nothing by default)."""
+
+    def describe(self) -> str:
+        return self.type_name
+
+
+def slot_aad(version: int, slot_id: str) -> bytes:
+    return crypto.aad(crypto.MASTER_SLOT, version, slot_id)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: object, what: str) -> bytes:
+    try:
+        if not isinstance(text, str):
+            raise ValueError
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, binascii.Error):
+        raise KeystoreError(f"key slot record is damaged ({what})") from None

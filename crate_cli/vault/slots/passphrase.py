@@ -1,0 +1,83 @@
+"""The `passphrase` slot: Argon2id turns a passphrase into a key-encryption key.
+
+Parameters (RFC 9106's second recommended option: 64 MiB, t=3, p=4) and the
+salt are stored with the slot, so they can be raised later without breaking
+old slots. The passphrase comes from `CRATE_PASSPHRASE` or a hidden prompt.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from crate_cli.errors import IntegrityError, KeystoreError, WrongPassphrase
+from crate_cli.vault import crypto
+from crate_cli.vault.slots.base import SlotContext, SlotProvider, b64, slot_aad, unb64
+
+PASSPHRASE_ENV = "CRATE_PASSPHRASE"
+DEFAULT_PARAMS = {"iterations": 3, "lanes": 4, "memory_cost": 64 * 1024}
+MIN_PASSPHRASE = 8
+
+
+def derive_kek(
+    passphrase: str, salt: bytes, iterations: int, lanes: int, memory_cost: int
+) -> bytes:
+    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+    return Argon2id(
+        salt=salt, length=32, iterations=iterations, lanes=lanes, memory_cost=memory_cost
+    ).derive(passphrase.encode("utf-8"))
+
+
+class PassphraseSlot(SlotProvider):
+    type_name = "passphrase"
+
+    def _passphrase(self, ctx: SlotContext, confirm: bool) -> str:
+        value = ctx.environ.get(PASSPHRASE_ENV)
+        if value:
+            return value
+        if ctx.prompt is None:
+            raise KeystoreError(
+                "a passphrase is needed and there is no terminal to ask for it",
+                f"set {PASSPHRASE_ENV} or run the command in a terminal",
+            )
+        value = ctx.prompt("Passphrase for the crate master key: ")
+        if confirm:
+            if len(value) < MIN_PASSPHRASE:
+                raise KeystoreError(
+                    f"the passphrase must have at least {MIN_PASSPHRASE} characters"
+                )
+            if ctx.prompt("Repeat the passphrase: ") != value:
+                raise KeystoreError("the two passphrases differ; nothing was changed")
+        return value
+
+    def seal(
+        self, ctx: SlotContext, master_key: bytes, version: int, slot_id: str
+    ) -> dict[str, Any]:
+        passphrase = self._passphrase(ctx, confirm=True)
+        salt = os.urandom(16)
+        kek = derive_kek(passphrase, salt, **DEFAULT_PARAMS)
+        return {
+            "kdf": "argon2id",
+            "salt": b64(salt),
+            **DEFAULT_PARAMS,
+            "wrapped": b64(crypto.wrap_key(kek, master_key, slot_aad(version, slot_id))),
+        }
+
+    def unseal(self, ctx: SlotContext, params: dict[str, Any], version: int, slot_id: str) -> bytes:
+        kdf_params = {k: params.get(k) for k in DEFAULT_PARAMS}
+        if params.get("kdf") != "argon2id" or not all(
+            isinstance(v, int) and v > 0 for v in kdf_params.values()
+        ):
+            raise KeystoreError("passphrase slot record is damaged (kdf parameters)")
+        salt = unb64(params.get("salt"), "salt")
+        wrapped = unb64(params.get("wrapped"), "wrapped")
+        passphrase = self._passphrase(ctx, confirm=False)
+        kek = derive_kek(passphrase, salt, **kdf_params)  # type: ignore[arg-type]
+        try:
+            return crypto.unwrap_key(kek, wrapped, slot_aad(version, slot_id))
+        except IntegrityError:
+            raise WrongPassphrase(
+                "wrong passphrase for the crate master key; nothing was changed",
+                f"check {PASSPHRASE_ENV} or type it again",
+            ) from None

@@ -1,0 +1,216 @@
+"""One SQLite file per organization (DESIGN §3).
+
+WAL mode, a busy timeout, `PRAGMA user_version` for the schema version with
+forward migrations, 0600 files in a 0700 folder, values as BLOBs. Names,
+tags, versions and times are stored in clear; values and keys never are.
+
+Every change runs in one `BEGIN IMMEDIATE` transaction (`OrgStore.write()`),
+which takes the write lock up front: two crate processes writing at once
+queue behind the busy timeout instead of losing an update.
+
+SQLite faults become crate errors here: a file that is not a vault, or is
+damaged, raises `VaultCorrupted` (exit 5) and is never modified; a vault
+written by a newer crate raises `UnsupportedVersion`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from crate_cli.errors import Conflict, CrateError, NotFound, UnsupportedVersion, VaultCorrupted
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+# The first 16 bytes of every SQLite 3 file.
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_SCHEMA_V1 = """
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+CREATE TABLE org_deks (
+    version INTEGER PRIMARY KEY,
+    master_version INTEGER NOT NULL,
+    wrapped BLOB NOT NULL,
+    created_at TEXT NOT NULL
+) STRICT;
+CREATE TABLE org_rsa_keys (
+    kid TEXT PRIMARY KEY,
+    master_version INTEGER NOT NULL,
+    public_der BLOB NOT NULL,
+    wrapped_private BLOB NOT NULL,
+    created_at TEXT NOT NULL,
+    active INTEGER NOT NULL
+) STRICT;
+CREATE TABLE org_audit_keys (
+    version INTEGER PRIMARY KEY,
+    master_version INTEGER NOT NULL,
+    wrapped BLOB NOT NULL,
+    created_at TEXT NOT NULL
+) STRICT;
+CREATE TABLE environments (
+    name TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL
+) STRICT;
+CREATE TABLE secrets (
+    id INTEGER PRIMARY KEY,
+    env TEXT NOT NULL REFERENCES environments(name) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    UNIQUE (env, name)
+) STRICT;
+CREATE TABLE secret_versions (
+    secret_id INTEGER NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    org_dek_version INTEGER,
+    wrapped_dek BLOB,
+    ciphertext BLOB,
+    tags TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    PRIMARY KEY (secret_id, version)
+) STRICT;
+CREATE INDEX secret_versions_by_org_dek ON secret_versions (org_dek_version);
+"""
+
+# Forward migrations: MIGRATIONS[n] turns schema n into n + 1.
+MIGRATIONS: dict[int, str] = {}
+
+
+def _connect(path: Path, create: bool) -> sqlite3.Connection:
+    mode = "rwc" if create else "rw"
+    conn = sqlite3.connect(
+        f"file:{path}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False
+    )
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _damaged(path: Path, error: Exception) -> VaultCorrupted:
+    return VaultCorrupted(
+        f"vault {path} is damaged or is not a crate vault ({error}); it was left untouched",
+        "restore it from a backup",
+    )
+
+
+class OrgStore:
+    """An open org vault file. Use `write()` for every change."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self.conn = conn
+
+    @classmethod
+    def open(cls, path: Path) -> OrgStore:
+        """Open an existing vault, checking that it is one this crate can read."""
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(len(SQLITE_MAGIC))
+        except FileNotFoundError:
+            raise NotFound(f"no vault at {path}") from None
+        if magic != SQLITE_MAGIC:
+            raise _damaged(path, ValueError("not an SQLite file"))
+        try:
+            conn = _connect(path, create=False)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                conn.close()
+                raise UnsupportedVersion(
+                    f"vault {path} has schema version {version}, newer than this crate "
+                    f"understands ({SCHEMA_VERSION}); it was left untouched",
+                    "upgrade crate to use this vault",
+                )
+            if version < 1:
+                conn.close()
+                raise _damaged(path, ValueError("no crate schema"))
+        except sqlite3.DatabaseError as e:
+            raise _damaged(path, e) from None
+        store = cls(path, conn)
+        if version < SCHEMA_VERSION:
+            store._migrate(version)
+        return store
+
+    @classmethod
+    def create(cls, path: Path) -> OrgStore:
+        """Create a new vault at `path` (which must not exist) with the current schema."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        conn = _connect(path, create=True)
+        conn.execute("PRAGMA journal_mode = WAL")
+        store = cls(path, conn)
+        with store.write():
+            for statement in _split_script(_SCHEMA_V1):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return store
+
+    def _migrate(self, version: int) -> None:
+        with self.write():
+            current = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            while current < SCHEMA_VERSION:
+                for statement in _split_script(MIGRATIONS[current]):
+                    self.conn.execute(statement)
+                current += 1
+                self.conn.execute(f"PRAGMA user_version = {current}")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of the block's changes, or none."""
+        with self.errors():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several reads."""
+        with self.errors():
+            self.conn.execute("BEGIN")
+            try:
+                yield self.conn
+            finally:
+                self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn SQLite faults into crate errors with the file's name."""
+        try:
+            yield
+        except sqlite3.IntegrityError as e:
+            raise Conflict(f"the change conflicts with the vault's contents ({e})") from None
+        except sqlite3.OperationalError as e:
+            text = str(e)
+            if "locked" in text or "busy" in text:
+                raise Conflict(
+                    f"vault {self.path} stayed busy for {BUSY_TIMEOUT_MS // 1000} s",
+                    "another crate process holds it; try again",
+                ) from None
+            if "full" in text:
+                raise CrateError(
+                    f"no space left to write {self.path}; nothing was changed"
+                ) from None
+            raise _damaged(self.path, e) from None
+        except sqlite3.DatabaseError as e:
+            raise _damaged(self.path, e) from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _split_script(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

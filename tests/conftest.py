@@ -1,0 +1,117 @@
+"""Fixtures shared by every layer.
+
+Every test gets its own CRATE_HOME under tmp_path: no test touches a real home.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from crate_cli.context import Session
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool a test needs.
+
+    In CI a missing tool fails the test (scripts/test installs them); on a
+    developer's laptop the test skips and says why.
+    """
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is required in CI but is not installed")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@pytest.fixture
+def crate_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "crate-home"
+    monkeypatch.setenv("CRATE_HOME", str(home))
+    for var in ("CRATE_ORG", "CRATE_ENV", "CRATE_PASSPHRASE", "CRATE_MASTER_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def session(crate_home: Path) -> Iterator[Session]:
+    """An in-process Session on a fresh home (file slot, org `personal`)."""
+    s = Session(environ={"CRATE_HOME": str(crate_home)})
+    yield s
+    if "service" in s.__dict__:
+        s.service.close()
+
+
+def crate_executable() -> list[str]:
+    """How e2e tests start crate: CRATE_BIN (the frozen binary) or the installed script."""
+    explicit = os.environ.get("CRATE_BIN")
+    if explicit:
+        return [str(Path(explicit).absolute())]
+    beside = Path(sys.executable).parent / "crate"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("crate")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "crate_cli"]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class CrateRunner:
+    """Runs crate in a subprocess against one CRATE_HOME."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.argv0 = crate_executable()
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        base = {
+            k: v for k, v in os.environ.items() if not k.startswith("CRATE_") or k == "CRATE_BIN"
+        }
+        base["CRATE_HOME"] = str(self.home)
+        base.update(extra or {})
+        return base
+
+    def __call__(
+        self,
+        *args: str,
+        input: str | bytes | None = None,
+        env: dict[str, str] | None = None,
+        check: bool = False,
+    ) -> Result:
+        proc = subprocess.run(
+            [*self.argv0, *args],
+            input=input.encode() if isinstance(input, str) else input,
+            capture_output=True,
+            env=self.env(env),
+            timeout=120,
+        )
+        result = Result(
+            proc.returncode,
+            proc.stdout.decode("utf-8", "replace"),
+            proc.stderr.decode("utf-8", "replace"),
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"crate {' '.join(args)} failed: {result}")
+        return result
+
+
+@pytest.fixture
+def crate(crate_home: Path) -> CrateRunner:
+    return CrateRunner(crate_home)
