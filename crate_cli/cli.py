@@ -65,51 +65,67 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn CrateErrors into exit codes."""
     global early_ephemeral_key, run_command
     args = sys.argv[1:] if argv is None else list(argv)
-    first = next((a for a in args if not a.startswith("-")), None)
-    if first == "run" and "--" not in args[: args.index("run")]:
-        from crate_cli.client import EphemeralKey
-
-        early_ephemeral_key = EphemeralKey()
-        if "--" in args:
-            cut = args.index("--")
-            args, run_command = args[:cut], args[cut + 1 :]
-
-    import click
-
+    debug = "--debug" in (args[: args.index("--")] if "--" in args else args)
     from crate_cli.errors import CrateError, ExitCode
 
-    debug = "--debug" in (args[: args.index("--")] if "--" in args else args)
-    root = _build_root()
     try:
-        root.main(args=args, prog_name="crate", standalone_mode=False)
+        first = next((a for a in args if not a.startswith("-")), None)
+        if first == "run" and "--" not in args[: args.index("run")]:
+            from crate_cli.client import EphemeralKey
+
+            # Key generation releases the GIL: it overlaps everything below.
+            early_ephemeral_key = EphemeralKey()
+            if "--" in args:
+                cut = args.index("--")
+                args, run_command = args[:cut], args[cut + 1 :]
+                if args == ["run"] or args[:1] == ["run"]:
+                    import os
+
+                    from crate_cli.runner import parse_run_args, run_with_secrets
+
+                    fast = parse_run_args(args[1:], os.environ)
+                    if fast is not None:
+                        fast.command = run_command
+                        run_with_secrets(fast, early_ephemeral_key)
+        _click_main(args)
     except CrateError as e:
         if debug:
             import traceback
 
             traceback.print_exc()
-        click.echo(f"crate: error: {e.message}", err=True)
+        sys.stderr.write(f"crate: error: {e.message}\n")
         if e.hint:
-            click.echo(f"crate: {e.hint}", err=True)
+            sys.stderr.write(f"crate: {e.hint}\n")
         sys.exit(int(e.exit_code))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (`crate secrets list | head`): not an error.
+        sys.stderr.close()
+        sys.exit(0)
+    except SystemExit:
+        raise
+    except Exception as e:
+        if debug:
+            raise
+        sys.stderr.write(
+            f"crate: internal error ({type(e).__name__}); rerun with --debug for details\n"
+        )
+        sys.exit(ExitCode.ERROR)
+
+
+def _click_main(args: list[str]) -> None:
+    import click
+
+    from crate_cli.errors import ExitCode
+
+    try:
+        _build_root().main(args=args, prog_name="crate", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("crate: aborted", err=True)
+        sys.stderr.write("crate: aborted\n")
         sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(ExitCode.USAGE if e.exit_code == 2 else e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except BrokenPipeError:
-        # The reader went away (`crate secrets list | head`): not an error.
-        sys.stderr.close()
-        sys.exit(0)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as e:
-        if debug:
-            raise
-        click.echo(
-            f"crate: internal error ({type(e).__name__}); rerun with --debug for details",
-            err=True,
-        )
-        sys.exit(ExitCode.ERROR)

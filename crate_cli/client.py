@@ -62,7 +62,6 @@ class RetrievedSecret:
     name: str
     value: str
     version: int
-    tags: list[str]
 
 
 class SecretsClient:
@@ -162,7 +161,7 @@ class SecretsClient:
             ):
                 raise IntegrityError("the retrieval bundle does not answer this request")
             return [
-                RetrievedSecret(str(s["name"]), str(s["value"]), int(s["version"]), list(s["tags"]))
+                RetrievedSecret(str(s["name"]), str(s["value"]), int(s["version"]))
                 for s in bundle["secrets"]
             ]
         except (KeyError, TypeError, ValueError):

@@ -26,14 +26,24 @@ KEYSTORES = ("auto", "file", "passphrase")
 
 
 def local_actor() -> str:
-    import getpass
-    import socket
+    """`user@host` for local calls (as getpass.getuser, without its imports)."""
+    user = os.environ.get("LOGNAME") or os.environ.get("USER")
+    if not user:
+        import pwd
 
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
+        try:
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            user = str(os.getuid())
+    return f"{user}@{os.uname().nodename}"
+
+
+def hidden_prompt(text: str) -> str:
+    """Ask on the terminal without echo (click is imported only when asking)."""
+    import click
+
+    value: str = click.prompt(text, hide_input=True, err=True, prompt_suffix="")
+    return value
 
 
 class Session:
@@ -45,6 +55,22 @@ class Session:
         self.environ = dict(os.environ) if environ is None else environ
         self.prompt = prompt
         self.notices: list[str] = []
+
+    @classmethod
+    def for_terminal(cls) -> Session:
+        """A Session that can ask for a passphrase when stdin is a terminal."""
+        import sys
+
+        return cls(prompt=hidden_prompt if sys.stdin.isatty() else None)
+
+    def print_notices(self) -> None:
+        """Print the notices of implicit first use on stderr, once."""
+        import sys
+
+        for notice in self.notices:
+            sys.stderr.write(notice + "\n")
+        sys.stderr.flush()
+        self.notices.clear()
 
     @cached_property
     def home(self) -> CrateHome:

@@ -3,6 +3,10 @@
 The command gets the secrets in its environment and then replaces crate
 (`exec`): same PID, process group, signals, TTY and exit status as without
 crate. argv is passed as a list and never through a shell.
+
+`crate run` sits in front of every dev command, so its common forms are
+parsed here without click (`parse_run_args`); anything unusual (help, an
+unknown option) goes to the click command, which gives the usual errors.
 """
 
 from __future__ import annotations
@@ -10,11 +14,53 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from crate_cli.errors import CommandNotExecutable, CommandNotFound
+from crate_cli.errors import CommandNotExecutable, CommandNotFound, InvalidInput
 
 # crate's own credentials never reach the child.
 CREDENTIAL_VARIABLES = ("CRATE_PASSPHRASE", "CRATE_PKCS11_PIN", "CRATE_TOKEN", "CRATE_MASTER_KEY")
+
+
+@dataclass
+class RunArgs:
+    names: list[str] = field(default_factory=list)
+    org: str | None = None
+    env: str | None = None
+    tags: list[str] = field(default_factory=list)
+    command: list[str] | None = None
+
+
+def parse_run_args(args: list[str], environ: Mapping[str, str]) -> RunArgs | None:
+    """Parse `NAME... [--org O] [--env E] [--tags A,B]` (before `--`) without click.
+
+    Returns None for anything else, so click handles it and reports errors.
+    """
+    parsed = RunArgs(org=environ.get("CRATE_ORG") or None, env=environ.get("CRATE_ENV") or None)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("-"):
+            parsed.names.append(arg)
+            i += 1
+            continue
+        option, eq, value = arg.partition("=")
+        if option not in ("--org", "--env", "--tags"):
+            return None
+        if not eq:
+            if i + 1 >= len(args):
+                return None
+            value = args[i + 1]
+            i += 1
+        i += 1
+        if option == "--org":
+            parsed.org = value
+        elif option == "--env":
+            parsed.env = value
+        else:
+            parsed.tags.extend(t for t in value.split(",") if t)
+    return parsed
 
 
 def child_environment(
@@ -26,6 +72,25 @@ def child_environment(
     for name, value in secrets:
         env[name] = value
     return env
+
+
+def run_with_secrets(run: RunArgs, early_key: Any = None) -> None:
+    """Resolve the secrets and exec the command; returns only by raising."""
+    from crate_cli.client import EphemeralKey
+    from crate_cli.context import Session
+
+    if not run.command:
+        raise InvalidInput("put the command after --: crate run [NAME...] -- CMD ARGS...")
+    session = Session.for_terminal()
+    org = session.org(run.org)
+    client = session.client(org)
+    bits = int(session.settings.get("crypto.ephemeral_rsa_bits"))
+    ephemeral = early_key if early_key is not None and early_key.bits == bits else None
+    found = client.retrieve(
+        session.env(run.env), run.names, run.tags, ephemeral=ephemeral or EphemeralKey(bits)
+    )
+    session.print_notices()
+    exec_command(run.command, child_environment(os.environ, ((s.name, s.value) for s in found)))
 
 
 def exec_command(argv: list[str], env: dict[str, str]) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import click
 
 from crate_cli.commands.options import (
-    flush_notices,
     json_option,
-    open_session,
     org_option,
     print_json,
 )
+from crate_cli.context import Session
 
 
 @click.group()
@@ -23,10 +22,10 @@ def env() -> None:
 @json_option
 def list_(org: str | None, as_json: bool) -> None:
     """List the environments of the organization."""
-    session = open_session()
+    session = Session.for_terminal()
     org_name = session.org(org)
     names = session.client(org_name).environments()
-    flush_notices(session)
+    session.print_notices()
     if as_json:
         print_json(names)
         return
@@ -39,10 +38,10 @@ def list_(org: str | None, as_json: bool) -> None:
 @org_option
 def create(name: str, org: str | None) -> None:
     """Create environment NAME."""
-    session = open_session()
+    session = Session.for_terminal()
     org_name = session.org(org)
     session.client(org_name).create_environment(name)
-    flush_notices(session)
+    session.print_notices()
     click.echo(f"created environment {name!r} in {org_name!r}", err=True)
 
 
@@ -54,7 +53,7 @@ def delete(name: str, org: str | None, yes: bool) -> None:
     """Delete environment NAME and every secret in it."""
     from crate_cli.commands.org import confirm_destruction
 
-    session = open_session()
+    session = Session.for_terminal()
     org_name = session.org(org)
     client = session.client(org_name)
     if name not in client.environments():

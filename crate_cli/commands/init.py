@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from crate_cli.commands.options import flush_notices, open_session
+from crate_cli.context import Session
 from crate_cli.errors import Conflict
 
 
@@ -18,9 +18,9 @@ from crate_cli.errors import Conflict
 )
 def init(keystore: str) -> None:
     """Create crate's home, master key v1 and settings."""
-    session = open_session()
+    session = Session.for_terminal()
     created, version = session.init(keystore)
-    flush_notices(session)
+    session.print_notices()
     slots = ", ".join(s.type for s in version.slots)
     if not created:
         wanted = "file" if keystore == "auto" else keystore

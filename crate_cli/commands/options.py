@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-
-from crate_cli.context import Session
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,22 +24,6 @@ env_option = click.option(
     help="Environment (default: dev; env CRATE_ENV).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-def hidden_prompt(text: str) -> str:
-    value: str = click.prompt(text, hide_input=True, err=True, prompt_suffix="")
-    return value
-
-
-def open_session() -> Session:
-    """A Session whose passphrase prompt works when stdin is a terminal."""
-    return Session(prompt=hidden_prompt if sys.stdin.isatty() else None)
-
-
-def flush_notices(session: Session) -> None:
-    for notice in session.notices:
-        click.echo(notice, err=True)
-    session.notices.clear()
 
 
 def print_json(data: Any) -> None:

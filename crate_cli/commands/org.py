@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from crate_cli.commands.options import flush_notices, json_option, open_session, print_json
+from crate_cli.commands.options import json_option, print_json
+from crate_cli.context import Session
 from crate_cli.errors import InvalidInput
 
 
@@ -21,10 +22,10 @@ def create(name: str) -> None:
     """Create organization NAME with fresh keys."""
     from crate_cli.vault.orgs import create_org
 
-    session = open_session()
+    session = Session.for_terminal()
     session.init()
     create_org(session.home, session.master, name)
-    flush_notices(session)
+    session.print_notices()
     click.echo(f"created organization {name!r}", err=True)
 
 
@@ -34,7 +35,7 @@ def list_(as_json: bool) -> None:
     """List organizations; * marks the session's."""
     from crate_cli.vault.orgs import list_orgs
 
-    session = open_session()
+    session = Session.for_terminal()
     current = str(session.settings.get("session.org") or "")
     names = list_orgs(session.home)
     if as_json:
@@ -52,7 +53,7 @@ def delete(name: str, yes: bool) -> None:
     from crate_cli.errors import NotFound
     from crate_cli.vault.orgs import delete_org, org_exists
 
-    session = open_session()
+    session = Session.for_terminal()
     if not org_exists(session.home, name):
         raise NotFound(f"organization {name!r} does not exist")
     confirm_destruction(f"Delete organization {name!r} and all its secrets?", yes)

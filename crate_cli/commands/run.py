@@ -1,22 +1,18 @@
-"""`crate run`: run a command with the secrets in its environment."""
+"""`crate run`: run a command with the secrets in its environment.
+
+The common forms never reach this module: `crate_cli.cli.main` parses them
+without click (see `runner.parse_run_args`). This command serves `--help`
+and reports usage errors; the work is `runner.run_with_secrets` either way.
+"""
 
 from __future__ import annotations
 
-import os
-
 import click
 
-from crate_cli.commands.options import (
-    env_option,
-    flush_notices,
-    open_session,
-    org_option,
-    split_tags,
-)
-from crate_cli.errors import InvalidInput
+from crate_cli.commands.options import env_option, org_option, split_tags
 
 
-@click.command(context_settings={"allow_interspersed_args": True})
+@click.command()
 @click.argument("names", nargs=-1)
 @org_option
 @env_option
@@ -34,18 +30,9 @@ def run(names: tuple[str, ...], org: str | None, env: str | None, tags: tuple[st
     are its own. Secrets override variables of the same name.
     """
     from crate_cli import cli
-    from crate_cli.client import EphemeralKey
-    from crate_cli.runner import child_environment, exec_command
+    from crate_cli.runner import RunArgs, run_with_secrets
 
-    command = cli.run_command
-    if not command:
-        raise InvalidInput("put the command after --: crate run [NAME...] -- CMD ARGS...")
-    session = open_session()
-    org_name = session.org(org)
-    client = session.client(org_name)
-    bits = int(session.settings.get("crypto.ephemeral_rsa_bits"))
-    early = cli.early_ephemeral_key
-    ephemeral = early if early is not None and early.bits == bits else EphemeralKey(bits)
-    found = client.retrieve(session.env(env), list(names), split_tags(tags), ephemeral=ephemeral)
-    flush_notices(session)
-    exec_command(command, child_environment(os.environ, ((s.name, s.value) for s in found)))
+    run_with_secrets(
+        RunArgs(list(names), org, env, split_tags(tags), cli.run_command),
+        cli.early_ephemeral_key,
+    )

@@ -9,9 +9,7 @@ import click
 
 from crate_cli.commands.options import (
     env_option,
-    flush_notices,
     json_option,
-    open_session,
     org_option,
     print_json,
     split_tags,
@@ -28,7 +26,7 @@ def secrets() -> None:
 
 
 def _client(org: str | None, env: str | None) -> tuple[Session, Any, str]:
-    session = open_session()
+    session = Session.for_terminal()
     org_name = session.org(org)
     client = session.client(org_name)
     return session, client, session.env(env)
@@ -107,7 +105,7 @@ def set_(
         args, keep_newline, int(session.settings.get("secrets.max_value_bytes"))
     )
     results = client.store(env_name, values, split_tags(tags) if tags else None)
-    flush_notices(session)
+    session.print_notices()
     if as_json:
         print_json(results)
         return
@@ -124,7 +122,7 @@ def get(name: str, org: str | None, env: str | None, version: int | None) -> Non
     """Print the value of NAME and nothing else (a newline only on a terminal)."""
     session, client, env_name = _client(org, env)
     (secret,) = client.retrieve(env_name, [name], versions={name: version} if version else None)
-    flush_notices(session)
+    session.print_notices()
     out = sys.stdout
     out.write(secret.value)
     if out.isatty():
@@ -145,7 +143,7 @@ def list_(org: str | None, env: str | None, tags: tuple[str, ...], as_json: bool
     """List secrets (names, versions, tags; never values)."""
     session, client, env_name = _client(org, env)
     rows = client.list_secrets(env_name, split_tags(tags))
-    flush_notices(session)
+    session.print_notices()
     if as_json:
         print_json(rows)
         return
@@ -193,7 +191,7 @@ def fetch(
 
     session, client, env_name = _client(org, env)
     found = client.retrieve(env_name, list(names), split_tags(tags))
-    flush_notices(session)
+    session.print_notices()
     pairs = [(s.name, s.value) for s in found]
     fmt = "json" if as_json else fmt
     if fmt == "dotenv":
@@ -219,7 +217,7 @@ def delete(name: str, org: str | None, env: str | None, yes: bool) -> None:
 
     session, client, env_name = _client(org, env)
     check_secret_name(name)
-    flush_notices(session)
+    session.print_notices()
     confirm_destruction(f"Delete {name} from {client.org}/{env_name}?", yes)
     r = client.delete(env_name, name)
     click.echo(f"deleted {name} from {client.org}/{env_name} (version {r['version']})", err=True)
@@ -234,7 +232,7 @@ def history(name: str, org: str | None, env: str | None, as_json: bool) -> None:
     """Show the versions of NAME: times, actors, tags (no values)."""
     session, client, env_name = _client(org, env)
     versions = client.history(env_name, name)
-    flush_notices(session)
+    session.print_notices()
     if as_json:
         print_json(versions)
         return
@@ -271,7 +269,7 @@ def rollback(name: str, to: int, org: str | None, env: str | None) -> None:
     """Write version N's value of NAME as a new version."""
     session, client, env_name = _client(org, env)
     r = client.rollback(env_name, name, to)
-    flush_notices(session)
+    session.print_notices()
     click.echo(f"rolled {name} back to version {to}'s value (now version {r['version']})", err=True)
 
 
@@ -308,7 +306,7 @@ def import_(
     if not merged:
         raise InvalidInput(f"{file} holds no NAME=VALUE lines; nothing was imported")
     results = client.store(env_name, list(merged.items()), split_tags(tags) if tags else None)
-    flush_notices(session)
+    session.print_notices()
     created = sum(1 for r in results if r["version"] == 1)
     summary = {"imported": len(results), "new": created, "updated": len(results) - created}
     if as_json:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from crate_cli.commands.options import flush_notices, json_option, open_session, print_json
+from crate_cli.commands.options import json_option, print_json
+from crate_cli.context import Session
 from crate_cli.errors import NotFound
 
 
@@ -24,7 +25,7 @@ def org_set(name: str) -> None:
     """Make NAME the default organization."""
     from crate_cli.vault.orgs import org_exists
 
-    s = open_session()
+    s = Session.for_terminal()
     if not org_exists(s.home, name):
         raise NotFound(f"organization {name!r} does not exist", "create it with: crate org create")
     s.settings.set("session.org", name)
@@ -41,11 +42,11 @@ def session_env() -> None:
 @click.argument("name")
 def env_set(name: str) -> None:
     """Make NAME the default environment."""
-    s = open_session()
+    s = Session.for_terminal()
     org_name = s.org()
     if name not in s.client(org_name).environments():
         raise NotFound(f"environment {name!r} does not exist in organization {org_name!r}")
-    flush_notices(s)
+    s.print_notices()
     s.settings.set("session.env", name)
     s.settings.save()
     click.echo(f"session environment: {name}", err=True)
@@ -55,7 +56,7 @@ def env_set(name: str) -> None:
 @json_option
 def show(as_json: bool) -> None:
     """Show the current org, env, home and keystore."""
-    s = open_session()
+    s = Session.for_terminal()
     versions = s.master.versions()
     keystore = (
         ", ".join(sorted({slot.type for slot in s.master.current().slots}))

@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from crate_cli.config import CrateHome, file_lock, write_private_file
@@ -28,6 +27,8 @@ REGISTRY_FORMAT = 1
 
 
 def utc_now() -> str:
+    from datetime import UTC, datetime
+
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

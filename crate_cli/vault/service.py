@@ -60,6 +60,15 @@ class SecretRecord:
         }
 
 
+@dataclass(frozen=True)
+class SecretValue:
+    """A decrypted value, as a retrieval returns it."""
+
+    name: str
+    version: int
+    value: str
+
+
 def _record(row: sqlite3.Row | tuple[Any, ...], env: str) -> SecretRecord:
     name, version, deleted, tags, updated_at, actor = row
     return SecretRecord(name, env, version, json.loads(tags), updated_at, actor, bool(deleted))
@@ -395,7 +404,7 @@ class VaultService:
         names: list[str],
         tags: list[str],
         versions: dict[str, int] | None = None,
-    ) -> list[tuple[SecretRecord, str]]:
+    ) -> list[SecretValue]:
         """Decrypt the selected secrets: the named ones (all when none are named)
         carrying every tag in `tags`; `versions` picks older versions by name."""
         keys = self.org(org)
@@ -413,12 +422,9 @@ class VaultService:
                 f"no secret {', '.join(missing)} in {org}/{env}",
                 "list them with: crate secrets list",
             )
-        out: list[tuple[SecretRecord, str]] = []
-        for name, version, deleted, tag_text, updated_at, actor, dek_version, wrapped, blob in rows:
-            record = SecretRecord(
-                name, env, version, json.loads(tag_text), updated_at, actor, bool(deleted)
-            )
-            if not want.issubset(record.tags):
+        out: list[SecretValue] = []
+        for name, version, tag_text, dek_version, wrapped, blob in rows:
+            if want and not want.issubset(json.loads(tag_text)):
                 continue
             if blob is None:
                 raise NotFound(f"version {version} of {name} in {org}/{env} is a deletion")
@@ -430,15 +436,14 @@ class VaultService:
             value = crypto.decrypt(
                 secret_dek, blob, crypto.aad(crypto.SECRET_VALUE, org, env, name, version)
             )
-            out.append((record, value.decode("utf-8")))
+            out.append(SecretValue(name, version, value.decode("utf-8")))
         return out
 
     def _select_rows(
         self, db: sqlite3.Connection, env: str, names: list[str], versions: dict[str, int]
     ) -> list[Any]:
         base = (
-            "SELECT s.name, v.version, v.ciphertext IS NULL, v.tags, v.created_at, v.actor, "
-            "v.org_dek_version, v.wrapped_dek, v.ciphertext "
+            "SELECT s.name, v.version, v.tags, v.org_dek_version, v.wrapped_dek, v.ciphertext "
             "FROM secrets s JOIN secret_versions v ON v.secret_id = s.id "
         )
         if not names:
@@ -482,10 +487,7 @@ class VaultService:
             "org": org,
             "environment": env,
             "nonce": nonce,
-            "secrets": [
-                {"name": r.name, "value": value, "version": r.version, "tags": r.tags}
-                for r, value in selected
-            ],
+            "secrets": [{"name": s.name, "value": s.value, "version": s.version} for s in selected],
         }
         plaintext = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         return jwe.encrypt(public, plaintext)
@@ -535,7 +537,7 @@ class VaultService:
         """Write the value of version `to` as a new version (history is kept)."""
         keys = self.org(org)
         check_secret_name(name)
-        ((record, value),) = self.read_values(org, env, [name], [], {name: to})
+        (old,) = self.read_values(org, env, [name], [], {name: to})
         with keys.store.write() as db:
             dek_version = keys.current_dek_version(db)
             return self._write_version(
@@ -543,8 +545,8 @@ class VaultService:
                 keys,
                 env,
                 name,
-                value,
-                record.tags,
+                old.value,
+                None,
                 keys.dek(dek_version),
                 dek_version,
                 actor,
