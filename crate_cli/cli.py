@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> None:
 
                     fast = parse_run_args(args[1:], os.environ)
                     if fast is not None:
-                        fast.command = run_command
-                        run_with_secrets(fast, early_ephemeral_key)
+                        run_with_secrets(fast._replace(command=run_command), early_ephemeral_key)
         _click_main(args)
     except CrateError as e:
         if debug:

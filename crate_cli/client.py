@@ -13,10 +13,9 @@ this module does not care.
 from __future__ import annotations
 
 import json
-import secrets as _random
+import os
 import threading
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from crate_cli.errors import IntegrityError
@@ -57,8 +56,7 @@ class EphemeralKey:
         return self._key
 
 
-@dataclass(frozen=True)
-class RetrievedSecret:
+class RetrievedSecret(NamedTuple):
     name: str
     value: str
     version: int
@@ -141,7 +139,7 @@ class SecretsClient:
         names = [check_secret_name(n) for n in names or []]
         tags = check_tags(tags or [])
         key = (ephemeral or EphemeralKey()).get()
-        nonce = _random.token_urlsafe(24)
+        nonce = jwe.b64u_encode(os.urandom(24))
         body: dict[str, Any] = {
             "environment": env,
             "names": names,

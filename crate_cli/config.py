@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from crate_cli.errors import CrateError, InvalidInput
 
@@ -33,8 +31,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class CrateHome:
+class CrateHome(NamedTuple):
     """Where crate keeps its files."""
 
     data_dir: Path
@@ -88,6 +85,8 @@ def write_private_file(path: Path, data: bytes) -> None:
     The temporary file is created 0600 in the same folder, so a crash leaves
     either the old file or the new one, and the data is never world-readable.
     """
+    import tempfile
+
     ensure_private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

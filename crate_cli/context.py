@@ -121,13 +121,16 @@ class Session:
         from crate_cli.vault.orgs import create_org, list_orgs
 
         self.init()
-        if not list_orgs(self.home):
+        orgs = list_orgs(self.home)
+        if not orgs:
             try:
                 create_org(self.home, self.master, DEFAULT_ORG)
                 self.notices.append(f"crate: created organization {DEFAULT_ORG!r} and selected it")
             except Conflict:
                 pass  # another crate process created it first
-        elif DEFAULT_ORG not in list_orgs(self.home):
+        elif DEFAULT_ORG in orgs:
+            self.notices.append(f"crate: selected organization {DEFAULT_ORG!r}")
+        else:
             raise NotFound(
                 "no organization is selected",
                 "choose one with: crate session org set NAME (or --org / CRATE_ORG)",

@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from crate_cli.errors import CommandNotExecutable, CommandNotFound, InvalidInput
 
@@ -23,12 +22,11 @@ from crate_cli.errors import CommandNotExecutable, CommandNotFound, InvalidInput
 CREDENTIAL_VARIABLES = ("CRATE_PASSPHRASE", "CRATE_PKCS11_PIN", "CRATE_TOKEN", "CRATE_MASTER_KEY")
 
 
-@dataclass
-class RunArgs:
-    names: list[str] = field(default_factory=list)
-    org: str | None = None
-    env: str | None = None
-    tags: list[str] = field(default_factory=list)
+class RunArgs(NamedTuple):
+    names: list[str]
+    org: str | None
+    env: str | None
+    tags: list[str]
     command: list[str] | None = None
 
 
@@ -37,12 +35,15 @@ def parse_run_args(args: list[str], environ: Mapping[str, str]) -> RunArgs | Non
 
     Returns None for anything else, so click handles it and reports errors.
     """
-    parsed = RunArgs(org=environ.get("CRATE_ORG") or None, env=environ.get("CRATE_ENV") or None)
+    names: list[str] = []
+    tags: list[str] = []
+    org = environ.get("CRATE_ORG") or None
+    env = environ.get("CRATE_ENV") or None
     i = 0
     while i < len(args):
         arg = args[i]
         if not arg.startswith("-"):
-            parsed.names.append(arg)
+            names.append(arg)
             i += 1
             continue
         option, eq, value = arg.partition("=")
@@ -55,12 +56,12 @@ def parse_run_args(args: list[str], environ: Mapping[str, str]) -> RunArgs | Non
             i += 1
         i += 1
         if option == "--org":
-            parsed.org = value
+            org = value
         elif option == "--env":
-            parsed.env = value
+            env = value
         else:
-            parsed.tags.extend(t for t in value.split(",") if t)
-    return parsed
+            tags.extend(t for t in value.split(",") if t)
+    return RunArgs(names, org, env, tags)
 
 
 def child_environment(

@@ -58,6 +58,14 @@ def _parse_set_args(
             ).encode("utf-8")
         else:
             raw = _read_stdin(keep_newline)
+            if len(args) == 1 and not raw:
+                # Not asked for explicitly (`NAME -`): more likely a script
+                # without input than a wish to blank the secret.
+                raise InvalidInput(
+                    f"no value for {name}: stdin was empty; nothing was stored",
+                    f"give it as NAME VALUE, or pipe it in; `crate secrets set {name} -` "
+                    "stores an empty value",
+                )
         return [(name, check_value(name, raw, max_bytes))]
     pairs: list[tuple[str, str]] = []
     for arg in args:
@@ -187,7 +195,7 @@ def fetch(
     as_json: bool,
 ) -> None:
     """Print secrets with their values (all, or NAMES) in a chosen format."""
-    from crate_cli.formats import dotenv_docker_incompatible, render
+    from crate_cli.formats import dotenv_docker_incompatible, dotenv_interpolated, render
 
     session, client, env_name = _client(org, env)
     found = client.retrieve(env_name, list(names), split_tags(tags))
@@ -198,8 +206,15 @@ def fetch(
         odd = dotenv_docker_incompatible(pairs)
         if odd:
             click.echo(
-                f"crate: warning: docker --env-file cannot read {', '.join(odd)} "
-                "as stored (multi-line or quoted); python-dotenv can",
+                f"crate: warning: docker --env-file would read {', '.join(odd)} with their "
+                "quotes (it cannot read quoted or multi-line values)",
+                err=True,
+            )
+        expanding = dotenv_interpolated(pairs)
+        if expanding:
+            click.echo(
+                f"crate: warning: python-dotenv expands ${{...}} in {', '.join(expanding)}; "
+                "load the file with interpolate=False to read them as stored",
                 err=True,
             )
     sys.stdout.write(render(pairs, fmt))

@@ -25,9 +25,9 @@ stable code of the `CrateError` raised.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from crate_cli.errors import CrateError, InvalidInput, NotFound, SealedTransportRequired
 from crate_cli.vault.service import SealedItem, VaultService
@@ -35,25 +35,22 @@ from crate_cli.vault.service import SealedItem, VaultService
 MAX_RETRIEVE_NAMES = 1000
 
 
-@dataclass(frozen=True)
-class Principal:
+class Principal(NamedTuple):
     """Who is calling: the actor recorded in history, and through which client."""
 
     actor: str
     client: str = "cli"
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     method: str
     path: str
     principal: Principal
-    query: dict[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = MappingProxyType({})
     body: Any = None
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(NamedTuple):
     status: int
     body: dict[str, Any]
 
@@ -100,12 +97,12 @@ def _str_list(value: Any, what: str) -> list[str]:
     return list(value)
 
 
-def _query_tags(query: dict[str, str]) -> list[str]:
+def _query_tags(query: Mapping[str, str]) -> list[str]:
     raw = query.get("tags", "")
     return [t for t in raw.split(",") if t]
 
 
-def _query_env(query: dict[str, str]) -> str:
+def _query_env(query: Mapping[str, str]) -> str:
     env = query.get("env")
     if not env:
         raise InvalidInput("the query needs env=ENVIRONMENT")

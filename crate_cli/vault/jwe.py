@@ -19,8 +19,7 @@ import base64
 import binascii
 import json
 import os
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -72,8 +71,7 @@ def _oaep() -> padding.OAEP:
     )
 
 
-@dataclass(frozen=True)
-class Decrypted:
+class Decrypted(NamedTuple):
     header: dict[str, Any]
     plaintext: bytes
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from crate_cli.config import CrateHome, file_lock, write_private_file
 from crate_cli.errors import CrateError, KeystoreError, UnsupportedVersion
@@ -32,16 +30,14 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@dataclass(frozen=True)
-class SlotRecord:
+class SlotRecord(NamedTuple):
     id: str
     type: str
     created_at: str
     params: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class MasterVersion:
+class MasterVersion(NamedTuple):
     version: int
     created_at: str
     slots: tuple[SlotRecord, ...]
@@ -165,7 +161,7 @@ class MasterKeys:
     def _seal_slot(
         self, key: bytes, version: int, keystore: str, options: dict[str, Any] | None
     ) -> SlotRecord:
-        slot_id = secrets.token_hex(4)
+        slot_id = os.urandom(4).hex()
         params = provider(keystore).seal(self._slot_context(options), key, version, slot_id)
         return SlotRecord(id=slot_id, type=keystore, created_at=utc_now(), params=params)
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from crate_cli.config import CrateHome
 from crate_cli.errors import (
@@ -31,16 +30,14 @@ from crate_cli.vault.store import OrgStore
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True)
-class SealedItem:
+class SealedItem(NamedTuple):
     """A value to store, still sealed, as received from a client."""
 
     name: str
     tags: list[str] | None  # None keeps the tags the secret already has
 
 
-@dataclass(frozen=True)
-class SecretRecord:
+class SecretRecord(NamedTuple):
     name: str
     env: str
     version: int
@@ -60,8 +57,7 @@ class SecretRecord:
         }
 
 
-@dataclass(frozen=True)
-class SecretValue:
+class SecretValue(NamedTuple):
     """A decrypted value, as a retrieval returns it."""
 
     name: str

@@ -12,9 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from crate_cli.config import CrateHome
 from crate_cli.errors import KeystoreError
@@ -25,14 +25,13 @@ from crate_cli.vault import crypto
 SecretPrompt = Callable[[str], str]
 
 
-@dataclass(frozen=True)
-class SlotContext:
+class SlotContext(NamedTuple):
     """What a provider may use: where files go, the environment, a prompt."""
 
     home: CrateHome
     environ: dict[str, str]
     prompt: SecretPrompt | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = MappingProxyType({})
 
 
 class SlotProvider(ABC):
