@@ -11,9 +11,11 @@ Every failure to decrypt raises `IntegrityError` and nothing else.
 
 from __future__ import annotations
 
+import json
 import os
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from crate_cli.errors import IntegrityError
@@ -32,6 +34,11 @@ ORG_DEK = "crate/org-dek/v1"
 ORG_RSA_KEY = "crate/org-rsa-key/v1"
 ORG_AUDIT_KEY = "crate/org-audit-key/v1"
 MASTER_SLOT = "crate/master-slot/v1"
+# Subkey of the org audit key that authenticates the clear row metadata.
+ROW_MAC_KEY = "crate/row-mac-key/v1"
+SECRET_HEAD = "crate/secret-head/v1"
+SECRET_VERSION = "crate/secret-version/v1"
+MAC_BYTES = 32
 
 
 def aad(purpose: str, *parts: str | int) -> bytes:
@@ -51,6 +58,38 @@ def new_key() -> bytes:
     return os.urandom(KEY_BYTES)
 
 
+def derive_subkey(key: bytes, purpose: str) -> bytes:
+    """A 32-byte subkey of `key` for one purpose (HKDF-SHA256, the label as info)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(hashes.SHA256(), KEY_BYTES, salt=None, info=purpose.encode("ascii")).derive(key)
+
+
+def mac_message(purpose: str, *fields: str | int | None) -> bytes:
+    """The bytes a row MAC covers: a JSON array, so no field can bleed into another."""
+    return json.dumps([purpose, *fields], separators=(",", ":")).encode("utf-8")
+
+
+def mac(key: bytes, message: bytes) -> bytes:
+    """HMAC-SHA256."""
+    h = hmac.HMAC(key, hashes.SHA256())
+    h.update(message)
+    return h.finalize()
+
+
+def verify_mac(key: bytes, message: bytes, tag: object) -> None:
+    """Check an HMAC-SHA256 tag in constant time; anything else raises IntegrityError."""
+    if not isinstance(tag, bytes) or len(tag) != MAC_BYTES:
+        raise IntegrityError()
+    h = hmac.HMAC(key, hashes.SHA256())
+    h.update(message)
+    try:
+        h.verify(tag)
+    except InvalidSignature:
+        raise IntegrityError() from None
+
+
 def encrypt(
     key: bytes, plaintext: bytes, associated: bytes, *, nonce: bytes | None = None
 ) -> bytes:
@@ -68,7 +107,12 @@ def encrypt(
 
 def decrypt(key: bytes, blob: bytes, associated: bytes) -> bytes:
     """Decrypt a blob made by `encrypt`; any mismatch raises IntegrityError."""
-    if len(key) != KEY_BYTES or len(blob) < _OVERHEAD or blob[:1] != FORMAT_V1:
+    if (
+        not isinstance(blob, bytes)
+        or len(key) != KEY_BYTES
+        or len(blob) < _OVERHEAD
+        or blob[:1] != FORMAT_V1
+    ):
         raise IntegrityError()
     nonce = blob[1 : 1 + NONCE_BYTES]
     try:

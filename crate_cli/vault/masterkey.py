@@ -46,7 +46,10 @@ class MasterVersion(NamedTuple):
 def _parse_registry(raw: bytes, path: object) -> list[MasterVersion]:
     try:
         doc = json.loads(raw)
-        if doc.get("format") != REGISTRY_FORMAT:
+        fmt = doc["format"]
+        if not isinstance(fmt, int) or isinstance(fmt, bool):
+            raise ValueError("format")
+        if fmt != REGISTRY_FORMAT:
             raise UnsupportedVersion(
                 f"key registry {path} has format {doc.get('format')!r}, "
                 f"this crate reads format {REGISTRY_FORMAT}",
@@ -150,6 +153,14 @@ class MasterKeys:
             self._versions = None
             if self.exists():
                 return self.current()
+            vaults = list(self.home.orgs_dir.glob("*.vault")) if self.home.orgs_dir.exists() else []
+            if vaults:
+                # A new key could never open them: the registry was lost, not never made.
+                raise KeystoreError(
+                    f"the key registry {self.home.keys_dir / REGISTRY_FILE} is missing or empty, "
+                    f"but {len(vaults)} org vault(s) exist in {self.home.orgs_dir}",
+                    "restore the keys folder from a backup; crate will not make a new master key",
+                )
             key = crypto.new_key()
             slot = self._seal_slot(key, 1, keystore, options)
             version = MasterVersion(version=1, created_at=utc_now(), slots=(slot,))

@@ -65,9 +65,25 @@ class SecretValue(NamedTuple):
     value: str
 
 
-def _record(row: sqlite3.Row | tuple[Any, ...], env: str) -> SecretRecord:
-    name, version, deleted, tags, updated_at, actor = row
-    return SecretRecord(name, env, version, json.loads(tags), updated_at, actor, bool(deleted))
+# The columns of a `secrets` row, in the order OrgKeys.check_head expects. The
+# queries that splice it in (noqa: S608) take every value as a parameter.
+HEAD_COLUMNS = "s.name, s.version, s.deleted, s.tags, s.updated_at, s.actor, s.mac"
+
+
+def _tags(text: str) -> list[str]:
+    """Tags from a row whose MAC was checked (so a failure means a bug or old damage)."""
+    try:
+        tags = json.loads(text)
+    except ValueError:
+        raise IntegrityError() from None
+    if not isinstance(tags, list):
+        raise IntegrityError()
+    return [str(t) for t in tags]
+
+
+def _record(row: tuple[Any, ...], env: str) -> SecretRecord:
+    name, version, deleted, tags, updated_at, actor = row[:6]
+    return SecretRecord(name, env, version, _tags(tags), updated_at, actor, bool(deleted))
 
 
 class OrgKeys:
@@ -79,6 +95,7 @@ class OrgKeys:
         self.master = master
         self._deks: dict[int, bytes] = {}
         self._private: dict[str, Any] = {}
+        self._row_key: bytes | None = None
 
     def dek(self, version: int) -> bytes:
         key = self._deks.get(version)
@@ -88,7 +105,8 @@ class OrgKeys:
                     "SELECT master_version, wrapped FROM org_deks WHERE version = ?", (version,)
                 ).fetchone()
             if row is None:
-                raise NotFound(f"org key v{version} of {self.org!r} is missing from the vault")
+                # Referenced by a secret but gone: the vault was tampered with.
+                raise IntegrityError()
             master_key = self.master.unlock(row[0])
             key = crypto.unwrap_key(
                 master_key, row[1], crypto.aad(crypto.ORG_DEK, self.org, version)
@@ -99,8 +117,102 @@ class OrgKeys:
     def current_dek_version(self, db: sqlite3.Connection) -> int:
         row = db.execute("SELECT max(version) FROM org_deks").fetchone()
         if row is None or row[0] is None:
-            raise NotFound(f"organization {self.org!r} has no data key")
+            raise IntegrityError(f"organization {self.org!r} has no data key")
         return int(row[0])
+
+    def row_key(self) -> bytes:
+        """The key that authenticates clear row metadata (a subkey of the audit key)."""
+        if self._row_key is None:
+            with self.store.errors():
+                row = self.store.conn.execute(
+                    "SELECT version, master_version, wrapped FROM org_audit_keys "
+                    "ORDER BY version DESC LIMIT 1"
+                ).fetchone()
+            if row is None:
+                raise IntegrityError()
+            audit_key = crypto.unwrap_key(
+                self.master.unlock(row[1]),
+                row[2],
+                crypto.aad(crypto.ORG_AUDIT_KEY, self.org, row[0]),
+            )
+            self._row_key = crypto.derive_subkey(audit_key, crypto.ROW_MAC_KEY)
+        return self._row_key
+
+    def head_mac(
+        self,
+        env: str,
+        name: str,
+        version: int,
+        deleted: int,
+        tags: str,
+        updated_at: str,
+        actor: str,
+    ) -> bytes:
+        return crypto.mac(
+            self.row_key(),
+            crypto.mac_message(
+                crypto.SECRET_HEAD, self.org, env, name, version, deleted, tags, updated_at, actor
+            ),
+        )
+
+    def check_head(self, env: str, row: tuple[Any, ...]) -> None:
+        """Verify a `secrets` row read as (name, version, deleted, tags, updated_at, actor, mac)."""
+        name, version, deleted, tags, updated_at, actor, tag = row[:7]
+        crypto.verify_mac(
+            self.row_key(),
+            crypto.mac_message(
+                crypto.SECRET_HEAD, self.org, env, name, version, deleted, tags, updated_at, actor
+            ),
+            tag,
+        )
+
+    def version_mac(
+        self,
+        env: str,
+        name: str,
+        version: int,
+        action: str,
+        dek_version: int | None,
+        tags: str,
+        created_at: str,
+        actor: str,
+    ) -> bytes:
+        return crypto.mac(
+            self.row_key(),
+            crypto.mac_message(
+                crypto.SECRET_VERSION,
+                self.org,
+                env,
+                name,
+                version,
+                action,
+                dek_version,
+                tags,
+                created_at,
+                actor,
+            ),
+        )
+
+    def check_version(self, env: str, name: str, row: tuple[Any, ...]) -> None:
+        """Verify a `secret_versions` row read as
+        (version, action, org_dek_version, tags, created_at, actor, mac)."""
+        version, action, dek_version, tags, created_at, actor, tag = row[:7]
+        crypto.verify_mac(
+            self.row_key(),
+            crypto.mac_message(
+                crypto.SECRET_VERSION,
+                self.org,
+                env,
+                name,
+                version,
+                action,
+                dek_version,
+                tags,
+                created_at,
+                actor,
+            ),
+            tag,
+        )
 
     def active_public_key(self) -> tuple[str, bytes]:
         with self.store.errors():
@@ -109,7 +221,7 @@ class OrgKeys:
                 "ORDER BY created_at DESC LIMIT 1"
             ).fetchone()
         if row is None:
-            raise NotFound(f"organization {self.org!r} has no public key")
+            raise IntegrityError(f"organization {self.org!r} has no public key")
         return row[0], row[1]
 
     def private_key(self, kid: str) -> Any:
@@ -314,6 +426,16 @@ class VaultService:
                 )
         return out
 
+    def _head(self, db: sqlite3.Connection, keys: OrgKeys, env: str, name: str) -> Any:
+        """The authenticated `secrets` row of one secret (with its id last), or None."""
+        row = db.execute(
+            f"SELECT {HEAD_COLUMNS}, s.id FROM secrets s WHERE s.env = ? AND s.name = ?",  # noqa: S608
+            (env, name),
+        ).fetchone()
+        if row is not None:
+            keys.check_head(env, row)
+        return row
+
     def _write_version(
         self,
         db: sqlite3.Connection,
@@ -329,25 +451,27 @@ class VaultService:
         now: str,
     ) -> SecretRecord:
         """Append one version (a value, or a tombstone when `text` is None)."""
-        row = db.execute(
-            "SELECT id, version, tags FROM secrets WHERE env = ? AND name = ?", (env, name)
-        ).fetchone()
-        if row is None:
-            version = 1
-            tag_list = check_tags(tags or [])
+        head = self._head(db, keys, env, name)
+        version = 1 if head is None else head[1] + 1
+        if tags is not None:
+            tag_list = check_tags(tags)
+        else:
+            tag_list = [] if head is None else _tags(head[3])
+        tag_text = json.dumps(tag_list)
+        deleted = int(text is None)
+        head_mac = keys.head_mac(env, name, version, deleted, tag_text, now, actor)
+        if head is None:
             secret_id = db.execute(
-                "INSERT INTO secrets (env, name, version, deleted, tags, updated_at, actor) "
-                "VALUES (?, ?, 1, ?, ?, ?, ?)",
-                (env, name, int(text is None), json.dumps(tag_list), now, actor),
+                "INSERT INTO secrets (env, name, version, deleted, tags, updated_at, actor, mac) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (env, name, version, deleted, tag_text, now, actor, head_mac),
             ).lastrowid
         else:
-            secret_id, previous, old_tags = row
-            version = previous + 1
-            tag_list = check_tags(tags) if tags is not None else json.loads(old_tags)
+            secret_id = head[7]
             db.execute(
-                "UPDATE secrets SET version = ?, deleted = ?, tags = ?, updated_at = ?, actor = ? "
-                "WHERE id = ?",
-                (version, int(text is None), json.dumps(tag_list), now, actor, secret_id),
+                "UPDATE secrets SET version = ?, deleted = ?, tags = ?, updated_at = ?, "
+                "actor = ?, mac = ? WHERE id = ?",
+                (version, deleted, tag_text, now, actor, head_mac, secret_id),
             )
         wrapped_dek = ciphertext = None
         if text is not None:
@@ -361,22 +485,26 @@ class VaultService:
                 text.encode("utf-8"),
                 crypto.aad(crypto.SECRET_VALUE, keys.org, env, name, version),
             )
+        else:
+            dek_version = None
         db.execute(
             "INSERT INTO secret_versions (secret_id, version, action, org_dek_version, "
-            "wrapped_dek, ciphertext, tags, created_at, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "wrapped_dek, ciphertext, tags, created_at, actor, mac) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 secret_id,
                 version,
                 action,
-                dek_version if text is not None else None,
+                dek_version,
                 wrapped_dek,
                 ciphertext,
-                json.dumps(tag_list),
+                tag_text,
                 now,
                 actor,
+                keys.version_mac(env, name, version, action, dek_version, tag_text, now, actor),
             ),
         )
-        return SecretRecord(name, env, version, tag_list, now, actor, text is None)
+        return SecretRecord(name, env, version, tag_list, now, actor, bool(deleted))
 
     # -- reads ----------------------------------------------------------------
 
@@ -386,12 +514,17 @@ class VaultService:
         with keys.store.read() as db:
             self._require_env(db, org, env)
             rows = db.execute(
-                "SELECT name, version, deleted, tags, updated_at, actor FROM secrets "
-                "WHERE env = ? AND deleted = 0 ORDER BY name",
+                f"SELECT {HEAD_COLUMNS} FROM secrets s WHERE s.env = ? ORDER BY s.name",  # noqa: S608
                 (env,),
             ).fetchall()
-        records = [_record(r, env) for r in rows]
-        return [r for r in records if want.issubset(r.tags)]
+        out = []
+        for row in rows:
+            # Deleted rows are checked too: flipping the flag must not hide a secret.
+            keys.check_head(env, row)
+            record = _record(row, env)
+            if not record.deleted and want.issubset(record.tags):
+                out.append(record)
+        return out
 
     def read_values(
         self,
@@ -402,7 +535,12 @@ class VaultService:
         versions: dict[str, int] | None = None,
     ) -> list[SecretValue]:
         """Decrypt the selected secrets: the named ones (all when none are named)
-        carrying every tag in `tags`; `versions` picks older versions by name."""
+        carrying every tag in `tags`; `versions` picks older versions by name.
+
+        Each secret's head row is authenticated before its value is used, so
+        moving the version pointer back or flipping the deleted flag fails
+        with IntegrityError instead of serving an older value.
+        """
         keys = self.org(org)
         for n in names:
             check_secret_name(n)
@@ -411,19 +549,26 @@ class VaultService:
         with keys.store.read() as db:
             self._require_env(db, org, env)
             rows = self._select_rows(db, env, names, versions)
-        found = {r[0] for r in rows}
-        missing = [n for n in names if n not in found]
-        if missing:
-            raise NotFound(
-                f"no secret {', '.join(missing)} in {org}/{env}",
-                "list them with: crate secrets list",
-            )
         out: list[SecretValue] = []
-        for name, version, tag_text, dek_version, wrapped, blob in rows:
-            if want and not want.issubset(json.loads(tag_text)):
+        found: set[str] = set()
+        for row in rows:
+            keys.check_head(env, row)
+            name, head_version, deleted, tag_text = row[:4]
+            version, dek_version, wrapped, blob = row[7:11]
+            explicit = name in versions
+            if deleted and not explicit:
                 continue
+            found.add(name)
+            if want and not want.issubset(_tags(tag_text)):
+                continue
+            if version is None or not 1 <= version <= head_version:
+                if explicit:
+                    raise NotFound(f"secret {name} in {org}/{env} has no version {versions[name]}")
+                raise IntegrityError()  # the head points at a version that is not there
             if blob is None:
-                raise NotFound(f"version {version} of {name} in {org}/{env} is a deletion")
+                if explicit:
+                    raise NotFound(f"version {version} of {name} in {org}/{env} is a deletion")
+                raise IntegrityError()  # a live head whose version holds no value
             secret_dek = crypto.unwrap_key(
                 keys.dek(dek_version),
                 wrapped,
@@ -433,35 +578,33 @@ class VaultService:
                 secret_dek, blob, crypto.aad(crypto.SECRET_VALUE, org, env, name, version)
             )
             out.append(SecretValue(name, version, value.decode("utf-8")))
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise NotFound(
+                f"no secret {', '.join(missing)} in {org}/{env}",
+                "list them with: crate secrets list",
+            )
         return out
 
     def _select_rows(
         self, db: sqlite3.Connection, env: str, names: list[str], versions: dict[str, int]
     ) -> list[Any]:
+        """Head columns, then the chosen version's: version, dek version, wrapped DEK, blob."""
         base = (
-            "SELECT s.name, v.version, v.tags, v.org_dek_version, v.wrapped_dek, v.ciphertext "
-            "FROM secrets s JOIN secret_versions v ON v.secret_id = s.id "
+            f"SELECT {HEAD_COLUMNS}, v.version, v.org_dek_version, v.wrapped_dek, v.ciphertext "  # noqa: S608
+            "FROM secrets s LEFT JOIN secret_versions v ON v.secret_id = s.id "
         )
         if not names:
             return db.execute(
-                base + "AND v.version = s.version WHERE s.env = ? AND s.deleted = 0 "
-                "ORDER BY s.name",
-                (env,),
+                base + "AND v.version = s.version WHERE s.env = ? ORDER BY s.name", (env,)
             ).fetchall()
         rows = []
         for name in dict.fromkeys(names):
             wanted = versions.get(name)
-            if wanted is None:
-                row = db.execute(
-                    base + "AND v.version = s.version WHERE s.env = ? AND s.name = ? "
-                    "AND s.deleted = 0",
-                    (env, name),
-                ).fetchone()
-            else:
-                row = db.execute(
-                    base + "WHERE s.env = ? AND s.name = ? AND v.version = ?",
-                    (env, name, wanted),
-                ).fetchone()
+            row = db.execute(
+                base + "AND v.version = coalesce(?, s.version) WHERE s.env = ? AND s.name = ?",
+                (wanted, env, name),
+            ).fetchone()
             if row is not None:
                 rows.append(row)
         return rows
@@ -477,7 +620,10 @@ class VaultService:
         nonce: str,
     ) -> str:
         """The ephemeral retrieval: selected values, encrypted to the client's key."""
-        public = jwe.public_key_from_jwk(client_jwk)
+        try:
+            public = jwe.public_key_from_jwk(client_jwk)
+        except IntegrityError as e:  # a bad request, not a damaged vault
+            raise InvalidInput(e.message) from None
         selected = self.read_values(org, env, names, tags, versions)
         bundle = {
             "org": org,
@@ -489,29 +635,37 @@ class VaultService:
         return jwe.encrypt(public, plaintext)
 
     def history(self, org: str, env: str, name: str) -> list[dict[str, Any]]:
+        """Every version's metadata (no values), each row authenticated; a removed
+        version shows as a gap and fails with IntegrityError."""
         keys = self.org(org)
         check_secret_name(name)
         with keys.store.read() as db:
             self._require_env(db, org, env)
+            head = self._head(db, keys, env, name)
+            if head is None:
+                raise NotFound(f"no secret {name} in {org}/{env}")
             rows = db.execute(
-                "SELECT v.version, v.action, v.ciphertext IS NULL, v.tags, v.created_at, v.actor "
-                "FROM secrets s JOIN secret_versions v ON v.secret_id = s.id "
-                "WHERE s.env = ? AND s.name = ? ORDER BY v.version",
-                (env, name),
+                "SELECT version, action, org_dek_version, tags, created_at, actor, mac, "
+                "ciphertext IS NULL FROM secret_versions WHERE secret_id = ? ORDER BY version",
+                (head[7],),
             ).fetchall()
-        if not rows:
-            raise NotFound(f"no secret {name} in {org}/{env}")
-        return [
-            {
-                "version": v,
-                "action": a,
-                "deleted": bool(d),
-                "tags": json.loads(t),
-                "created_at": c,
-                "actor": who,
-            }
-            for v, a, d, t, c, who in rows
-        ]
+        if [r[0] for r in rows] != list(range(1, head[1] + 1)):
+            raise IntegrityError()
+        out = []
+        for row in rows:
+            keys.check_version(env, name, row)
+            version, action, _, tag_text, created_at, actor = row[:6]
+            out.append(
+                {
+                    "version": version,
+                    "action": action,
+                    "deleted": bool(row[7]),
+                    "tags": _tags(tag_text),
+                    "created_at": created_at,
+                    "actor": actor,
+                }
+            )
+        return out
 
     # -- changes without a value from the client ------------------------------------
 
@@ -520,10 +674,8 @@ class VaultService:
         check_secret_name(name)
         with keys.store.write() as db:
             self._require_env(db, org, env)
-            row = db.execute(
-                "SELECT deleted FROM secrets WHERE env = ? AND name = ?", (env, name)
-            ).fetchone()
-            if row is None or row[0]:
+            head = self._head(db, keys, env, name)
+            if head is None or head[2]:
                 raise NotFound(f"no secret {name} in {org}/{env}")
             return self._write_version(
                 db, keys, env, name, None, None, None, None, actor, "delete", utc_now()

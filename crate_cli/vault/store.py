@@ -66,6 +66,7 @@ CREATE TABLE secrets (
     tags TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     actor TEXT NOT NULL,
+    mac BLOB NOT NULL,
     UNIQUE (env, name)
 ) STRICT;
 CREATE TABLE secret_versions (
@@ -78,6 +79,7 @@ CREATE TABLE secret_versions (
     tags TEXT NOT NULL,
     created_at TEXT NOT NULL,
     actor TEXT NOT NULL,
+    mac BLOB NOT NULL,
     PRIMARY KEY (secret_id, version)
 ) STRICT;
 CREATE INDEX secret_versions_by_org_dek ON secret_versions (org_dek_version);
@@ -121,21 +123,24 @@ class OrgStore:
             raise NotFound(f"no vault at {path}") from None
         if magic != SQLITE_MAGIC:
             raise _damaged(path, ValueError("not an SQLite file"))
+        conn: sqlite3.Connection | None = None
         try:
             conn = _connect(path, create=False)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                conn.close()
                 raise UnsupportedVersion(
                     f"vault {path} has schema version {version}, newer than this crate "
                     f"understands ({SCHEMA_VERSION}); it was left untouched",
                     "upgrade crate to use this vault",
                 )
             if version < 1:
-                conn.close()
                 raise _damaged(path, ValueError("no crate schema"))
-        except sqlite3.DatabaseError as e:
-            raise _damaged(path, e) from None
+        except BaseException as e:
+            if conn is not None:
+                conn.close()
+            if isinstance(e, sqlite3.DatabaseError):
+                raise _damaged(path, e) from None
+            raise
         store = cls(path, conn)
         if version < SCHEMA_VERSION:
             store._migrate(version)

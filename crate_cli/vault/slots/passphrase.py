@@ -35,6 +35,11 @@ class PassphraseSlot(SlotProvider):
     def _passphrase(self, ctx: SlotContext, confirm: bool) -> str:
         value = ctx.environ.get(PASSPHRASE_ENV)
         if value:
+            if confirm and len(value) < MIN_PASSPHRASE:
+                raise KeystoreError(
+                    f"the passphrase must have at least {MIN_PASSPHRASE} characters "
+                    f"({PASSPHRASE_ENV} is shorter)"
+                )
             return value
         if ctx.prompt is None:
             raise KeystoreError(

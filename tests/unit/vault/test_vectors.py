@@ -121,3 +121,14 @@ def test_wrong_passphrase_does_not_unwrap(vectors: dict[str, Any]) -> None:
     )
     with pytest.raises(IntegrityError):
         crypto.unwrap_key(kek, bytes.fromhex(p["wrapped"]), slot_aad(1, p["slot_id"]))
+
+
+def test_row_metadata_mac(vectors: dict[str, Any]) -> None:
+    v = vectors["row_mac"]
+    row_key = crypto.derive_subkey(bytes.fromhex(v["audit_key"]), crypto.ROW_MAC_KEY)
+    assert row_key.hex() == v["row_key"]
+    message = v["head_message"].encode()
+    assert crypto.mac(row_key, message).hex() == v["head_mac"]
+    crypto.verify_mac(row_key, message, bytes.fromhex(v["head_mac"]))
+    with pytest.raises(IntegrityError):
+        crypto.verify_mac(row_key, message.replace(b",7,", b",6,"), bytes.fromhex(v["head_mac"]))

@@ -1,0 +1,128 @@
+"""Fixtures for the integration tests: real homes, real vault files, real keys.
+
+Test modules load this file with `pytest_plugins = ["crate_integration_fixtures"]`
+(not a conftest.py: a second conftest module would shadow the
+`from conftest import ...` of the other test folders).
+
+Building an org costs an RSA-3072 key generation, so one home with org
+`acme` and a few secrets is built once per test session through the real
+client (`Session.client(...).store`), and every test gets its own copy of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from crate_cli.context import Session
+from crate_cli.vault.orgs import create_org
+
+# What the template home holds: org -> env -> name -> versions (oldest first).
+ACME_SECRETS: dict[str, dict[str, list[str]]] = {
+    "dev": {
+        "DB_URL": ["postgres://dev-db.internal/app?password=dev-9f2c1e"],
+        "API_KEY": ["dev-api-key-7d41a0c3b9"],
+        "ROTATED": ["rotated-value-version-one", "rotated-value-version-two"],
+    },
+    "prod": {
+        "DB_URL": ["postgres://prod-db.internal/app?password=prod-4be87a"],
+    },
+}
+
+
+@contextlib.contextmanager
+def _fresh_session(home: Path) -> Iterator[Session]:
+    """A Session with no cached keys or connections, as a new crate process has."""
+    s = Session(environ={"CRATE_HOME": str(home)})
+    try:
+        yield s
+    finally:
+        if "service" in s.__dict__:
+            s.service.close()
+
+
+@pytest.fixture(scope="session")
+def acme_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("acme-template") / "crate-home"
+    with _fresh_session(home) as s:
+        s.init()
+        create_org(s.home, s.master, "acme")
+        client = s.client("acme")
+        for env, names in ACME_SECRETS.items():
+            for name, versions in names.items():
+                for value in versions:
+                    client.store(env, [(name, value)])
+    # Every connection is closed: the WAL is checkpointed into the vault file.
+    assert not list((home / "orgs").glob("*-wal"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def personal_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home after implicit first use: master key v1, org `personal` selected, no secrets."""
+    home = tmp_path_factory.mktemp("personal-template") / "crate-home"
+    with _fresh_session(home) as s:
+        assert s.org() == "personal"
+    return home
+
+
+@pytest.fixture
+def personal_home(personal_template: Path, crate_home: Path) -> Path:
+    """A private copy of the first-use home at CRATE_HOME (for `session` and `crate`)."""
+    shutil.copytree(personal_template, crate_home)
+    return crate_home
+
+
+@pytest.fixture
+def acme_home(acme_template: Path, crate_home: Path) -> Path:
+    """A private copy of the template at CRATE_HOME (so the `crate` fixture uses it)."""
+    shutil.copytree(acme_template, crate_home)
+    return crate_home
+
+
+@pytest.fixture
+def vault_sql(acme_home: Path) -> Callable[..., list[tuple[object, ...]]]:
+    """Run one SQL statement directly on an org's vault file, as an attacker could."""
+
+    def run(
+        sql: str, params: tuple[object, ...] = (), org: str = "acme"
+    ) -> list[tuple[object, ...]]:
+        path = acme_home / "orgs" / f"{org}.vault"
+        assert path.exists(), path
+        db = sqlite3.connect(path)
+        try:
+            rows = db.execute(sql, params).fetchall()
+            db.commit()
+        finally:
+            db.close()
+        return rows
+
+    return run
+
+
+@pytest.fixture
+def acme_secrets() -> dict[str, dict[str, list[str]]]:
+    """The template's secrets: env -> name -> values, oldest first."""
+    return ACME_SECRETS
+
+
+@pytest.fixture
+def fresh_session(crate_home: Path) -> Callable[[], contextlib.AbstractContextManager[Session]]:
+    """`with fresh_session() as s:` opens CRATE_HOME as a new crate process would."""
+    return lambda: _fresh_session(crate_home)
+
+
+@pytest.fixture
+def retrieve(crate_home: Path) -> Callable[..., dict[str, str]]:
+    """Read values through the real client in a fresh Session: {name: value}."""
+
+    def run(org: str, env: str, names: list[str]) -> dict[str, str]:
+        with _fresh_session(crate_home) as s:
+            return {r.name: r.value for r in s.client(org).retrieve(env, names)}
+
+    return run

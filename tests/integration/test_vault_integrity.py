@@ -1,0 +1,311 @@
+"""Tampering with a vault file must fail closed (DESIGN §2).
+
+Each test edits a real org vault with sqlite3, as someone with access to the
+file could, then reads it back through the real client in a fresh Session
+(no cached keys) or through the CLI in a new process. Any modification or
+move of a ciphertext must surface as `IntegrityError` (exit 5): never a
+wrong value, never another error class, never a traceback.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from crate_cli.errors import ExitCode, IntegrityError
+
+pytest_plugins = ["crate_integration_fixtures"]
+
+Sql = Callable[..., list[tuple[object, ...]]]
+Retrieve = Callable[..., dict[str, str]]
+
+_VERSION_ROW = "secret_id = (SELECT id FROM secrets WHERE env = ? AND name = ?) AND version = ?"
+
+
+def flip(blob: bytes, index: int) -> bytes:
+    """`blob` with one bit changed at `index` (negative counts from the end)."""
+    data = bytearray(blob)
+    data[index] ^= 0x01
+    return bytes(data)
+
+
+def head_version(sql: Sql, env: str, name: str) -> int:
+    ((version,),) = sql("SELECT version FROM secrets WHERE env = ? AND name = ?", (env, name))
+    assert isinstance(version, int)
+    return version
+
+
+def read_cell(sql: Sql, column: str, env: str, name: str, version: int | None = None) -> bytes:
+    version = version or head_version(sql, env, name)
+    ((value,),) = sql(
+        f"SELECT {column} FROM secret_versions WHERE {_VERSION_ROW}", (env, name, version)
+    )
+    assert isinstance(value, bytes)
+    return value
+
+
+def write_cell(
+    sql: Sql, column: str, env: str, name: str, value: object, version: int | None = None
+) -> None:
+    version = version or head_version(sql, env, name)
+    sql(
+        f"UPDATE secret_versions SET {column} = ? WHERE {_VERSION_ROW}", (value, env, name, version)
+    )
+
+
+def renumber(sql: Sql, env: str, name: str, old: int, new: int) -> None:
+    """Change the number of one version row (not the head pointer)."""
+    sql(f"UPDATE secret_versions SET version = ? WHERE {_VERSION_ROW}", (new, env, name, old))
+
+
+def swap_ciphertexts(
+    sql: Sql, a: tuple[str, str, int | None], b: tuple[str, str, int | None]
+) -> None:
+    """Exchange the wrapped DEK and ciphertext of two version rows."""
+    cells = {
+        key: {col: read_cell(sql, col, *key) for col in ("wrapped_dek", "ciphertext")}
+        for key in (a, b)
+    }
+    for src, dst in ((a, b), (b, a)):
+        for col in ("wrapped_dek", "ciphertext"):
+            write_cell(sql, col, *dst[:2], cells[src][col], version=dst[2])
+
+
+def assert_integrity_failure(
+    retrieve: Retrieve, org: str, env: str, names: list[str], secrets: list[str]
+) -> None:
+    with pytest.raises(IntegrityError) as info:
+        retrieve(org, env, names)
+    assert type(info.value) is IntegrityError
+    assert info.value.exit_code == ExitCode.INTEGRITY
+    for value in secrets:
+        assert value not in info.value.diagnostics()
+
+
+def all_values(acme_secrets: dict[str, dict[str, list[str]]]) -> list[str]:
+    return [v for names in acme_secrets.values() for vs in names.values() for v in vs]
+
+
+# -- the template reads back untouched (the baseline every test departs from) -------
+
+
+def test_untouched_copy_reads_back(acme_home: Path, retrieve: Retrieve, acme_secrets) -> None:
+    for env, names in acme_secrets.items():
+        got = retrieve("acme", env, [])
+        assert got == {name: versions[-1] for name, versions in names.items()}
+
+
+# -- bit flips ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("column", ["ciphertext", "wrapped_dek"])
+@pytest.mark.parametrize("index", [0, 5, 20, -1], ids=["format-byte", "nonce", "body", "tag"])
+def test_flipped_bit_fails_closed(
+    acme_home: Path, vault_sql: Sql, retrieve: Retrieve, acme_secrets, column: str, index: int
+) -> None:
+    blob = read_cell(vault_sql, column, "dev", "DB_URL")
+    write_cell(vault_sql, column, "dev", "DB_URL", flip(blob, index))
+
+    assert_integrity_failure(retrieve, "acme", "dev", ["DB_URL"], all_values(acme_secrets))
+    # Reading everything fails too: no partial bundle without the damaged secret.
+    assert_integrity_failure(retrieve, "acme", "dev", [], all_values(acme_secrets))
+    # The failure is local to the damaged row.
+    assert retrieve("acme", "dev", ["API_KEY"]) == {"API_KEY": acme_secrets["dev"]["API_KEY"][-1]}
+
+
+def test_truncated_ciphertext_fails_closed(
+    acme_home: Path, vault_sql: Sql, retrieve: Retrieve, acme_secrets
+) -> None:
+    blob = read_cell(vault_sql, "ciphertext", "dev", "DB_URL")
+    write_cell(vault_sql, "ciphertext", "dev", "DB_URL", blob[:-16])
+    assert_integrity_failure(retrieve, "acme", "dev", ["DB_URL"], all_values(acme_secrets))
+
+
+# -- ciphertexts moved to another place ------------------------------------------------
+
+
+def test_swap_between_secrets_of_one_env(
+    acme_home: Path, vault_sql: Sql, retrieve: Retrieve, acme_secrets
+) -> None:
+    swap_ciphertexts(vault_sql, ("dev", "DB_URL", None), ("dev", "API_KEY", None))
+    values = all_values(acme_secrets)
+    assert_integrity_failure(retrieve, "acme", "dev", ["DB_URL"], values)
+    assert_integrity_failure(retrieve, "acme", "dev", ["API_KEY"], values)
+
+
+def test_swap_between_environments(
+    acme_home: Path, vault_sql: Sql, retrieve: Retrieve, acme_secrets
+) -> None:
+    swap_ciphertexts(vault_sql, ("dev", "DB_URL", None), ("prod", "DB_URL", None))
+    values = all_values(acme_secrets)
+    assert_integrity_failure(retrieve, "acme", "dev", ["DB_URL"], values)
+    assert_integrity_failure(retrieve, "acme", "prod", ["DB_URL"], values)
+
+
+def test_older_version_replayed_as_current(
+    acme_home: Path, vault_sql: Sql, retrieve: Retrieve, acme_secrets
+) -> None:
+    """Copying version 1's ciphertext into version 2's row must not serve version 1."""
+    for col in ("wrapped_dek", "ciphertext"):
+        write_cell(
+            vault_sql, col, "dev", "ROTATED", read_cell(vault_sql, col, "dev", "ROTATED", 1), 2
+        )
+    assert_integrity_failure(retrieve, "acme", "dev", ["ROTATED"], all_values(acme_secrets))
+
+
+def test_renamed_secret(acme_home: Path, vault_sql: Sql, retrieve: Retrieve, acme_secrets) -> None:
+    vault_sql("UPDATE secrets SET name = 'RENAMED' WHERE env = 'dev' AND name = 'DB_URL'")
+    assert_integrity_failure(retrieve, "acme", "dev", ["RENAMED"], all_values(acme_secrets))
+    assert_integrity_failure(retrieve, "acme", "dev", [], all_values(acme_secrets))
+
+
+def test_secret_moved_to_another_environment(
+    acme_home: Path, vault_sql: Sql, retrieve: Retrieve, acme_secrets
+) -> None:
+    vault_sql("UPDATE secrets SET env = 'staging' WHERE env = 'dev' AND name = 'API_KEY'")
+    assert_integrity_failure(retrieve, "acme", "staging", ["API_KEY"], all_values(acme_secrets))
+
+
+def test_version_number_changed(
+    acme_home: Path, vault_sql: Sql, retrieve: Retrieve, acme_secrets
+) -> None:
+    """Renumbering the head version consistently in both tables still fails (AAD has it)."""
+    renumber(vault_sql, "dev", "ROTATED", 2, 7)
+    vault_sql("UPDATE secrets SET version = 7 WHERE env = 'dev' AND name = 'ROTATED'")
+    assert_integrity_failure(retrieve, "acme", "dev", ["ROTATED"], all_values(acme_secrets))
+
+
+def test_version_numbers_exchanged(
+    acme_home: Path, vault_sql: Sql, retrieve: Retrieve, acme_secrets
+) -> None:
+    """Relabel v1 as v2 and v2 as v1: the head now points at the old ciphertext."""
+    for old, new in ((1, 99), (2, 1), (99, 2)):
+        renumber(vault_sql, "dev", "ROTATED", old, new)
+    assert_integrity_failure(retrieve, "acme", "dev", ["ROTATED"], all_values(acme_secrets))
+
+
+def test_head_pointer_moved_back_to_older_version(
+    acme_home: Path, vault_sql: Sql, retrieve: Retrieve, acme_secrets
+) -> None:
+    vault_sql("UPDATE secrets SET version = 1 WHERE env = 'dev' AND name = 'ROTATED'")
+    assert_integrity_failure(retrieve, "acme", "dev", ["ROTATED"], all_values(acme_secrets))
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("wrapped_dek", None),
+        ("ciphertext", None),
+        ("org_dek_version", None),
+        ("org_dek_version", 2),
+    ],
+    ids=["null-wrapped-dek", "null-ciphertext", "null-dek-version", "dangling-dek-version"],
+)
+def test_structurally_damaged_row(
+    acme_home: Path, vault_sql: Sql, retrieve: Retrieve, acme_secrets, column: str, value: object
+) -> None:
+    write_cell(vault_sql, column, "dev", "DB_URL", value)
+    assert_integrity_failure(retrieve, "acme", "dev", ["DB_URL"], all_values(acme_secrets))
+
+
+def test_damaged_tags_column(acme_home: Path, vault_sql: Sql, fresh_session) -> None:
+    vault_sql("UPDATE secrets SET tags = 'not json' WHERE env = 'dev' AND name = 'DB_URL'")
+    with fresh_session() as s, pytest.raises(IntegrityError) as info:
+        s.client("acme").list_secrets("dev")
+    assert info.value.exit_code == ExitCode.INTEGRITY
+
+
+# -- org keys ----------------------------------------------------------------------
+
+
+def test_tampered_org_dek(
+    acme_home: Path, vault_sql: Sql, retrieve: Retrieve, acme_secrets, fresh_session
+) -> None:
+    ((wrapped,),) = vault_sql("SELECT wrapped FROM org_deks WHERE version = 1")
+    vault_sql("UPDATE org_deks SET wrapped = ? WHERE version = 1", (flip(wrapped, 30),))
+    values = all_values(acme_secrets)
+    for env in ("dev", "prod"):
+        assert_integrity_failure(retrieve, "acme", env, [], values)
+
+    # A store needs the org DEK too: it fails and writes nothing.
+    with fresh_session() as s, pytest.raises(IntegrityError):
+        s.client("acme").store("dev", [("NEW_ONE", "new-value")])
+    assert vault_sql("SELECT count(*) FROM secrets WHERE name = 'NEW_ONE'") == [(0,)]
+
+
+def test_tampered_org_rsa_key_blocks_sealed_store(
+    acme_home: Path, vault_sql: Sql, retrieve: Retrieve, acme_secrets, fresh_session
+) -> None:
+    ((wrapped,),) = vault_sql("SELECT wrapped_private FROM org_rsa_keys")
+    vault_sql("UPDATE org_rsa_keys SET wrapped_private = ?", (flip(wrapped, 40),))
+    before = vault_sql("SELECT env, name, version FROM secrets ORDER BY env, name")
+
+    with fresh_session() as s, pytest.raises(IntegrityError) as info:
+        s.client("acme").store("dev", [("DB_URL", "replacement-value-never-stored")])
+    assert type(info.value) is IntegrityError
+    assert "replacement-value-never-stored" not in info.value.diagnostics()
+
+    with fresh_session() as s, pytest.raises(IntegrityError):
+        s.client("acme").store("dev", [("X1", "one"), ("X2", "two")])  # the batch form
+
+    assert vault_sql("SELECT env, name, version FROM secrets ORDER BY env, name") == before
+    # Retrieval does not use the RSA key: the stored values are still readable.
+    assert retrieve("acme", "dev", ["DB_URL"]) == {"DB_URL": acme_secrets["dev"]["DB_URL"][-1]}
+
+
+def test_vault_copied_to_another_org(
+    acme_home: Path, retrieve: Retrieve, acme_secrets, fresh_session
+) -> None:
+    """Every key is bound to the org's name: acme.vault served as beta.vault is refused."""
+    orgs = acme_home / "orgs"
+    shutil.copyfile(orgs / "acme.vault", orgs / "beta.vault")
+    values = all_values(acme_secrets)
+
+    assert_integrity_failure(retrieve, "beta", "dev", ["DB_URL"], values)
+    assert_integrity_failure(retrieve, "beta", "prod", [], values)
+    with fresh_session() as s, pytest.raises(IntegrityError):
+        s.client("beta").store("dev", [("PLANTED", "planted-value")])
+    # The original is unaffected.
+    assert retrieve("acme", "dev", ["DB_URL"]) == {"DB_URL": acme_secrets["dev"]["DB_URL"][-1]}
+
+
+# -- the same failures through the CLI, in new processes ---------------------------------
+
+
+def assert_cli_integrity_failure(result, values: list[str]) -> None:
+    assert result.returncode == ExitCode.INTEGRITY, result
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 2, result.stderr
+    assert lines[0].startswith("crate: error: ")
+    assert "Traceback" not in result.stderr
+    for value in values:
+        assert value not in result.stderr
+
+
+def test_cli_get_of_flipped_ciphertext(
+    acme_home: Path, vault_sql: Sql, crate, acme_secrets
+) -> None:
+    blob = read_cell(vault_sql, "ciphertext", "dev", "DB_URL")
+    write_cell(vault_sql, "ciphertext", "dev", "DB_URL", flip(blob, 20))
+    result = crate("secrets", "get", "DB_URL", "--org", "acme", "--env", "dev")
+    assert_cli_integrity_failure(result, all_values(acme_secrets))
+    assert "integrity" in result.stderr
+
+
+def test_cli_fetch_of_vault_moved_to_another_org(acme_home: Path, crate, acme_secrets) -> None:
+    orgs = acme_home / "orgs"
+    shutil.move(orgs / "acme.vault", orgs / "beta.vault")
+    result = crate("secrets", "fetch", "--org", "beta", "--env", "prod", "--format", "json")
+    assert_cli_integrity_failure(result, all_values(acme_secrets))
+
+
+def test_cli_set_with_tampered_rsa_key(acme_home: Path, vault_sql: Sql, crate) -> None:
+    ((wrapped,),) = vault_sql("SELECT wrapped_private FROM org_rsa_keys")
+    vault_sql("UPDATE org_rsa_keys SET wrapped_private = ?", (flip(wrapped, -3),))
+    result = crate("secrets", "set", "NEW_NAME", "-", "--org", "acme", input="cli-new-value-xyz")
+    assert_cli_integrity_failure(result, ["cli-new-value-xyz"])
+    assert vault_sql("SELECT count(*) FROM secrets WHERE name = 'NEW_NAME'") == [(0,)]
