@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
 
             # Key generation releases the GIL: it overlaps everything below.
             early_ephemeral_key = EphemeralKey()
+            if "--" not in args and not {"-h", "--help"} & set(args):
+                from crate_cli.errors import InvalidInput
+
+                raise InvalidInput("put the command after --: crate run [NAME...] -- CMD ARGS...")
             if "--" in args:
                 cut = args.index("--")
                 args, run_command = args[:cut], args[cut + 1 :]

@@ -74,7 +74,11 @@ def resolve_home(environ: dict[str, str] | None = None) -> CrateHome:
 
 def ensure_private_dir(path: Path) -> None:
     """Create `path` (and parents) and make sure only the owner can enter it."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.parent.exists():
+        # mkdir(parents=True) would give new ancestors the umask's mode: a
+        # new CRATE_HOME must be 0700 too.
+        ensure_private_dir(path.parent)
+    path.mkdir(mode=0o700, exist_ok=True)
     if path.stat().st_mode & 0o077:
         path.chmod(0o700)
 

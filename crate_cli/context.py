@@ -96,7 +96,9 @@ class Session:
         if self.master.exists():
             return False, self.master.current()
         slot_type = "file" if keystore == "auto" else keystore
-        version = self.master.create_first(slot_type)
+        created, version = self.master.create_first(slot_type)
+        if not created:
+            return False, version
         if not self.home.settings_path.exists():
             self.settings.save()
         if slot_type == "file":

@@ -96,8 +96,14 @@ def run_with_secrets(run: RunArgs, early_key: Any = None) -> None:
 
 def exec_command(argv: list[str], env: dict[str, str]) -> None:
     """Replace this process with `argv`; returns only by raising a CrateError."""
+    import signal
+
     sys.stdout.flush()
     sys.stderr.flush()
+    # Python ignores SIGPIPE and SIGXFSZ at start-up and exec keeps ignored
+    # signals: restore the defaults the command would have had without crate.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     try:
         os.execvpe(argv[0], argv, env)
     except FileNotFoundError:

@@ -8,7 +8,7 @@ import click
 
 from crate_cli.commands.options import json_option, print_json
 from crate_cli.context import Session
-from crate_cli.errors import InvalidInput
+from crate_cli.errors import CrateError, InvalidInput
 
 
 @click.group()
@@ -70,4 +70,5 @@ def confirm_destruction(question: str, yes: bool) -> None:
         return
     if not sys.stdin.isatty():
         raise InvalidInput("refusing to delete without confirmation", "pass --yes")
-    click.confirm(question, abort=True, err=True)
+    if not click.confirm(question, err=True):
+        raise CrateError("nothing was deleted")

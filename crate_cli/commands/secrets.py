@@ -56,6 +56,11 @@ def _parse_set_args(
             raw = click.prompt(
                 f"Value for {name}", hide_input=True, err=True, default="", show_default=False
             ).encode("utf-8")
+            if not raw:
+                raise InvalidInput(
+                    f"no value for {name}: nothing was typed; nothing was stored",
+                    f"`crate secrets set {name} -` stores an empty value",
+                )
         else:
             raw = _read_stdin(keep_newline)
             if len(args) == 1 and not raw:

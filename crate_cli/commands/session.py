@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from crate_cli.commands.options import json_option, print_json
+from crate_cli.commands.options import env_option, json_option, org_option, print_json
 from crate_cli.context import Session
 from crate_cli.errors import NotFound
 
@@ -53,9 +53,11 @@ def env_set(name: str) -> None:
 
 
 @session.command("show")
+@org_option
+@env_option
 @json_option
-def show(as_json: bool) -> None:
-    """Show the current org, env, home and keystore."""
+def show(org: str | None, env: str | None, as_json: bool) -> None:
+    """Show the org and env commands would use, the home and the keystore."""
     s = Session.for_terminal()
     versions = s.master.versions()
     keystore = (
@@ -64,8 +66,8 @@ def show(as_json: bool) -> None:
         else "not initialized"
     )
     info = {
-        "org": str(s.settings.get("session.org") or "") or None,
-        "env": s.env(),
+        "org": org or str(s.settings.get("session.org") or "") or None,
+        "env": s.env(env),
         "home": str(s.home.data_dir),
         "settings": str(s.home.settings_path),
         "keystore": keystore,

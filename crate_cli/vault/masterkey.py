@@ -144,15 +144,18 @@ class MasterKeys:
             raise KeystoreError("crate has no master key yet", "run: crate init")
         return max(versions, key=lambda v: v.version)
 
-    def create_first(self, keystore: str, options: dict[str, Any] | None = None) -> MasterVersion:
+    def create_first(
+        self, keystore: str, options: dict[str, Any] | None = None
+    ) -> tuple[bool, MasterVersion]:
         """Create master key v1 sealed in one slot of type `keystore`.
 
-        Serialised by a lock so two first uses at once create one key.
+        Serialised by a lock so two first uses at once create one key; returns
+        (whether this call created it, the current version).
         """
         with file_lock(self.home.keys_dir / ".lock"):
             self._versions = None
             if self.exists():
-                return self.current()
+                return False, self.current()
             vaults = list(self.home.orgs_dir.glob("*.vault")) if self.home.orgs_dir.exists() else []
             if vaults:
                 # A new key could never open them: the registry was lost, not never made.
@@ -167,7 +170,7 @@ class MasterKeys:
             write_private_file(self.home.keys_dir / REGISTRY_FILE, _dump_registry([version]))
             self._versions = [version]
             self._unlocked[1] = key
-            return version
+            return True, version
 
     def _seal_slot(
         self, key: bytes, version: int, keystore: str, options: dict[str, Any] | None

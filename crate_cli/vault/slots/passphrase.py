@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from crate_cli.errors import IntegrityError, KeystoreError, WrongPassphrase
+from crate_cli.errors import IntegrityError, InvalidInput, KeystoreError, WrongPassphrase
 from crate_cli.vault import crypto
 from crate_cli.vault.slots.base import SlotContext, SlotProvider, b64, slot_aad, unb64
 
@@ -36,9 +36,9 @@ class PassphraseSlot(SlotProvider):
         value = ctx.environ.get(PASSPHRASE_ENV)
         if value:
             if confirm and len(value) < MIN_PASSPHRASE:
-                raise KeystoreError(
+                raise InvalidInput(
                     f"the passphrase must have at least {MIN_PASSPHRASE} characters "
-                    f"({PASSPHRASE_ENV} is shorter)"
+                    f"({PASSPHRASE_ENV} is shorter); nothing was created"
                 )
             return value
         if ctx.prompt is None:
@@ -49,8 +49,9 @@ class PassphraseSlot(SlotProvider):
         value = ctx.prompt("Passphrase for the crate master key: ")
         if confirm:
             if len(value) < MIN_PASSPHRASE:
-                raise KeystoreError(
-                    f"the passphrase must have at least {MIN_PASSPHRASE} characters"
+                raise InvalidInput(
+                    f"the passphrase must have at least {MIN_PASSPHRASE} characters; "
+                    "nothing was created"
                 )
             if ctx.prompt("Repeat the passphrase: ") != value:
                 raise KeystoreError("the two passphrases differ; nothing was changed")

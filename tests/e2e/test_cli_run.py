@@ -1,0 +1,371 @@
+"""End to end: `crate run -- CMD`, the exec form, against the installed crate.
+
+The command replaces crate: these tests check what the command sees (argv,
+environment, PID, stdin) and what the caller sees (exit status, signals,
+errors), from a real process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import CrateRunner, Result
+
+pytestmark = pytest.mark.e2e
+
+PYTHON = sys.executable
+DUMP_ARGV = "import sys, json; print(json.dumps(sys.argv[1:]))"
+DUMP_ENV = "import os, json; print(json.dumps(dict(os.environ)))"
+CREDENTIALS = ("CRATE_PASSPHRASE", "CRATE_MASTER_KEY", "CRATE_TOKEN", "CRATE_PKCS11_PIN")
+
+
+def assert_clean_error(result: Result, code: int, *, hidden: tuple[str, ...] = ()) -> None:
+    """One or two `crate:` lines on stderr, the first `crate: error:`; no traceback."""
+    assert result.returncode == code, result
+    lines = result.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 2, result.stderr
+    assert lines[0].startswith("crate: error: "), result.stderr
+    assert all(line.startswith("crate: ") for line in lines), result.stderr
+    assert "Traceback" not in result.stderr
+    for value in hidden:
+        assert value not in result.stderr + result.stdout
+
+
+def child_env(crate: CrateRunner, *run_args: str, env: dict[str, str] | None = None) -> dict:
+    """The environment the command gets from `crate run RUN_ARGS -- python`."""
+    done = crate("run", *run_args, "--", PYTHON, "-c", DUMP_ENV, env=env, check=True)
+    return dict(json.loads(done.stdout))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> CrateRunner:
+    """A home with tagged secrets in personal/dev; tests must not change it."""
+    runner = CrateRunner(tmp_path_factory.mktemp("run") / "home")
+    runner("secrets", "set", "GREETING=hello", "SHARED=from-vault", check=True)
+    runner("secrets", "set", "API_KEY=k", "DB_URL=postgres://db", "--tag", "backend", check=True)
+    runner("secrets", "set", "DB_PASSWORD=pw", "--tag", "backend,db", check=True)
+    return runner
+
+
+ALL = {
+    "GREETING": "hello",
+    "SHARED": "from-vault",
+    "API_KEY": "k",
+    "DB_URL": "postgres://db",
+    "DB_PASSWORD": "pw",
+}
+
+
+# -- exit status and signals ------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [0, 1, 7, 255])
+def test_exit_status_passes_through(home: CrateRunner, code: int) -> None:
+    done = home("run", "--", "sh", "-c", f"exit {code}")
+    assert done.returncode == code
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize(("sig", "status"), [("TERM", 143), ("KILL", 137), ("INT", 130)])
+def test_killed_by_a_signal_as_a_shell_reports_it(home: CrateRunner, sig: str, status: int) -> None:
+    """The command dies of the signal itself (no wrapper turns it into an exit
+    code): the caller sees a signal death, which a shell reports as 128+N."""
+    command = ["run", "--", "sh", "-c", f"kill -{sig} $$"]
+    direct = subprocess.run([*home.argv0, *command], env=home.env(), timeout=30, check=False)
+    assert direct.returncode == -getattr(signal, f"SIG{sig}")
+    via_shell = subprocess.run(
+        ["bash", "-c", '"$@"; echo "status=$?"', "bash", *home.argv0, *command],
+        capture_output=True,
+        env=home.env(),
+        timeout=30,
+        check=False,
+    )
+    assert via_shell.stdout.decode().splitlines()[-1] == f"status={status}"
+
+
+def test_a_closed_pipe_ends_the_command_as_without_crate(home: CrateRunner) -> None:
+    script = '"$@" | head -n 1; echo "status=${PIPESTATUS[0]}"'
+    done = subprocess.run(
+        ["bash", "-c", script, "bash", *home.argv0, "run", "--", "yes"],
+        capture_output=True,
+        env=home.env(),
+        timeout=30,
+        check=True,
+    )
+    assert done.stdout.decode().splitlines() == ["y", "status=141"]
+    assert b"Broken pipe" not in done.stderr
+
+
+SHOW_SIGNALS = ["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_signal_dispositions_are_the_same_as_without_crate(home: CrateRunner) -> None:
+    direct = subprocess.run(SHOW_SIGNALS, capture_output=True, check=True)
+    wrapped = home("run", "--", *SHOW_SIGNALS, check=True)
+    assert wrapped.stdout == direct.stdout.decode()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs Linux /proc")
+def test_no_file_descriptor_leaks_into_the_command(home: CrateRunner) -> None:
+    done = home("run", "--", "sh", "-c", "ls /proc/$$/fd", check=True)
+    assert done.stdout.split() == ["0", "1", "2"]
+
+
+def test_command_not_found_exits_127(home: CrateRunner) -> None:
+    done = home("run", "--", "no-such-command-for-crate", "arg")
+    assert_clean_error(done, 127)
+    assert done.stderr == "crate: error: command not found: no-such-command-for-crate\n"
+
+
+def test_missing_path_exits_127(home: CrateRunner, tmp_path: Path) -> None:
+    assert_clean_error(home("run", "--", str(tmp_path / "missing.sh")), 127)
+
+
+def test_file_without_execute_bit_exits_126(home: CrateRunner, tmp_path: Path) -> None:
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o644)
+    done = home("run", "--", str(script))
+    assert_clean_error(done, 126)
+    assert "ran" not in done.stdout
+    assert str(script) in done.stderr
+
+
+def test_directory_exits_126(home: CrateRunner, tmp_path: Path) -> None:
+    assert_clean_error(home("run", "--", str(tmp_path)), 126)
+
+
+# -- argv, stdin, PID -----------------------------------------------------------------
+
+AWKWARD_ARGS = [
+    "two words",
+    "it's",
+    '"double"',
+    "$HOME",
+    "${HOME}",
+    "*",
+    "*.py",
+    "~",
+    "",
+    " ",
+    "a\nb",
+    "-",
+    "--",
+    "-c",
+    "--help",
+    "--org",
+    "--env=prod",
+    "caf\u00e9",
+    "; echo injected",
+    "$(echo injected)",
+]
+
+
+def test_argv_arrives_unchanged(home: CrateRunner, tmp_path: Path) -> None:
+    # A glob that would match if anything expanded it.
+    (tmp_path / "match.py").touch()
+    done = subprocess.run(
+        [*home.argv0, "run", "--", PYTHON, "-c", DUMP_ARGV, *AWKWARD_ARGS],
+        capture_output=True,
+        env=home.env(),
+        cwd=tmp_path,
+        timeout=30,
+        check=True,
+    )
+    assert json.loads(done.stdout) == AWKWARD_ARGS
+
+
+def test_double_dash_in_the_command_is_kept(home: CrateRunner) -> None:
+    done = home("run", "--", PYTHON, "-c", DUMP_ARGV, "a", "--", "b", check=True)
+    assert json.loads(done.stdout) == ["a", "--", "b"]
+
+
+def test_options_after_double_dash_belong_to_the_command(home: CrateRunner) -> None:
+    done = home("run", "--", "echo", "--env", "nope", "--org", "x", "--help", check=True)
+    assert done.stdout == "--env nope --org x --help\n"
+
+
+def test_stdin_reaches_the_command(home: CrateRunner) -> None:
+    done = home("run", "--", "cat", input=b"piped\ndata\x00\xff", check=True)
+    assert done.stdout.encode("utf-8", "replace") == "piped\ndata\x00\ufffd".encode()
+
+
+def test_same_pid_as_crate(home: CrateRunner) -> None:
+    proc = subprocess.Popen(
+        [*home.argv0, "run", "--", "sh", "-c", "echo $$"],
+        stdout=subprocess.PIPE,
+        env=home.env(),
+    )
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert int(out) == proc.pid
+
+
+TRAP_SIGTERM = """
+import os, signal, sys, time
+marker, ready = sys.argv[1], sys.argv[2]
+def on_term(signum, frame):
+    with open(marker, "a") as f:
+        f.write("TERM\\n")
+    sys.exit(42)
+signal.signal(signal.SIGTERM, on_term)
+with open(ready + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+os.rename(ready + ".tmp", ready)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_sigterm_reaches_the_command_exactly_once(home: CrateRunner, tmp_path: Path) -> None:
+    marker, ready = tmp_path / "marker", tmp_path / "ready"
+    proc = subprocess.Popen(
+        [*home.argv0, "run", "--", PYTHON, "-c", TRAP_SIGTERM, str(marker), str(ready)],
+        env=home.env(),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert proc.poll() is None, "the command exited before it was ready"
+            assert time.monotonic() < deadline, "the command never got ready"
+            time.sleep(0.02)
+        assert int(ready.read_text()) == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 42
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert marker.read_text() == "TERM\n"
+
+
+# -- the environment the command gets ----------------------------------------------
+
+
+def test_all_secrets_by_default(home: CrateRunner) -> None:
+    env = child_env(home)
+    assert {k: env.get(k) for k in ALL} == ALL
+    assert env["PATH"] == os.environ["PATH"], "inherited variables are kept"
+
+
+def test_only_named_secrets(home: CrateRunner) -> None:
+    env = child_env(home, "GREETING", "DB_URL")
+    assert {k for k in ALL if k in env} == {"GREETING", "DB_URL"}
+
+
+def test_only_secrets_with_every_tag(home: CrateRunner) -> None:
+    assert {k for k in ALL if k in child_env(home, "--tags", "backend")} == {
+        "API_KEY",
+        "DB_URL",
+        "DB_PASSWORD",
+    }
+    assert {k for k in ALL if k in child_env(home, "--tags", "backend,db")} == {"DB_PASSWORD"}
+    assert {k for k in ALL if k in child_env(home, "--tags=nothing")} == set()
+
+
+def test_secrets_override_inherited_variables(home: CrateRunner) -> None:
+    env = child_env(home, env={"SHARED": "from-parent", "ONLY_PARENT": "kept"})
+    assert env["SHARED"] == "from-vault"
+    assert env["ONLY_PARENT"] == "kept"
+
+
+def test_credentials_never_reach_the_command(home: CrateRunner) -> None:
+    env = child_env(home, env=dict.fromkeys(CREDENTIALS, "credential-value"))
+    assert not set(CREDENTIALS) & set(env)
+    assert "credential-value" not in json.dumps(env)
+    assert env["GREETING"] == "hello"
+
+
+def test_passphrase_vault_run_hides_the_passphrase(crate: CrateRunner) -> None:
+    secret = {"CRATE_PASSPHRASE": "correct horse battery"}
+    crate("init", "--keystore", "passphrase", env=secret, check=True)
+    crate("secrets", "set", "GREETING", "hello", env=secret, check=True)
+    env = child_env(crate, env=secret)
+    assert env["GREETING"] == "hello"
+    assert "CRATE_PASSPHRASE" not in env
+    assert "correct horse battery" not in json.dumps(env)
+
+
+def test_org_and_env_options_select_the_secrets(crate: CrateRunner) -> None:
+    crate("secrets", "set", "WHERE", "personal-dev", check=True)
+    crate("org", "create", "acme", check=True)
+    crate("secrets", "set", "WHERE", "acme-prod", "--org", "acme", "--env", "prod", check=True)
+    assert child_env(crate)["WHERE"] == "personal-dev"
+    assert child_env(crate, "--org", "acme", "--env", "prod")["WHERE"] == "acme-prod"
+    assert child_env(crate, "--org=acme", "--env=prod")["WHERE"] == "acme-prod"
+    by_env = child_env(crate, env={"CRATE_ORG": "acme", "CRATE_ENV": "prod"})
+    assert by_env["WHERE"] == "acme-prod"
+
+
+def test_a_thousand_secrets_of_one_kib(crate: CrateRunner, tmp_path: Path) -> None:
+    rng = random.Random(1000)
+    alphabet = string.ascii_letters + string.digits + "+/=-_.:@"
+    secrets = {
+        f"BULK_{i:04d}": "".join(rng.choice(alphabet) for _ in range(1024)) for i in range(1000)
+    }
+    path = tmp_path / "bulk.env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in secrets.items()))
+    imported = crate("secrets", "import", str(path), "--json", check=True)
+    assert json.loads(imported.stdout)["imported"] == 1000
+    env = child_env(crate)
+    assert {k: v for k, v in env.items() if k.startswith("BULK_")} == secrets
+
+
+# -- errors: the command never runs ------------------------------------------------
+
+
+def test_missing_double_dash_is_a_usage_error(home: CrateRunner, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    for args in (["run"], ["run", "--"], ["run", "touch", str(marker)], ["run", "GREETING"]):
+        done = home(*args)
+        assert_clean_error(done, 2)
+        assert "--" in done.stderr
+    assert not marker.exists()
+
+
+def test_missing_double_dash_before_an_option_like_argument(home: CrateRunner) -> None:
+    done = home("run", "sh", "-c", "echo hi")
+    assert_clean_error(done, 2)
+    assert "put the command after --" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("--env", "nope"), 3),
+        (("--env", "Not Valid"), 2),
+        (("--org", "nope"), 3),
+        (("--tags", "Bad Tag"), 2),
+        (("MISSING",), 3),
+        (("not-a-name",), 2),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else None,
+)
+def test_errors_before_exec_never_run_the_command(
+    home: CrateRunner, tmp_path: Path, args: tuple[str, ...], code: int
+) -> None:
+    marker = tmp_path / "ran"
+    done = home("run", *args, "--", "touch", str(marker))
+    assert_clean_error(done, code, hidden=tuple(v for v in ALL.values() if len(v) > 2))
+    assert not marker.exists()
+
+
+def test_a_locked_vault_never_runs_the_command(crate: CrateRunner, tmp_path: Path) -> None:
+    secret = {"CRATE_PASSPHRASE": "correct horse battery"}
+    crate("init", "--keystore", "passphrase", env=secret, check=True)
+    crate("secrets", "set", "GREETING", "hello", env=secret, check=True)
+    marker = tmp_path / "ran"
+    assert_clean_error(crate("run", "--", "touch", str(marker)), 6)
+    wrong = crate("run", "--", "touch", str(marker), env={"CRATE_PASSPHRASE": "wrong wrong"})
+    assert_clean_error(wrong, 6, hidden=("wrong wrong", "correct horse battery"))
+    assert not marker.exists()
