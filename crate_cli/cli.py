@@ -20,11 +20,11 @@ COMMANDS = {
     "run": ("crate_cli.commands.run", "run"),
 }
 
-# Set by main() for `crate run`, picked up by the run command: the ephemeral
-# key generation started before anything else, and the argv after `--`
-# (split off here, because click would drop the first `--`).
-early_ephemeral_key: Any = None
+# Set by main() for `crate run`, picked up by the run command: the argv after
+# `--` (split off here, because click would drop the first `--`).
 run_command: list[str] | None = None
+# Commands that retrieve secrets: main() starts their ephemeral key first.
+RETRIEVING = (["run"], ["secrets", "get"], ["secrets", "fetch"])
 
 
 def _build_root() -> Any:
@@ -63,18 +63,20 @@ def _build_root() -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn CrateErrors into exit codes."""
-    global early_ephemeral_key, run_command
+    global run_command
     args = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in (args[: args.index("--")] if "--" in args else args)
+    own = args[: args.index("--")] if "--" in args else args  # crate's, not a command's
+    debug = "--debug" in own
     from crate_cli.errors import CrateError, ExitCode
 
     try:
-        first = next((a for a in args if not a.startswith("-")), None)
-        if first == "run" and "--" not in args[: args.index("run")]:
-            from crate_cli.client import EphemeralKey
+        words = [a for a in own if not a.startswith("-")]
+        if any(words[: len(c)] == c for c in RETRIEVING):
+            from crate_cli import ephemeral
 
             # Key generation releases the GIL: it overlaps everything below.
-            early_ephemeral_key = EphemeralKey()
+            ephemeral.prestart()
+        if words[:1] == ["run"]:
             if "--" not in args and not {"-h", "--help"} & set(args):
                 from crate_cli.errors import InvalidInput
 
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
 
                     fast = parse_run_args(args[1:], os.environ)
                     if fast is not None:
-                        run_with_secrets(fast._replace(command=run_command), early_ephemeral_key)
+                        run_with_secrets(fast._replace(command=run_command))
         _click_main(args)
     except CrateError as e:
         if debug:

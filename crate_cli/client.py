@@ -14,46 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from typing import Any, NamedTuple
-from urllib.parse import quote
 
+from crate_cli.ephemeral import DEFAULT_EPHEMERAL_BITS, EphemeralKey, take
 from crate_cli.errors import IntegrityError
 from crate_cli.transport import Transport
 from crate_cli.vault import jwe
-from crate_cli.vault.names import check_env, check_secret_name, check_tags
-
-DEFAULT_EPHEMERAL_BITS = 2048
-
-
-class EphemeralKey:
-    """A fresh RSA key pair for one retrieval, generated in a background thread.
-
-    Key generation is the costliest step of a retrieval and releases the GIL
-    for most of its time, so `crate run` starts it first and overlaps it with
-    its imports and the vault's work.
-    """
-
-    def __init__(self, bits: int = DEFAULT_EPHEMERAL_BITS) -> None:
-        self.bits = bits
-        self._key: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._generate, daemon=True)
-        self._thread.start()
-
-    def _generate(self) -> None:
-        try:
-            from cryptography.hazmat.primitives.asymmetric import rsa
-
-            self._key = rsa.generate_private_key(public_exponent=65537, key_size=self.bits)
-        except BaseException as e:  # re-raised in the caller's thread by get()
-            self._error = e
-
-    def get(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._key
+from crate_cli.vault.names import check_env, check_org, check_secret_name, check_tags
 
 
 class RetrievedSecret(NamedTuple):
@@ -63,15 +30,18 @@ class RetrievedSecret(NamedTuple):
 
 
 class SecretsClient:
-    def __init__(self, transport: Transport, org: str) -> None:
+    def __init__(
+        self, transport: Transport, org: str, ephemeral_bits: int = DEFAULT_EPHEMERAL_BITS
+    ) -> None:
         self.transport = transport
-        self.org = org
+        self.org = check_org(org)
+        self.ephemeral_bits = ephemeral_bits
         self._public: tuple[str, Any] | None = None
 
     def _path(self, *parts: str) -> str:
-        return "/".join(
-            ["/organization", quote(self.org, safe=""), *(quote(p, safe="") for p in parts)]
-        )
+        # Every part is a checked org, env or secret name, or a literal: none
+        # needs URL quoting.
+        return "/".join(["/organization", self.org, *parts])
 
     def public_key(self) -> tuple[str, Any]:
         if self._public is None:
@@ -138,7 +108,7 @@ class SecretsClient:
         check_env(env)
         names = [check_secret_name(n) for n in names or []]
         tags = check_tags(tags or [])
-        key = (ephemeral or EphemeralKey()).get()
+        key = (ephemeral or take(self.ephemeral_bits)).get()
         nonce = jwe.b64u_encode(os.urandom(24))
         body: dict[str, Any] = {
             "environment": env,

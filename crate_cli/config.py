@@ -11,6 +11,7 @@ atomically (temporary file in the same folder, fsync, rename).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from crate_cli.errors import CrateError, InvalidInput
 
 APP_NAME = "crate"
 SETTINGS_FILE = "settings.toml"
+SETTINGS_CACHE = ".settings.toml.json"
 
 # Settings a user may change, with their defaults and the type they must have.
 DEFAULTS: dict[str, Any] = {
@@ -142,20 +144,37 @@ class Settings:
 
     @classmethod
     def load(cls, home: CrateHome) -> Settings:
+        """Read settings.toml.
+
+        Importing tomllib costs about 8 ms, on every `crate run`, so the parsed
+        table is kept beside the file as JSON together with the exact text it
+        came from; it is used only while the text is unchanged.
+        """
         path = home.settings_path
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
             return cls(path, {})
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CrateError(f"settings file {path} is not UTF-8 text") from None
+        try:
+            cached = json.loads(path.with_name(SETTINGS_CACHE).read_bytes())
+            if isinstance(cached, dict) and cached.get("source") == text:
+                return cls(path, cached["data"])
+        except (OSError, ValueError, KeyError):
+            pass
         import tomllib
 
         try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
             raise CrateError(
                 f"settings file {path} is not valid TOML: {e}",
                 "fix or remove the file; crate recreates it with defaults",
             ) from None
+        _write_settings_cache(path, text, data)
         return cls(path, data)
 
     def get(self, key: str) -> Any:
@@ -178,4 +197,14 @@ class Settings:
     def save(self) -> None:
         import tomli_w
 
-        write_private_file(self.path, tomli_w.dumps(self.data).encode("utf-8"))
+        text = tomli_w.dumps(self.data)
+        write_private_file(self.path, text.encode("utf-8"))
+        _write_settings_cache(self.path, text, self.data)
+
+
+def _write_settings_cache(path: Path, text: str, data: dict[str, Any]) -> None:
+    # A TOML date (not JSON) or a read-only folder just means no cache.
+    with contextlib.suppress(OSError, TypeError):
+        write_private_file(
+            path.with_name(SETTINGS_CACHE), json.dumps({"source": text, "data": data}).encode()
+        )

@@ -159,4 +159,6 @@ class Session:
 
         self.init()
         transport = LoopbackTransport(ApiCore(self.service), Principal(actor=local_actor()))
-        return SecretsClient(transport, org)
+        return SecretsClient(
+            transport, org, ephemeral_bits=int(self.settings.get("crypto.ephemeral_rsa_bits"))
+        )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from crate_cli.errors import CommandNotExecutable, CommandNotFound, InvalidInput
 
@@ -75,9 +75,8 @@ def child_environment(
     return env
 
 
-def run_with_secrets(run: RunArgs, early_key: Any = None) -> None:
+def run_with_secrets(run: RunArgs) -> None:
     """Resolve the secrets and exec the command; returns only by raising."""
-    from crate_cli.client import EphemeralKey
     from crate_cli.context import Session
 
     if not run.command:
@@ -85,11 +84,8 @@ def run_with_secrets(run: RunArgs, early_key: Any = None) -> None:
     session = Session.for_terminal()
     org = session.org(run.org)
     client = session.client(org)
-    bits = int(session.settings.get("crypto.ephemeral_rsa_bits"))
-    ephemeral = early_key if early_key is not None and early_key.bits == bits else None
-    found = client.retrieve(
-        session.env(run.env), run.names, run.tags, ephemeral=ephemeral or EphemeralKey(bits)
-    )
+    session.service.warm(org)
+    found = client.retrieve(session.env(run.env), run.names, run.tags)
     session.print_notices()
     exec_command(run.command, child_environment(os.environ, ((s.name, s.value) for s in found)))
 

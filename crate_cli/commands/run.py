@@ -32,7 +32,4 @@ def run(names: tuple[str, ...], org: str | None, env: str | None, tags: tuple[st
     from crate_cli import cli
     from crate_cli.runner import RunArgs, run_with_secrets
 
-    run_with_secrets(
-        RunArgs(list(names), org, env, split_tags(tags), cli.run_command),
-        cli.early_ephemeral_key,
-    )
+    run_with_secrets(RunArgs(list(names), org, env, split_tags(tags), cli.run_command))

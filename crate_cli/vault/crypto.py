@@ -11,7 +11,6 @@ Every failure to decrypt raises `IntegrityError` and nothing else.
 
 from __future__ import annotations
 
-import json
 import os
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -54,6 +53,43 @@ def aad(purpose: str, *parts: str | int) -> bytes:
     return text.encode("utf-8")
 
 
+def secret_aads(org: str, env: str, name: str, version: int) -> tuple[bytes, bytes]:
+    """The AADs of one secret version's DEK and value, exactly as `aad()` builds
+    them, in one step: the read path builds thousands of them."""
+    place = f"{org}|{env}|{name}|{version}"
+    if place.count("|") != 3:
+        raise ValueError("associated data parts must not contain '|'")
+    return f"{SECRET_DEK}|{place}".encode(), f"{SECRET_VALUE}|{place}".encode()
+
+
+def cipher(key: bytes) -> AESGCM:
+    """An AES-256-GCM object for a key that opens many blobs (an org DEK)."""
+    if len(key) != KEY_BYTES:
+        raise IntegrityError()
+    return AESGCM(key)
+
+
+def open_secret(
+    org_dek: AESGCM, wrapped_dek: object, blob: object, dek_aad: bytes, value_aad: bytes
+) -> bytes:
+    """Unwrap a secret's DEK with the org DEK and decrypt its value: `unwrap_key`
+    then `decrypt`, fused for the read path. Any failure is IntegrityError."""
+    if not (
+        isinstance(wrapped_dek, bytes)
+        and isinstance(blob, bytes)
+        and wrapped_dek[:1] == FORMAT_V1
+        and blob[:1] == FORMAT_V1
+    ):
+        raise IntegrityError()
+    try:
+        dek = org_dek.decrypt(wrapped_dek[1:13], wrapped_dek[13:], dek_aad)
+        if len(dek) != KEY_BYTES:
+            raise IntegrityError()
+        return AESGCM(dek).decrypt(blob[1:13], blob[13:], value_aad)
+    except InvalidTag:
+        raise IntegrityError() from None
+
+
 def new_key() -> bytes:
     return os.urandom(KEY_BYTES)
 
@@ -67,8 +103,12 @@ def derive_subkey(key: bytes, purpose: str) -> bytes:
 
 
 def mac_message(purpose: str, *fields: str | int | None) -> bytes:
-    """The bytes a row MAC covers: a JSON array, so no field can bleed into another."""
-    return json.dumps([purpose, *fields], separators=(",", ":")).encode("utf-8")
+    """The bytes a row MAC covers: the fields joined by NUL, which no field may
+    contain (names, tags and times cannot), so no field can bleed into another."""
+    text = "\x00".join([purpose, *map(str, fields)])
+    if text.count("\x00") != len(fields):
+        raise ValueError("MAC fields must not contain NUL")
+    return text.encode("utf-8")
 
 
 def mac(key: bytes, message: bytes) -> bytes:

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from crate_cli.config import CrateHome
 from crate_cli.errors import (
     Conflict,
+    CrateError,
     IntegrityError,
     InvalidInput,
     InvalidSealedValue,
@@ -94,6 +95,7 @@ class OrgKeys:
         self.store = store
         self.master = master
         self._deks: dict[int, bytes] = {}
+        self._ciphers: dict[int, Any] = {}
         self._private: dict[str, Any] = {}
         self._row_key: bytes | None = None
 
@@ -113,6 +115,13 @@ class OrgKeys:
             )
             self._deks[version] = key
         return key
+
+    def dek_cipher(self, version: int) -> Any:
+        """An AES-GCM object for org DEK `version`, made once per process."""
+        cipher = self._ciphers.get(version)
+        if cipher is None:
+            cipher = self._ciphers[version] = crypto.cipher(self.dek(version))
+        return cipher
 
     def current_dek_version(self, db: sqlite3.Connection) -> int:
         row = db.execute("SELECT max(version) FROM org_deks").fetchone()
@@ -279,6 +288,20 @@ class VaultService:
             keys = OrgKeys(org, store, self.master)
             self._orgs[org] = keys
         return keys
+
+    def warm(self, org: str) -> None:
+        """Unlock what serving `org` needs (master key, current org DEK, row MAC
+        key) ahead of a request, as a running server has. `crate run` calls it
+        while its ephemeral key is still being generated. Errors are left for
+        the request itself to report."""
+        try:
+            keys = self.org(org)
+            with keys.store.errors():
+                version = keys.current_dek_version(keys.store.conn)
+            keys.dek_cipher(version)
+            keys.row_key()
+        except CrateError:
+            pass
 
     # -- environments -------------------------------------------------------
 
@@ -477,14 +500,9 @@ class VaultService:
         if text is not None:
             assert org_dek is not None
             secret_dek = crypto.new_key()
-            wrapped_dek = crypto.wrap_key(
-                org_dek, secret_dek, crypto.aad(crypto.SECRET_DEK, keys.org, env, name, version)
-            )
-            ciphertext = crypto.encrypt(
-                secret_dek,
-                text.encode("utf-8"),
-                crypto.aad(crypto.SECRET_VALUE, keys.org, env, name, version),
-            )
+            dek_aad, value_aad = crypto.secret_aads(keys.org, env, name, version)
+            wrapped_dek = crypto.wrap_key(org_dek, secret_dek, dek_aad)
+            ciphertext = crypto.encrypt(secret_dek, text.encode("utf-8"), value_aad)
         else:
             dek_version = None
         db.execute(
@@ -569,13 +587,9 @@ class VaultService:
                 if explicit:
                     raise NotFound(f"version {version} of {name} in {org}/{env} is a deletion")
                 raise IntegrityError()  # a live head whose version holds no value
-            secret_dek = crypto.unwrap_key(
-                keys.dek(dek_version),
-                wrapped,
-                crypto.aad(crypto.SECRET_DEK, org, env, name, version),
-            )
-            value = crypto.decrypt(
-                secret_dek, blob, crypto.aad(crypto.SECRET_VALUE, org, env, name, version)
+            dek_aad, value_aad = crypto.secret_aads(org, env, name, version)
+            value = crypto.open_secret(
+                keys.dek_cipher(dek_version), wrapped, blob, dek_aad, value_aad
             )
             out.append(SecretValue(name, version, value.decode("utf-8")))
         missing = [n for n in names if n not in found]

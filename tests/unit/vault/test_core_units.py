@@ -134,3 +134,53 @@ def test_errors_keep_their_exit_code_across_the_wire(cls: type[CrateError]) -> N
     assert rebuilt.exit_code == original.exit_code
     assert rebuilt.api_code == original.api_code
     assert rebuilt.message == "message"
+
+
+def test_secret_aads_are_the_general_builder_s() -> None:
+    dek_aad, value_aad = crypto.secret_aads("acme", "dev", "DB_URL", 7)
+    assert dek_aad == crypto.aad(crypto.SECRET_DEK, "acme", "dev", "DB_URL", 7)
+    assert value_aad == crypto.aad(crypto.SECRET_VALUE, "acme", "dev", "DB_URL", 7)
+    with pytest.raises(ValueError):
+        crypto.secret_aads("acme", "dev|x", "DB_URL", 7)
+
+
+def test_open_secret_is_unwrap_then_decrypt() -> None:
+    org_dek, secret_dek = crypto.new_key(), crypto.new_key()
+    dek_aad, value_aad = crypto.secret_aads("acme", "dev", "A", 1)
+    wrapped = crypto.wrap_key(org_dek, secret_dek, dek_aad)
+    blob = crypto.encrypt(secret_dek, b"value", value_aad)
+    opened = crypto.open_secret(crypto.cipher(org_dek), wrapped, blob, dek_aad, value_aad)
+    assert opened == b"value"
+    other_aads = crypto.secret_aads("acme", "dev", "B", 1)
+    for args in [
+        (wrapped, blob, *other_aads),
+        (blob, wrapped, dek_aad, value_aad),
+        (None, blob, dek_aad, value_aad),
+        (wrapped, None, dek_aad, value_aad),
+        (wrapped[:-1], blob, dek_aad, value_aad),
+        (wrapped, b"\x02" + blob[1:], dek_aad, value_aad),
+    ]:
+        with pytest.raises(IntegrityError):
+            crypto.open_secret(crypto.cipher(org_dek), *args)
+
+
+def test_mac_message_refuses_nul_in_a_field() -> None:
+    with pytest.raises(ValueError):
+        crypto.mac_message(crypto.SECRET_HEAD, "acme", "a\x00b")
+    assert crypto.mac_message("p", "a", 1, None) == b"p\x00a\x001\x00None"
+
+
+def test_settings_cache_follows_the_file_text(tmp_path: Path) -> None:
+    home = CrateHome(tmp_path, tmp_path)
+    settings = Settings.load(home)
+    settings.set("session.org", "acme")
+    settings.save()
+    assert (tmp_path / ".settings.toml.json").stat().st_mode & 0o777 == 0o600
+    assert Settings.load(home).get("session.org") == "acme"
+    # A hand edit is seen at once, whatever the cache says.
+    (tmp_path / "settings.toml").write_text('[session]\norg = "beta"\n')
+    assert Settings.load(home).get("session.org") == "beta"
+    # A damaged cache is ignored and rewritten.
+    (tmp_path / ".settings.toml.json").write_text("{not json")
+    assert Settings.load(home).get("session.org") == "beta"
+    assert "beta" in (tmp_path / ".settings.toml.json").read_text()

@@ -1,0 +1,89 @@
+"""The client's ephemeral RSA key, started before anything else.
+
+Its own small module, so that `crate run`, `secrets get` and `secrets fetch`
+can start generating the key (`prestart`) after importing only this and
+`cryptography`'s RSA: every other import then overlaps the key search, which
+releases the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+DEFAULT_EPHEMERAL_BITS = 2048
+MAX_SEARCHES = 3
+
+
+class EphemeralKey:
+    """A fresh RSA key pair for one retrieval, generated in background threads.
+
+    Key generation is the costliest step of a retrieval and releases the GIL,
+    so `crate run` starts it first and overlaps it with its imports and the
+    vault's work. Its time varies widely (a random search for primes: 30 to
+    250 ms for 2048 bits), so searches race and the first key found is used:
+    one starts at once (two where four or more cores are free), and when the
+    caller needs the key before it is ready, its own core is idle and another
+    search joins. The losers' results are dropped.
+    """
+
+    def __init__(self, bits: int = DEFAULT_EPHEMERAL_BITS) -> None:
+        self.bits = bits
+        self._key: Any = None
+        self._errors: list[BaseException] = []
+        self._started = 0
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        for _ in range(2 if (os.cpu_count() or 1) >= 4 else 1):
+            self._start_search()
+
+    def _start_search(self) -> None:
+        with self._lock:
+            self._started += 1
+        threading.Thread(target=self._search, daemon=True).start()
+
+    def _search(self) -> None:
+        try:
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            key = rsa.generate_private_key(public_exponent=65537, key_size=self.bits)
+        except BaseException as e:  # re-raised in the caller's thread by get()
+            with self._lock:
+                self._errors.append(e)
+                if len(self._errors) == self._started:
+                    self._done.set()
+            return
+        with self._lock:
+            if self._key is None:
+                self._key = key
+            self._done.set()
+
+    def get(self) -> Any:
+        """The key; waits for the first search to finish."""
+        if not self._done.is_set() and self._started < MAX_SEARCHES:
+            self._start_search()
+        self._done.wait()
+        with self._lock:
+            if self._key is None:
+                raise self._errors[0]
+            return self._key
+
+
+# A key generation started by `cli.main` before anything else, for the
+# commands that retrieve secrets; the first retrieval of the process takes it.
+_prestarted: EphemeralKey | None = None
+
+
+def prestart(bits: int = DEFAULT_EPHEMERAL_BITS) -> None:
+    global _prestarted
+    _prestarted = EphemeralKey(bits)
+
+
+def take(bits: int) -> EphemeralKey:
+    """The prestarted key if it has the wanted size and is unused, else a new one."""
+    global _prestarted
+    key, _prestarted = _prestarted, None
+    if key is not None and key.bits == bits:
+        return key
+    return EphemeralKey(bits)
