@@ -38,6 +38,20 @@ def local_actor() -> str:
     return f"{user}@{os.uname().nodename}"
 
 
+def stdin_is_terminal() -> bool:
+    """Whether stdin is a terminal; False also when crate was started without one."""
+    import sys
+
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def read_stdin() -> bytes:
+    """All of stdin as bytes; nothing when crate was started without stdin."""
+    import sys
+
+    return b"" if sys.stdin is None else sys.stdin.buffer.read()
+
+
 def hidden_prompt(text: str) -> str:
     """Ask on the terminal without echo (click is imported only when asking)."""
     import click
@@ -59,9 +73,7 @@ class Session:
     @classmethod
     def for_terminal(cls) -> Session:
         """A Session that can ask for a passphrase when stdin is a terminal."""
-        import sys
-
-        return cls(prompt=hidden_prompt if sys.stdin.isatty() else None)
+        return cls(prompt=hidden_prompt if stdin_is_terminal() else None)
 
     def print_notices(self) -> None:
         """Print the notices of implicit first use on stderr, once."""

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from crate_cli.commands.options import json_option, print_json
-from crate_cli.context import Session
+from crate_cli.context import Session, stdin_is_terminal
 from crate_cli.errors import CrateError, InvalidInput
 
 
@@ -68,7 +66,7 @@ def confirm_destruction(question: str, yes: bool) -> None:
     """Ask on a terminal; without one, insist on --yes."""
     if yes:
         return
-    if not sys.stdin.isatty():
+    if not stdin_is_terminal():
         raise InvalidInput("refusing to delete without confirmation", "pass --yes")
     if not click.confirm(question, err=True):
         raise CrateError("nothing was deleted")

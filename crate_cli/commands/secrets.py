@@ -15,7 +15,7 @@ from crate_cli.commands.options import (
     split_tags,
     tags_option,
 )
-from crate_cli.context import Session
+from crate_cli.context import Session, read_stdin, stdin_is_terminal
 from crate_cli.errors import InvalidInput
 from crate_cli.vault.names import check_secret_name, check_value
 
@@ -33,7 +33,7 @@ def _client(org: str | None, env: str | None) -> tuple[Session, Any, str]:
 
 
 def _read_stdin(keep_newline: bool) -> bytes:
-    data = sys.stdin.buffer.read()
+    data = read_stdin()
     if not keep_newline:
         if data.endswith(b"\r\n"):
             data = data[:-2]
@@ -52,7 +52,7 @@ def _parse_set_args(
         name = check_secret_name(args[0])
         if len(args) == 2 and args[1] != "-":
             raw = args[1].encode("utf-8", "surrogateescape")
-        elif len(args) == 1 and sys.stdin.isatty():
+        elif len(args) == 1 and stdin_is_terminal():
             raw = click.prompt(
                 f"Value for {name}", hide_input=True, err=True, default="", show_default=False
             ).encode("utf-8")
@@ -306,7 +306,7 @@ def import_(
     from crate_cli.formats import parse_dotenv
 
     if file == "-":
-        raw = sys.stdin.buffer.read()
+        raw = read_stdin()
     else:
         try:
             with open(file, "rb") as f:

@@ -598,3 +598,30 @@ def test_missing_version_error_names_the_version(
     assert_clean_error(failed, 3, hidden=(SECRET,))
     assert "no secret API_KEY" not in failed.stderr, "API_KEY exists; version 99 does not"
     assert "version 99" in failed.stderr
+
+
+def test_commands_work_without_any_stdin(crate: CrateRunner) -> None:
+    """Started with fd 0 closed (as by some CI runners and daemons), crate
+    neither crashes nor waits: it behaves as with an empty, non-terminal stdin."""
+
+    def closed_stdin(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*crate.argv0, *args],
+            env=crate.env(),
+            capture_output=True,
+            preexec_fn=lambda: os.close(0),
+            timeout=60,
+            check=False,
+        )
+
+    assert closed_stdin("secrets", "set", "A", "1").returncode == 0
+    got = closed_stdin("secrets", "get", "A")
+    assert (got.returncode, got.stdout) == (0, b"1")
+    empty = closed_stdin("secrets", "set", "A")
+    assert empty.returncode == 2
+    assert b"stdin was empty" in empty.stderr
+    refused = closed_stdin("secrets", "delete", "A")
+    assert refused.returncode == 2
+    assert b"--yes" in refused.stderr
+    ran = closed_stdin("run", "--", "sh", "-c", 'printf %s "$A"')
+    assert (ran.returncode, ran.stdout) == (0, b"1")
