@@ -112,6 +112,21 @@ class CrateRunner:
         return result
 
 
+def assert_clean_error(result: Result, code: int, *, hidden: tuple[str, ...] = ()) -> None:
+    """An error as crate promises it: the exit code, one or two `crate:` lines on
+    stderr starting with `crate: error:`, nothing on stdout, no traceback, and
+    none of the `hidden` secret values anywhere."""
+    assert result.returncode == code, result
+    lines = result.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 2, result.stderr
+    assert lines[0].startswith("crate: error: "), result.stderr
+    assert all(line.startswith("crate: ") for line in lines), result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == "", result.stdout
+    for value in hidden:
+        assert value not in result.stderr, f"secret value leaked on stderr: {result.stderr}"
+
+
 @pytest.fixture
 def crate(crate_home: Path) -> CrateRunner:
     return CrateRunner(crate_home)

@@ -147,80 +147,30 @@ class OrgKeys:
             self._row_key = crypto.derive_subkey(audit_key, crypto.ROW_MAC_KEY)
         return self._row_key
 
-    def head_mac(
-        self,
-        env: str,
-        name: str,
-        version: int,
-        deleted: int,
-        tags: str,
-        updated_at: str,
-        actor: str,
-    ) -> bytes:
-        return crypto.mac(
-            self.row_key(),
-            crypto.mac_message(
-                crypto.SECRET_HEAD, self.org, env, name, version, deleted, tags, updated_at, actor
-            ),
-        )
+    def _row_message(self, purpose: str, env: str, *fields: Any) -> bytes:
+        return crypto.mac_message(purpose, self.org, env, *fields)
+
+    def head_mac(self, env: str, fields: tuple[Any, ...]) -> bytes:
+        """The MAC of a `secrets` row: (name, version, deleted, tags, updated_at, actor)."""
+        return crypto.mac(self.row_key(), self._row_message(crypto.SECRET_HEAD, env, *fields))
 
     def check_head(self, env: str, row: tuple[Any, ...]) -> None:
-        """Verify a `secrets` row read as (name, version, deleted, tags, updated_at, actor, mac)."""
-        name, version, deleted, tags, updated_at, actor, tag = row[:7]
+        """Verify a `secrets` row read as its six MAC'd columns, then the MAC."""
         crypto.verify_mac(
-            self.row_key(),
-            crypto.mac_message(
-                crypto.SECRET_HEAD, self.org, env, name, version, deleted, tags, updated_at, actor
-            ),
-            tag,
+            self.row_key(), self._row_message(crypto.SECRET_HEAD, env, *row[:6]), row[6]
         )
 
-    def version_mac(
-        self,
-        env: str,
-        name: str,
-        version: int,
-        action: str,
-        dek_version: int | None,
-        tags: str,
-        created_at: str,
-        actor: str,
-    ) -> bytes:
+    def version_mac(self, env: str, name: str, fields: tuple[Any, ...]) -> bytes:
+        """The MAC of a `secret_versions` row:
+        (version, action, org_dek_version, tags, created_at, actor)."""
         return crypto.mac(
-            self.row_key(),
-            crypto.mac_message(
-                crypto.SECRET_VERSION,
-                self.org,
-                env,
-                name,
-                version,
-                action,
-                dek_version,
-                tags,
-                created_at,
-                actor,
-            ),
+            self.row_key(), self._row_message(crypto.SECRET_VERSION, env, name, *fields)
         )
 
     def check_version(self, env: str, name: str, row: tuple[Any, ...]) -> None:
-        """Verify a `secret_versions` row read as
-        (version, action, org_dek_version, tags, created_at, actor, mac)."""
-        version, action, dek_version, tags, created_at, actor, tag = row[:7]
+        """Verify a `secret_versions` row read as its six MAC'd columns, then the MAC."""
         crypto.verify_mac(
-            self.row_key(),
-            crypto.mac_message(
-                crypto.SECRET_VERSION,
-                self.org,
-                env,
-                name,
-                version,
-                action,
-                dek_version,
-                tags,
-                created_at,
-                actor,
-            ),
-            tag,
+            self.row_key(), self._row_message(crypto.SECRET_VERSION, env, name, *row[:6]), row[6]
         )
 
     def active_public_key(self) -> tuple[str, bytes]:
@@ -482,7 +432,7 @@ class VaultService:
             tag_list = [] if head is None else _tags(head[3])
         tag_text = json.dumps(tag_list)
         deleted = int(text is None)
-        head_mac = keys.head_mac(env, name, version, deleted, tag_text, now, actor)
+        head_mac = keys.head_mac(env, (name, version, deleted, tag_text, now, actor))
         if head is None:
             secret_id = db.execute(
                 "INSERT INTO secrets (env, name, version, deleted, tags, updated_at, actor, mac) "
@@ -519,7 +469,7 @@ class VaultService:
                 tag_text,
                 now,
                 actor,
-                keys.version_mac(env, name, version, action, dek_version, tag_text, now, actor),
+                keys.version_mac(env, name, (version, action, dek_version, tag_text, now, actor)),
             ),
         )
         return SecretRecord(name, env, version, tag_list, now, actor, bool(deleted))

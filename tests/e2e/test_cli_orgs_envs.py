@@ -5,24 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import CrateRunner, Result
+from conftest import CrateRunner, assert_clean_error
 
 pytestmark = pytest.mark.e2e
 
 ORG_RULE = "lowercase letters, digits and '-'"
 ENV_RULE = "lowercase letters, digits, '_' and '-'"
 SESSION_FIELDS = {"org", "env", "home", "settings", "keystore", "master_key_version"}
-
-
-def assert_clean_error(result: Result, code: int) -> None:
-    """One or two `crate:` lines on stderr, the first `crate: error:`; no traceback."""
-    assert result.returncode == code, result
-    lines = result.stderr.strip().splitlines()
-    assert 1 <= len(lines) <= 2, result.stderr
-    assert lines[0].startswith("crate: error: "), result.stderr
-    assert all(line.startswith("crate: ") for line in lines), result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
 
 
 def orgs(crate: CrateRunner) -> list[dict]:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner, Result
+from conftest import CrateRunner, assert_clean_error
 
 pytestmark = pytest.mark.e2e
 
@@ -26,18 +26,6 @@ PYTHON = sys.executable
 DUMP_ARGV = "import sys, json; print(json.dumps(sys.argv[1:]))"
 DUMP_ENV = "import os, json; print(json.dumps(dict(os.environ)))"
 CREDENTIALS = ("CRATE_PASSPHRASE", "CRATE_MASTER_KEY", "CRATE_TOKEN", "CRATE_PKCS11_PIN")
-
-
-def assert_clean_error(result: Result, code: int, *, hidden: tuple[str, ...] = ()) -> None:
-    """One or two `crate:` lines on stderr, the first `crate: error:`; no traceback."""
-    assert result.returncode == code, result
-    lines = result.stderr.strip().splitlines()
-    assert 1 <= len(lines) <= 2, result.stderr
-    assert lines[0].startswith("crate: error: "), result.stderr
-    assert all(line.startswith("crate: ") for line in lines), result.stderr
-    assert "Traceback" not in result.stderr
-    for value in hidden:
-        assert value not in result.stderr + result.stdout
 
 
 def child_env(crate: CrateRunner, *run_args: str, env: dict[str, str] | None = None) -> dict:

@@ -17,26 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner, Result, require_tool
+from conftest import CrateRunner, Result, assert_clean_error, require_tool
 from dotenv import dotenv_values
 
 pytestmark = pytest.mark.e2e
 
 LIST_FIELDS = {"name", "environment", "version", "tags", "updated_at", "actor"}
-
-
-def assert_clean_error(result: Result, code: int, *, hidden: tuple[str, ...] = ()) -> None:
-    """An error as crate promises it: the exit code, one or two `crate:` lines
-    on stderr starting with `crate: error:`, no traceback, no secret value."""
-    assert result.returncode == code, result
-    lines = result.stderr.strip().splitlines()
-    assert 1 <= len(lines) <= 2, result.stderr
-    assert lines[0].startswith("crate: error: "), result.stderr
-    assert all(line.startswith("crate: ") for line in lines), result.stderr
-    assert "Traceback" not in result.stderr
-    for value in hidden:
-        assert value not in result.stderr, f"secret value leaked on stderr: {result.stderr}"
-        assert value not in result.stdout, f"secret value leaked on stdout: {result.stdout}"
 
 
 def names(crate: CrateRunner, *args: str) -> list[str]:
