@@ -119,6 +119,24 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(ExitCode.ERROR)
 
 
+def _usage_message(error: Any) -> str:
+    """click's message, except that an unknown option is named only when it looks
+    like one: `crate secrets set PASS -s3cr3t` must not print the password."""
+    import re
+
+    import click
+
+    if isinstance(error, click.NoSuchOption):
+        if re.fullmatch(r"--?[a-z][a-z-]{0,30}", error.option_name):
+            return f"no such option: {error.option_name}"
+        return (
+            "an argument starting with '-' is not an option of this command; "
+            "put values that start with '-' after --"
+        )
+    message: str = error.format_message()
+    return message
+
+
 def _click_main(args: list[str]) -> None:
     import click
 
@@ -129,8 +147,13 @@ def _click_main(args: list[str]) -> None:
     except click.exceptions.Abort:
         sys.stderr.write("crate: aborted\n")
         sys.exit(130)
+    except click.UsageError as e:
+        sys.stderr.write(f"crate: error: {_usage_message(e)}\n")
+        command = e.ctx.command_path if e.ctx is not None else "crate"
+        sys.stderr.write(f"crate: see '{command} --help'\n")
+        sys.exit(ExitCode.USAGE)
     except click.ClickException as e:
-        e.show()
+        sys.stderr.write(f"crate: error: {e.format_message()}\n")
         sys.exit(ExitCode.USAGE if e.exit_code == 2 else e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

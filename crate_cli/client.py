@@ -17,7 +17,7 @@ import os
 from typing import Any, NamedTuple
 
 from crate_cli.ephemeral import DEFAULT_EPHEMERAL_BITS, EphemeralKey, take
-from crate_cli.errors import IntegrityError
+from crate_cli.errors import IntegrityError, InvalidInput
 from crate_cli.transport import Transport
 from crate_cli.vault import jwe
 from crate_cli.vault.names import check_env, check_org, check_secret_name, check_tags
@@ -45,13 +45,23 @@ class SecretsClient:
 
     def public_key(self) -> tuple[str, Any]:
         if self._public is None:
+            from cryptography.hazmat.primitives.asymmetric import rsa
             from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
             body = self.transport.request("GET", self._path("secrets", "public-key"))
             if body.get("alg") != jwe.ALG:
                 raise IntegrityError(f"the server offers {body.get('alg')!r}, not {jwe.ALG}")
-            key = load_pem_public_key(str(body["public_key_pem"]).encode("ascii"))
-            self._public = (str(body["key_id"]), key)
+            try:
+                key = load_pem_public_key(str(body["public_key_pem"]).encode("ascii"))
+                kid = str(body["key_id"])
+                # The key id is the key's RFC 7638 thumbprint: a swapped key shows.
+                if not isinstance(key, rsa.RSAPublicKey) or jwe.thumbprint(key) != kid:
+                    raise ValueError
+            except (KeyError, ValueError, TypeError, AttributeError):
+                raise IntegrityError(
+                    "the organization's public key does not match its key id"
+                ) from None
+            self._public = (kid, key)
         return self._public
 
     def store(
@@ -122,18 +132,32 @@ class SecretsClient:
         reply = self.transport.request("POST", self._path("secrets", "retrieve"), body=body)
         try:
             bundle = json.loads(jwe.decrypt(key, str(reply["bundle"])).plaintext)
-            if (
-                bundle["nonce"] != nonce
-                or bundle["org"] != self.org
-                or bundle["environment"] != env
-            ):
-                raise IntegrityError("the retrieval bundle does not answer this request")
-            return [
+            found = [
                 RetrievedSecret(str(s["name"]), str(s["value"]), int(s["version"]))
                 for s in bundle["secrets"]
             ]
+            answers = (
+                bundle["nonce"] == nonce
+                and bundle["org"] == self.org
+                and bundle["environment"] == env
+            )
         except (KeyError, TypeError, ValueError):
             raise IntegrityError("the retrieval bundle is malformed") from None
+        returned = [s.name for s in found]
+        if (
+            not answers
+            # Only what was asked for: no extra names (LD_PRELOAD …), no repeats.
+            or len(set(returned)) != len(returned)
+            or (names and set(returned) != set(names))
+            or any(s.version != versions[s.name] for s in found if versions and s.name in versions)
+        ):
+            raise IntegrityError("the retrieval bundle does not answer this request")
+        try:
+            for name in returned:
+                check_secret_name(name)
+        except InvalidInput:
+            raise IntegrityError("the retrieval bundle holds an invalid name") from None
+        return found
 
     def delete(self, env: str, name: str) -> dict[str, Any]:
         return self.transport.request(

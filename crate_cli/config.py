@@ -31,6 +31,11 @@ DEFAULTS: dict[str, Any] = {
     "crypto.ephemeral_rsa_bits": 2048,
     "keys.unlock_order": ["env", "tpm2", "keyring", "pkcs11", "file", "passphrase"],
 }
+# Bounds of the numeric settings, inclusive.
+RANGES: dict[str, tuple[int, int]] = {
+    "secrets.max_value_bytes": (1, 16 * 1024 * 1024),
+    "crypto.ephemeral_rsa_bits": (2048, 8192),
+}
 
 
 class CrateHome(NamedTuple):
@@ -105,10 +110,10 @@ def write_private_file(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -183,16 +188,32 @@ class Settings:
         if isinstance(table, dict) and name in table:
             value = table[name]
             default = DEFAULTS.get(key)
-            if default is not None and not isinstance(value, type(default)):
+            # bool is an int to Python, not to a reader of settings.toml.
+            if default is not None and (
+                not isinstance(value, type(default)) or isinstance(value, bool)
+            ):
                 raise InvalidInput(
                     f"setting {key} in {self.path} must be a {type(default).__name__}"
                 )
+            low, high = RANGES.get(key, (value, value))
+            if not low <= value <= high:
+                raise InvalidInput(f"setting {key} in {self.path} must be from {low} to {high}")
             return value
         return DEFAULTS.get(key)
 
     def set(self, key: str, value: Any) -> None:
         section, _, name = key.partition(".")
         self.data.setdefault(section, {})[name] = value
+
+    @classmethod
+    def update(cls, home: CrateHome, key: str, value: Any) -> Settings:
+        """Change one setting on disk, keeping changes other processes made
+        meanwhile: read, change and write under a lock."""
+        with file_lock(home.config_dir / ".settings.lock"):
+            settings = cls.load(home)
+            settings.set(key, value)
+            settings.save()
+        return settings
 
     def save(self) -> None:
         import tomli_w

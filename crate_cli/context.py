@@ -1,13 +1,14 @@
 """Where a command finds its home, settings, org, env and client.
 
 Also runs crate's implicit first use: the first command that needs the vault
-creates the master key (the `auto` keystore) and the `personal` org, and
-leaves notices for the CLI to print on stderr. No click, no rich here.
+creates the master key (the `auto` keystore) and the `personal` org, and says
+so on stderr. No click, no rich here.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,13 @@ def read_stdin() -> bytes:
     return b"" if sys.stdin is None else sys.stdin.buffer.read()
 
 
+def _to_stderr(text: str) -> None:
+    import sys
+
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def hidden_prompt(text: str) -> str:
     """Ask on the terminal without echo (click is imported only when asking)."""
     import click
@@ -64,25 +72,21 @@ class Session:
     """One command's view of crate: paths, settings, keys and the client."""
 
     def __init__(
-        self, environ: dict[str, str] | None = None, prompt: SecretPrompt | None = None
+        self,
+        environ: dict[str, str] | None = None,
+        prompt: SecretPrompt | None = None,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self.environ = dict(os.environ) if environ is None else environ
         self.prompt = prompt
-        self.notices: list[str] = []
+        # Notices of implicit first use go out at once, so that a command that
+        # then fails still says what it created.
+        self.notify = notify or _to_stderr
 
     @classmethod
     def for_terminal(cls) -> Session:
         """A Session that can ask for a passphrase when stdin is a terminal."""
         return cls(prompt=hidden_prompt if stdin_is_terminal() else None)
-
-    def print_notices(self) -> None:
-        """Print the notices of implicit first use on stderr, once."""
-        import sys
-
-        for notice in self.notices:
-            sys.stderr.write(notice + "\n")
-        sys.stderr.flush()
-        self.notices.clear()
 
     @cached_property
     def home(self) -> CrateHome:
@@ -114,12 +118,12 @@ class Session:
         if not self.home.settings_path.exists():
             self.settings.save()
         if slot_type == "file":
-            self.notices.append(
+            self.notify(
                 f"crate: created master key v1 in {self.home.keys_dir}, protected by file "
                 "permissions only (no TPM or OS keystore is used yet)"
             )
         else:
-            self.notices.append(f"crate: created master key v1 sealed by a {slot_type} slot")
+            self.notify(f"crate: created master key v1 sealed by a {slot_type} slot")
         return True, version
 
     def org(self, explicit: str | None = None) -> str:
@@ -139,18 +143,17 @@ class Session:
         if not orgs:
             try:
                 create_org(self.home, self.master, DEFAULT_ORG)
-                self.notices.append(f"crate: created organization {DEFAULT_ORG!r} and selected it")
+                self.notify(f"crate: created organization {DEFAULT_ORG!r} and selected it")
             except Conflict:
                 pass  # another crate process created it first
         elif DEFAULT_ORG in orgs:
-            self.notices.append(f"crate: selected organization {DEFAULT_ORG!r}")
+            self.notify(f"crate: selected organization {DEFAULT_ORG!r}")
         else:
             raise NotFound(
                 "no organization is selected",
                 "choose one with: crate session org set NAME (or --org / CRATE_ORG)",
             )
-        self.settings.set("session.org", DEFAULT_ORG)
-        self.settings.save()
+        self.settings = Settings.update(self.home, "session.org", DEFAULT_ORG)
         return DEFAULT_ORG
 
     def env(self, explicit: str | None = None) -> str:

@@ -87,7 +87,6 @@ def run_with_secrets(run: RunArgs) -> None:
     session.service.warm(org)
     found = client.retrieve(session.env(run.env), run.names, run.tags)
     session.service.close()  # exec skips interpreter shutdown: close the vault now
-    session.print_notices()
     exec_command(run.command, child_environment(os.environ, ((s.name, s.value) for s in found)))
 
 

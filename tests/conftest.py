@@ -117,7 +117,12 @@ def assert_clean_error(result: Result, code: int, *, hidden: tuple[str, ...] = (
     stderr starting with `crate: error:`, nothing on stdout, no traceback, and
     none of the `hidden` secret values anywhere."""
     assert result.returncode == code, result
-    lines = result.stderr.strip().splitlines()
+    # First use announces what it created before anything else: not part of the error.
+    lines = [
+        line
+        for line in result.stderr.strip().splitlines()
+        if not line.startswith(("crate: created ", "crate: selected "))
+    ]
     assert 1 <= len(lines) <= 2, result.stderr
     assert lines[0].startswith("crate: error: "), result.stderr
     assert all(line.startswith("crate: ") for line in lines), result.stderr

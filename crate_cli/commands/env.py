@@ -25,7 +25,6 @@ def list_(org: str | None, as_json: bool) -> None:
     session = Session.for_terminal()
     org_name = session.org(org)
     names = session.client(org_name).environments()
-    session.print_notices()
     if as_json:
         print_json(names)
         return
@@ -41,7 +40,6 @@ def create(name: str, org: str | None) -> None:
     session = Session.for_terminal()
     org_name = session.org(org)
     session.client(org_name).create_environment(name)
-    session.print_notices()
     click.echo(f"created environment {name!r} in {org_name!r}", err=True)
 
 

@@ -20,7 +20,6 @@ def init(keystore: str) -> None:
     """Create crate's home, master key v1 and settings."""
     session = Session.for_terminal()
     created, version = session.init(keystore)
-    session.print_notices()
     slots = ", ".join(s.type for s in version.slots)
     if not created:
         wanted = "file" if keystore == "auto" else keystore

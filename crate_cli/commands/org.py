@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from crate_cli.commands.options import json_option, print_json
+from crate_cli.config import Settings
 from crate_cli.context import Session, stdin_is_terminal
 from crate_cli.errors import CrateError, InvalidInput
 
@@ -23,7 +24,6 @@ def create(name: str) -> None:
     session = Session.for_terminal()
     session.init()
     create_org(session.home, session.master, name)
-    session.print_notices()
     click.echo(f"created organization {name!r}", err=True)
 
 
@@ -57,8 +57,7 @@ def delete(name: str, yes: bool) -> None:
     confirm_destruction(f"Delete organization {name!r} and all its secrets?", yes)
     delete_org(session.home, name)
     if session.settings.get("session.org") == name:
-        session.settings.set("session.org", "")
-        session.settings.save()
+        Settings.update(session.home, "session.org", "")
     click.echo(f"deleted organization {name!r}", err=True)
 
 

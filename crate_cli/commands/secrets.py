@@ -118,7 +118,6 @@ def set_(
         args, keep_newline, int(session.settings.get("secrets.max_value_bytes"))
     )
     results = client.store(env_name, values, split_tags(tags) if tags else None)
-    session.print_notices()
     if as_json:
         print_json(results)
         return
@@ -133,9 +132,8 @@ def set_(
 @click.option("--version", "version", type=click.IntRange(min=1), help="An older version.")
 def get(name: str, org: str | None, env: str | None, version: int | None) -> None:
     """Print the value of NAME and nothing else (a newline only on a terminal)."""
-    session, client, env_name = _client(org, env)
+    _, client, env_name = _client(org, env)
     (secret,) = client.retrieve(env_name, [name], versions={name: version} if version else None)
-    session.print_notices()
     out = sys.stdout
     out.write(secret.value)
     if out.isatty():
@@ -154,9 +152,8 @@ def _short_time(stamp: str) -> str:
 @json_option
 def list_(org: str | None, env: str | None, tags: tuple[str, ...], as_json: bool) -> None:
     """List secrets (names, versions, tags; never values)."""
-    session, client, env_name = _client(org, env)
+    _, client, env_name = _client(org, env)
     rows = client.list_secrets(env_name, split_tags(tags))
-    session.print_notices()
     if as_json:
         print_json(rows)
         return
@@ -202,9 +199,8 @@ def fetch(
     """Print secrets with their values (all, or NAMES) in a chosen format."""
     from crate_cli.formats import dotenv_docker_incompatible, dotenv_interpolated, render
 
-    session, client, env_name = _client(org, env)
+    _, client, env_name = _client(org, env)
     found = client.retrieve(env_name, list(names), split_tags(tags))
-    session.print_notices()
     pairs = [(s.name, s.value) for s in found]
     fmt = "json" if as_json else fmt
     if fmt == "dotenv":
@@ -235,9 +231,8 @@ def delete(name: str, org: str | None, env: str | None, yes: bool) -> None:
     """Delete NAME (a new, empty version; the history is kept)."""
     from crate_cli.commands.org import confirm_destruction
 
-    session, client, env_name = _client(org, env)
+    _, client, env_name = _client(org, env)
     check_secret_name(name)
-    session.print_notices()
     confirm_destruction(f"Delete {name} from {client.org}/{env_name}?", yes)
     r = client.delete(env_name, name)
     click.echo(f"deleted {name} from {client.org}/{env_name} (version {r['version']})", err=True)
@@ -250,9 +245,8 @@ def delete(name: str, org: str | None, env: str | None, yes: bool) -> None:
 @json_option
 def history(name: str, org: str | None, env: str | None, as_json: bool) -> None:
     """Show the versions of NAME: times, actors, tags (no values)."""
-    session, client, env_name = _client(org, env)
+    _, client, env_name = _client(org, env)
     versions = client.history(env_name, name)
-    session.print_notices()
     if as_json:
         print_json(versions)
         return
@@ -287,9 +281,8 @@ def history(name: str, org: str | None, env: str | None, as_json: bool) -> None:
 @env_option
 def rollback(name: str, to: int, org: str | None, env: str | None) -> None:
     """Write version N's value of NAME as a new version."""
-    session, client, env_name = _client(org, env)
+    _, client, env_name = _client(org, env)
     r = client.rollback(env_name, name, to)
-    session.print_notices()
     click.echo(f"rolled {name} back to version {to}'s value (now version {r['version']})", err=True)
 
 
@@ -326,7 +319,6 @@ def import_(
     if not merged:
         raise InvalidInput(f"{file} holds no NAME=VALUE lines; nothing was imported")
     results = client.store(env_name, list(merged.items()), split_tags(tags) if tags else None)
-    session.print_notices()
     created = sum(1 for r in results if r["version"] == 1)
     summary = {"imported": len(results), "new": created, "updated": len(results) - created}
     if as_json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from crate_cli.commands.options import env_option, json_option, org_option, print_json
+from crate_cli.config import Settings
 from crate_cli.context import Session
 from crate_cli.errors import NotFound
 
@@ -28,8 +29,7 @@ def org_set(name: str) -> None:
     s = Session.for_terminal()
     if not org_exists(s.home, name):
         raise NotFound(f"organization {name!r} does not exist", "create it with: crate org create")
-    s.settings.set("session.org", name)
-    s.settings.save()
+    Settings.update(s.home, "session.org", name)
     click.echo(f"session organization: {name}", err=True)
 
 
@@ -40,15 +40,14 @@ def session_env() -> None:
 
 @session_env.command("set")
 @click.argument("name")
-def env_set(name: str) -> None:
-    """Make NAME the default environment."""
+@org_option
+def env_set(name: str, org: str | None) -> None:
+    """Make NAME the default environment (it must exist in the organization)."""
     s = Session.for_terminal()
-    org_name = s.org()
+    org_name = s.org(org)
     if name not in s.client(org_name).environments():
         raise NotFound(f"environment {name!r} does not exist in organization {org_name!r}")
-    s.print_notices()
-    s.settings.set("session.env", name)
-    s.settings.save()
+    Settings.update(s.home, "session.env", name)
     click.echo(f"session environment: {name}", err=True)
 
 

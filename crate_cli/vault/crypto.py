@@ -77,6 +77,8 @@ def open_secret(
     if not (
         isinstance(wrapped_dek, bytes)
         and isinstance(blob, bytes)
+        and len(wrapped_dek) >= _OVERHEAD
+        and len(blob) >= _OVERHEAD
         and wrapped_dek[:1] == FORMAT_V1
         and blob[:1] == FORMAT_V1
     ):

@@ -1,8 +1,8 @@
 """The naming rules of DESIGN §1, checked in one place.
 
 Each check raises `InvalidInput` (exit 2) with the rule in the message. The
-name itself is repeated only when it is short and printable, so a value
-pasted into a name field by mistake is not echoed back in full.
+name itself is repeated only when it is shaped like a name, so a value
+pasted into a name field by mistake is not echoed back.
 """
 
 from __future__ import annotations
@@ -27,8 +27,13 @@ TAG_RULE = (
 )
 
 
+# A rejected name is repeated only when it looks like a name: a URL, a
+# password with punctuation or a long token pasted by mistake is not echoed.
+_NAME_SHAPED = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def _shown(name: str) -> str:
-    if len(name) <= 64 and name.isprintable():
+    if _NAME_SHAPED.fullmatch(name):
         return repr(name)
     return f"of {len(name)} characters"
 

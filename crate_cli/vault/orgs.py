@@ -12,7 +12,7 @@ import contextlib
 import os
 import secrets
 
-from crate_cli.config import CrateHome, ensure_private_dir
+from crate_cli.config import CrateHome, ensure_private_dir, fsync_dir
 from crate_cli.errors import Conflict, NotFound
 from crate_cli.vault import crypto, jwe
 from crate_cli.vault.masterkey import MasterKeys, utc_now
@@ -55,6 +55,7 @@ def create_org(home: CrateHome, master: MasterKeys, org: str) -> None:
             os.link(tmp, final)
         except FileExistsError:
             raise Conflict(f"organization {org!r} already exists") from None
+        fsync_dir(home.orgs_dir)  # the new name survives a power loss
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
             with contextlib.suppress(FileNotFoundError):

@@ -69,6 +69,9 @@ class SecretValue(NamedTuple):
 # The columns of a `secrets` row, in the order OrgKeys.check_head expects. The
 # queries that splice it in (noqa: S608) take every value as a parameter.
 HEAD_COLUMNS = "s.name, s.version, s.deleted, s.tags, s.updated_at, s.actor, s.mac"
+# The newest version a secret's history holds: an authentic but older head row
+# copied back in points below it.
+NEWEST_VERSION = "(SELECT max(n.version) FROM secret_versions n WHERE n.secret_id = s.id)"
 
 
 def _tags(text: str) -> list[str]:
@@ -293,8 +296,24 @@ class VaultService:
     def public_key(self, org: str) -> dict[str, str]:
         import base64
 
-        kid, der = self.org(org).active_public_key()
-        body = base64.encodebytes(der).decode("ascii")
+        from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+        keys = self.org(org)
+        kid, der = keys.active_public_key()
+        # The public key is stored in clear: it must be the one whose private
+        # half the master key protects (and whose AAD names this kid), or a
+        # rewritten row would have clients seal values to someone else's key.
+        try:
+            matches = (
+                load_der_public_key(der).public_numbers()  # type: ignore[union-attr]
+                == keys.private_key(kid).public_key().public_numbers()
+            )
+        except (ValueError, TypeError, AttributeError):
+            matches = False
+        if not matches:
+            raise IntegrityError()
+        text = base64.b64encode(der).decode("ascii")
+        body = "".join(text[i : i + 64] + "\n" for i in range(0, len(text), 64))  # RFC 7468
         pem = f"-----BEGIN PUBLIC KEY-----\n{body}-----END PUBLIC KEY-----\n"
         return {"public_key_pem": pem, "key_id": kid, "alg": jwe.ALG}
 
@@ -482,13 +501,16 @@ class VaultService:
         with keys.store.read() as db:
             self._require_env(db, org, env)
             rows = db.execute(
-                f"SELECT {HEAD_COLUMNS} FROM secrets s WHERE s.env = ? ORDER BY s.name",  # noqa: S608
+                f"SELECT {HEAD_COLUMNS}, {NEWEST_VERSION} FROM secrets s "  # noqa: S608
+                "WHERE s.env = ? ORDER BY s.name",
                 (env,),
             ).fetchall()
         out = []
         for row in rows:
             # Deleted rows are checked too: flipping the flag must not hide a secret.
             keys.check_head(env, row)
+            if row[7] != row[1]:
+                raise IntegrityError()
             record = _record(row, env)
             if not record.deleted and want.issubset(record.tags):
                 out.append(record)
@@ -505,9 +527,10 @@ class VaultService:
         """Decrypt the selected secrets: the named ones (all when none are named)
         carrying every tag in `tags`; `versions` picks older versions by name.
 
-        Each secret's head row is authenticated before its value is used, so
-        moving the version pointer back or flipping the deleted flag fails
-        with IntegrityError instead of serving an older value.
+        Each secret's head row is authenticated before its value is used and
+        must point at the newest version of its history, so moving the version
+        pointer back, flipping the deleted flag or restoring an older head row
+        fails with IntegrityError instead of serving an older value.
         """
         keys = self.org(org)
         for n in names:
@@ -522,12 +545,19 @@ class VaultService:
         for row in rows:
             keys.check_head(env, row)
             name, head_version, deleted, tag_text = row[:4]
-            version, dek_version, wrapped, blob = row[7:11]
+            version, dek_version, wrapped, blob, newest = row[7:12]
+            if newest != head_version:
+                raise IntegrityError()
             explicit = name in versions
             if deleted and not explicit:
                 continue
             found.add(name)
             if want and not want.issubset(_tags(tag_text)):
+                if name in names:
+                    raise NotFound(
+                        f"secret {name} in {org}/{env} does not carry every tag of "
+                        f"{', '.join(sorted(want))}"
+                    )
                 continue
             if version is None or not 1 <= version <= head_version:
                 if explicit:
@@ -555,8 +585,8 @@ class VaultService:
     ) -> list[Any]:
         """Head columns, then the chosen version's: version, dek version, wrapped DEK, blob."""
         base = (
-            f"SELECT {HEAD_COLUMNS}, v.version, v.org_dek_version, v.wrapped_dek, v.ciphertext "  # noqa: S608
-            "FROM secrets s LEFT JOIN secret_versions v ON v.secret_id = s.id "
+            f"SELECT {HEAD_COLUMNS}, v.version, v.org_dek_version, v.wrapped_dek, v.ciphertext, "  # noqa: S608
+            f"{NEWEST_VERSION} FROM secrets s LEFT JOIN secret_versions v ON v.secret_id = s.id "
         )
         if not names:
             return db.execute(

@@ -91,8 +91,12 @@ MIGRATIONS: dict[int, str] = {}
 
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
     mode = "rwc" if create else "rw"
+    # as_uri() escapes '#', '?' and '%', which SQLite would read as URI syntax.
     conn = sqlite3.connect(
-        f"file:{path}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False
+        f"{path.absolute().as_uri()}?mode={mode}",
+        uri=True,
+        isolation_level=None,
+        check_same_thread=False,
     )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")

@@ -17,6 +17,9 @@ from crate_cli.vault.slots.base import SlotContext, SlotProvider, b64, slot_aad,
 PASSPHRASE_ENV = "CRATE_PASSPHRASE"
 DEFAULT_PARAMS = {"iterations": 3, "lanes": 4, "memory_cost": 64 * 1024}
 MIN_PASSPHRASE = 8
+# What a slot record may ask for (iterations, lanes, memory in KiB): a damaged
+# or hostile record must not make crate spin for hours or exhaust memory.
+_BOUNDS = ((1, 64), (1, 64), (8 * 64, 4 * 1024 * 1024))
 
 
 def derive_kek(
@@ -73,7 +76,8 @@ class PassphraseSlot(SlotProvider):
     def unseal(self, ctx: SlotContext, params: dict[str, Any], version: int, slot_id: str) -> bytes:
         kdf_params = {k: params.get(k) for k in DEFAULT_PARAMS}
         if params.get("kdf") != "argon2id" or not all(
-            isinstance(v, int) and v > 0 for v in kdf_params.values()
+            isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+            for (low, high), v in zip(_BOUNDS, kdf_params.values(), strict=True)
         ):
             raise KeystoreError("passphrase slot record is damaged (kdf parameters)")
         salt = unb64(params.get("salt"), "salt")
