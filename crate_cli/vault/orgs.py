@@ -118,8 +118,14 @@ def _initialise(store: OrgStore, org: str, master_key: bytes, master_version: in
 
 def delete_org(home: CrateHome, org: str) -> None:
     path = home.vault_path(check_org(org))
-    if not path.exists():
-        raise NotFound(f"organization {org!r} does not exist")
-    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+    doomed = home.orgs_dir / f".{org}.{secrets.token_hex(4)}.deleting"
+    # One rename takes the org away at once; a crash after it leaves only a
+    # hidden file, never a vault without its WAL under the org's name.
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        raise NotFound(f"organization {org!r} does not exist") from None
+    fsync_dir(home.orgs_dir)
+    for p in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"), doomed):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
