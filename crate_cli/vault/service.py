@@ -253,6 +253,12 @@ class VaultService:
                 version = keys.current_dek_version(keys.store.conn)
             keys.dek_cipher(version)
             keys.row_key()
+            with keys.store.errors():
+                # Pull the vault's pages into SQLite's cache, so that the
+                # request itself does not wait for them.
+                keys.store.conn.execute(
+                    "SELECT sum(length(wrapped_dek)), sum(length(ciphertext)) FROM secret_versions"
+                ).fetchone()
         except CrateError:
             pass
 
