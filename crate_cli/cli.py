@@ -18,6 +18,7 @@ COMMANDS = {
     "session": ("crate_cli.commands.session", "session"),
     "secrets": ("crate_cli.commands.secrets", "secrets"),
     "run": ("crate_cli.commands.run", "run"),
+    "keys": ("crate_cli.commands.keys", "keys"),
 }
 
 # Set by main() for `crate run`, picked up by the run command: the argv after

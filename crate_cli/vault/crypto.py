@@ -33,6 +33,7 @@ ORG_DEK = "crate/org-dek/v1"
 ORG_RSA_KEY = "crate/org-rsa-key/v1"
 ORG_AUDIT_KEY = "crate/org-audit-key/v1"
 MASTER_SLOT = "crate/master-slot/v1"
+MASTER_CHECK = "crate/master-check/v1"
 # Subkey of the org audit key that authenticates the clear row metadata.
 ROW_MAC_KEY = "crate/row-mac-key/v1"
 SECRET_HEAD = "crate/secret-head/v1"

@@ -10,12 +10,21 @@ An unlocked master key stays in this process's memory only.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from typing import Any, NamedTuple
 
 from crate_cli.config import CrateHome, file_lock, write_private_file
-from crate_cli.errors import CrateError, KeystoreError, UnsupportedVersion
+from crate_cli.errors import (
+    Conflict,
+    CrateError,
+    IntegrityError,
+    InvalidInput,
+    KeystoreError,
+    NotFound,
+    UnsupportedVersion,
+)
 from crate_cli.vault import crypto
 from crate_cli.vault.slots import provider
 from crate_cli.vault.slots.base import SecretPrompt, SlotContext
@@ -41,6 +50,9 @@ class MasterVersion(NamedTuple):
     version: int
     created_at: str
     slots: tuple[SlotRecord, ...]
+    # AES-GCM of nothing under the key: proves a key offered from outside (the
+    # env slot) is this version's before anything is decrypted with it.
+    check: str = ""
 
 
 def _parse_registry(raw: bytes, path: object) -> list[MasterVersion]:
@@ -68,6 +80,7 @@ def _parse_registry(raw: bytes, path: object) -> list[MasterVersion]:
                     )
                     for s in v["slots"]
                 ),
+                check=str(v.get("check", "")),
             )
             for v in doc["versions"]
         ]
@@ -91,6 +104,7 @@ def _dump_registry(versions: list[MasterVersion]) -> bytes:
                     {"id": s.id, "type": s.type, "created_at": s.created_at, "params": s.params}
                     for s in v.slots
                 ],
+                "check": v.check,
             }
             for v in versions
         ],
@@ -166,7 +180,9 @@ class MasterKeys:
                 )
             key = crypto.new_key()
             slot = self._seal_slot(key, 1, keystore, options)
-            version = MasterVersion(version=1, created_at=utc_now(), slots=(slot,))
+            version = MasterVersion(
+                version=1, created_at=utc_now(), slots=(slot,), check=_key_check(key, 1)
+            )
             write_private_file(self.home.keys_dir / REGISTRY_FILE, _dump_registry([version]))
             self._versions = [version]
             self._unlocked[1] = key
@@ -183,32 +199,130 @@ class MasterKeys:
         order = {name: i for i, name in enumerate(self.unlock_order)}
         return sorted(slots, key=lambda s: order.get(s.type, len(order)))
 
+    def _version(self, version: int) -> MasterVersion:
+        for v in self.versions():
+            if v.version == version:
+                return v
+        raise KeystoreError(
+            f"master key v{version} is not in the key registry {self.path}",
+            "it was pruned or the registry was replaced; restore keys/ from a backup",
+        )
+
     def unlock(self, version: int) -> bytes:
-        """Return master key `version`, unsealing it through its slots once."""
+        """Return master key `version`, unsealing it through its slots once.
+
+        `CRATE_MASTER_KEY` (the `env` slot: nothing at rest) counts as one
+        more slot of every version, tried in its place in the unlock order.
+        """
         key = self._unlocked.get(version)
-        if key is not None:
-            return key
-        matches = [v for v in self.versions() if v.version == version]
-        if not matches:
-            raise KeystoreError(
-                f"master key v{version} is not in the key registry {self.path}",
-                "it was pruned or the registry was replaced; restore keys/ from a backup",
-            )
-        failures: list[KeystoreError] = []
-        for slot in self._ordered(matches[0].slots):
+        if key is None:
+            record = self._version(version)
+            slots = list(record.slots)
+            if self.environ.get(ENV_SLOT_VARIABLE):
+                slots.append(SlotRecord(id="env", type="env", created_at="", params={}))
+            key = self._unseal_with(record, self._ordered(tuple(slots)))
+            self._unlocked[version] = key
+        return key
+
+    def _unseal_with(self, record: MasterVersion, slots: list[SlotRecord]) -> bytes:
+        failures: list[tuple[SlotRecord, KeystoreError]] = []
+        for slot in slots:
             try:
-                key = provider(slot.type).unseal(
-                    self._slot_context(), slot.params, version, slot.id
+                if slot.type == "env":
+                    return self._key_from_environment(record)
+                return provider(slot.type).unseal(
+                    self._slot_context(), slot.params, record.version, slot.id
                 )
             except KeystoreError as e:
-                failures.append(e)
-                continue
-            self._unlocked[version] = key
-            return key
+                failures.append((slot, e))
+        if not failures:
+            raise KeystoreError(f"master key v{record.version} has no key slot")
         if len(failures) == 1:
-            raise failures[0]
-        detail = "; ".join(
-            f"{s.type} slot {s.id}: {e.message}"
-            for s, e in zip(self._ordered(matches[0].slots), failures, strict=False)
-        )
-        raise KeystoreError(f"no key slot could unlock master key v{version}: {detail}")
+            raise failures[0][1]
+        detail = "; ".join(f"{s.type} slot {s.id}: {e.message}" for s, e in failures)
+        raise KeystoreError(f"no key slot could unlock master key v{record.version}: {detail}")
+
+    def _key_from_environment(self, record: MasterVersion) -> bytes:
+        raw = self.environ.get(ENV_SLOT_VARIABLE, "")
+        prefix, _, encoded = raw.partition(":")
+        if prefix != f"v{record.version}":
+            raise KeystoreError(
+                f"{ENV_SLOT_VARIABLE} does not hold master key v{record.version}",
+                "make it with: crate keys export-env",
+            )
+        try:
+            key = base64.b64decode(encoded.encode("ascii"), validate=True)
+            crypto.decrypt(key, base64.b64decode(record.check), _check_aad(record.version))
+        except (ValueError, UnicodeEncodeError, IntegrityError):
+            raise KeystoreError(
+                f"{ENV_SLOT_VARIABLE} does not hold master key v{record.version}",
+                "make it with: crate keys export-env",
+            ) from None
+        return key
+
+    def export_env(self) -> str:
+        """The value of CRATE_MASTER_KEY for the current version (the key itself)."""
+        record = self.current()
+        key = self.unlock(record.version)
+        return f"v{record.version}:{base64.b64encode(key).decode('ascii')}"
+
+    # -- slot management --------------------------------------------------------------
+
+    def add_slot(self, keystore: str, options: dict[str, Any] | None = None) -> SlotRecord:
+        """Seal the current master key in one more slot (unlocking it first)."""
+        if keystore == "env":
+            raise InvalidInput(
+                "the env slot keeps nothing on disk: set CRATE_MASTER_KEY from "
+                "`crate keys export-env` where it is needed"
+            )
+        with file_lock(self.home.keys_dir / ".lock"):
+            self._versions = None
+            record = self.current()
+            key = self.unlock(record.version)
+            slot = self._seal_slot(key, record.version, keystore, options)
+            self._replace(record._replace(slots=(*record.slots, slot)))
+            return slot
+
+    def remove_slot(self, slot_id: str) -> SlotRecord:
+        """Remove a slot, refusing when no other slot of its version still unlocks."""
+        with file_lock(self.home.keys_dir / ".lock"):
+            self._versions = None
+            for record in self.versions():
+                doomed = [s for s in record.slots if s.id == slot_id]
+                if not doomed:
+                    continue
+                others = [s for s in record.slots if s.id != slot_id]
+                if not others:
+                    raise Conflict(
+                        f"slot {slot_id} is the last slot of master key v{record.version}; "
+                        "removing it would lose the key",
+                        "add another slot first: crate keys slots add TYPE",
+                    )
+                try:
+                    self._unseal_with(record, self._ordered(tuple(others)))
+                except KeystoreError as e:
+                    raise Conflict(
+                        f"no other slot of master key v{record.version} unlocks it right now, "
+                        f"so slot {slot_id} stays ({e.message})",
+                        "make another slot work first (a passphrase: set CRATE_PASSPHRASE)",
+                    ) from None
+                self._replace(record._replace(slots=tuple(others)))
+                provider(doomed[0].type).destroy(self._slot_context(), doomed[0].params)
+                return doomed[0]
+        raise NotFound(f"no key slot {slot_id!r}", "list them with: crate keys slots list")
+
+    def _replace(self, record: MasterVersion) -> None:
+        versions = [record if v.version == record.version else v for v in self.versions()]
+        write_private_file(self.home.keys_dir / REGISTRY_FILE, _dump_registry(versions))
+        self._versions = versions
+
+
+ENV_SLOT_VARIABLE = "CRATE_MASTER_KEY"
+
+
+def _check_aad(version: int) -> bytes:
+    return crypto.aad(crypto.MASTER_CHECK, version)
+
+
+def _key_check(key: bytes, version: int) -> str:
+    return base64.b64encode(crypto.encrypt(key, b"", _check_aad(version))).decode("ascii")
