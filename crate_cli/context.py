@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crate_cli.client import SecretsClient
 from crate_cli.config import CrateHome, Settings, resolve_home
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from crate_cli.vault.service import VaultService
 
 DEFAULT_ORG = "personal"
-KEYSTORES = ("auto", "file", "passphrase")
+KEYSTORES = ("auto", "file", "passphrase", "pkcs11")
 
 
 def local_actor() -> str:
@@ -105,14 +105,16 @@ class Session:
             unlock_order=list(self.settings.get("keys.unlock_order")),
         )
 
-    def init(self, keystore: str = "auto") -> tuple[bool, MasterVersion]:
+    def init(
+        self, keystore: str = "auto", options: dict[str, Any] | None = None
+    ) -> tuple[bool, MasterVersion]:
         """Create master key v1 if there is none; returns (created, version)."""
         if keystore not in KEYSTORES:
             raise InvalidInput(f"unknown keystore {keystore!r}: use one of {', '.join(KEYSTORES)}")
         if self.master.exists():
             return False, self.master.current()
         slot_type = "file" if keystore == "auto" else keystore
-        created, version = self.master.create_first(slot_type)
+        created, version = self.master.create_first(slot_type, options)
         if not created:
             return False, version
         if not self.home.settings_path.exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from crate_cli.commands.options import pkcs11_options, slot_options
 from crate_cli.context import Session
 from crate_cli.errors import Conflict
 
@@ -11,15 +12,16 @@ from crate_cli.errors import Conflict
 @click.command()
 @click.option(
     "--keystore",
-    type=click.Choice(["auto", "file", "passphrase"]),
+    type=click.Choice(["auto", "file", "passphrase", "pkcs11"]),
     default="auto",
     show_default=True,
     help="What seals the master key. auto means file until hardware slots exist.",
 )
-def init(keystore: str) -> None:
+@pkcs11_options
+def init(keystore: str, pkcs11_module: str | None, pkcs11_token: str | None) -> None:
     """Create crate's home, master key v1 and settings."""
     session = Session.for_terminal()
-    created, version = session.init(keystore)
+    created, version = session.init(keystore, slot_options(pkcs11_module, pkcs11_token))
     slots = ", ".join(s.type for s in version.slots)
     if not created:
         wanted = "file" if keystore == "auto" else keystore

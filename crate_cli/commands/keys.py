@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from crate_cli.commands.options import json_option, print_json
+from crate_cli.commands.options import json_option, pkcs11_options, print_json, slot_options
 from crate_cli.context import Session, stdin_is_terminal
 from crate_cli.errors import CrateError, InvalidInput
 
@@ -53,11 +53,14 @@ def slots_list(as_json: bool) -> None:
 
 
 @slots.command("add")
-@click.argument("slot_type", metavar="TYPE", type=click.Choice(["file", "passphrase"]))
-def slots_add(slot_type: str) -> None:
+@click.argument(
+    "slot_type", metavar="TYPE", type=click.Choice(["file", "passphrase", "pkcs11", "env"])
+)
+@pkcs11_options
+def slots_add(slot_type: str, pkcs11_module: str | None, pkcs11_token: str | None) -> None:
     """Seal the current master key in one more slot of TYPE (unlocks it first)."""
     session = Session.for_terminal()
-    slot = session.master.add_slot(slot_type)
+    slot = session.master.add_slot(slot_type, slot_options(pkcs11_module, pkcs11_token))
     click.echo(f"added {slot.type} slot {slot.id}", err=True)
 
 

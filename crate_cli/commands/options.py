@@ -37,3 +37,18 @@ def split_tags(values: tuple[str, ...]) -> list[str]:
 
 def tags_option(help_text: str) -> Callable[[F], F]:
     return click.option("--tags", "tags", multiple=True, metavar="A,B", help=help_text)
+
+
+def pkcs11_options(fn: F) -> F:
+    """--pkcs11-module and --pkcs11-token, for commands that create a pkcs11 slot."""
+    fn = click.option(
+        "--pkcs11-token", metavar="LABEL", help="pkcs11 slot: the HSM token's label."
+    )(fn)
+    fn = click.option(
+        "--pkcs11-module", metavar="PATH", help="pkcs11 slot: the vendor's PKCS#11 module."
+    )(fn)
+    return fn
+
+
+def slot_options(pkcs11_module: str | None, pkcs11_token: str | None) -> dict[str, Any]:
+    return {"pkcs11_module": pkcs11_module, "pkcs11_token": pkcs11_token}

@@ -12,6 +12,7 @@ from crate_cli.vault.slots.base import SlotProvider
 _PROVIDERS = {
     "file": ("crate_cli.vault.slots.file", "FileSlot"),
     "passphrase": ("crate_cli.vault.slots.passphrase", "PassphraseSlot"),
+    "pkcs11": ("crate_cli.vault.slots.pkcs11", "Pkcs11Slot"),
 }
 
 SLOT_TYPES = tuple(_PROVIDERS)
