@@ -195,9 +195,10 @@ class Settings:
                 raise InvalidInput(
                     f"setting {key} in {self.path} must be a {type(default).__name__}"
                 )
-            low, high = RANGES.get(key, (value, value))
-            if not low <= value <= high:
-                raise InvalidInput(f"setting {key} in {self.path} must be from {low} to {high}")
+            if key in RANGES:
+                low, high = RANGES[key]
+                if not low <= value <= high:
+                    raise InvalidInput(f"setting {key} in {self.path} must be from {low} to {high}")
             return value
         return DEFAULTS.get(key)
 

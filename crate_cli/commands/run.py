@@ -9,20 +9,14 @@ from __future__ import annotations
 
 import click
 
-from crate_cli.commands.options import env_option, org_option, split_tags
+from crate_cli.commands.options import env_option, org_option, split_tags, tags_option
 
 
 @click.command()
 @click.argument("names", nargs=-1)
 @org_option
 @env_option
-@click.option(
-    "--tags",
-    "tags",
-    multiple=True,
-    metavar="A,B",
-    help="Only secrets carrying every one of these tags.",
-)
+@tags_option("Only secrets carrying every one of these tags.")
 def run(names: tuple[str, ...], org: str | None, env: str | None, tags: tuple[str, ...]) -> None:
     """Run CMD with secrets (all, or NAMES) in its environment: crate run [NAME...] -- CMD ARGS...
 

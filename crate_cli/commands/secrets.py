@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
 
+from crate_cli.client import SecretsClient
 from crate_cli.commands.options import (
     env_option,
     json_option,
@@ -25,7 +25,7 @@ def secrets() -> None:
     """Store and read secrets."""
 
 
-def _client(org: str | None, env: str | None) -> tuple[Session, Any, str]:
+def _client(org: str | None, env: str | None) -> tuple[Session, SecretsClient, str]:
     session = Session.for_terminal()
     org_name = session.org(org)
     client = session.client(org_name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from crate_cli.config import CrateHome, file_lock, write_private_file
@@ -130,7 +131,7 @@ class MasterKeys:
         self._unlocked: dict[int, bytes] = {}
 
     @property
-    def path(self) -> os.PathLike[str]:
+    def path(self) -> Path:
         return self.home.keys_dir / REGISTRY_FILE
 
     def _slot_context(self, options: dict[str, Any] | None = None) -> SlotContext:
@@ -140,7 +141,7 @@ class MasterKeys:
 
     def versions(self) -> list[MasterVersion]:
         if self._versions is None:
-            path = self.home.keys_dir / REGISTRY_FILE
+            path = self.path
             try:
                 raw = path.read_bytes()
             except FileNotFoundError:
@@ -174,7 +175,7 @@ class MasterKeys:
             if vaults:
                 # A new key could never open them: the registry was lost, not never made.
                 raise KeystoreError(
-                    f"the key registry {self.home.keys_dir / REGISTRY_FILE} is missing or empty, "
+                    f"the key registry {self.path} is missing or empty, "
                     f"but {len(vaults)} org vault(s) exist in {self.home.orgs_dir}",
                     "restore the keys folder from a backup; crate will not make a new master key",
                 )
@@ -183,7 +184,7 @@ class MasterKeys:
             version = MasterVersion(
                 version=1, created_at=utc_now(), slots=(slot,), check=_key_check(key, 1)
             )
-            write_private_file(self.home.keys_dir / REGISTRY_FILE, _dump_registry([version]))
+            write_private_file(self.path, _dump_registry([version]))
             self._versions = [version]
             self._unlocked[1] = key
             return True, version
@@ -313,7 +314,7 @@ class MasterKeys:
 
     def _replace(self, record: MasterVersion) -> None:
         versions = [record if v.version == record.version else v for v in self.versions()]
-        write_private_file(self.home.keys_dir / REGISTRY_FILE, _dump_registry(versions))
+        write_private_file(self.path, _dump_registry(versions))
         self._versions = versions
 
 

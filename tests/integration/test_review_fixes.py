@@ -37,13 +37,12 @@ def test_an_older_head_row_restored_is_refused(
         "mac = ? WHERE name = 'DB'",
         saved,
     )
-    for args in (["secrets", "get", "DB"], ["secrets", "list"], ["run", "--", "true"]):
-        result = (
-            crate(*args, "--org", "acme")
-            if args[0] == "secrets"
-            else crate("run", "--org", "acme", "--", "true")
-        )
-        assert_clean_error(result, ExitCode.INTEGRITY, hidden=("pw-old",))
+    for args in (
+        ["secrets", "get", "DB", "--org", "acme"],
+        ["secrets", "list", "--org", "acme"],
+        ["run", "--org", "acme", "--", "true"],
+    ):
+        assert_clean_error(crate(*args), ExitCode.INTEGRITY, hidden=("pw-old",))
 
 
 @pytest.mark.parametrize("column", ["wrapped_dek", "ciphertext"])
