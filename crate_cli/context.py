@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from crate_cli.vault.service import VaultService
 
 DEFAULT_ORG = "personal"
-KEYSTORES = ("auto", "file", "passphrase", "pkcs11")
+KEYSTORES = ("auto", "tpm2", "keyring", "pkcs11", "passphrase", "file")
+# What `auto` tries, best first; `file` is the fallback of last resort.
+AUTO_KEYSTORES = ("tpm2", "keyring")
 
 
 def local_actor() -> str:
@@ -106,27 +108,55 @@ class Session:
         )
 
     def init(
-        self, keystore: str = "auto", options: dict[str, Any] | None = None
+        self, keystore: str | None = None, options: dict[str, Any] | None = None
     ) -> tuple[bool, MasterVersion]:
-        """Create master key v1 if there is none; returns (created, version)."""
+        """Create master key v1 if there is none; returns (created, version).
+
+        `keystore` defaults to CRATE_KEYSTORE, else `auto`.
+        """
+        keystore = keystore or self.environ.get("CRATE_KEYSTORE") or "auto"
         if keystore not in KEYSTORES:
-            raise InvalidInput(f"unknown keystore {keystore!r}: use one of {', '.join(KEYSTORES)}")
+            raise InvalidInput(
+                f"unknown keystore {keystore!r}: use one of {', '.join(KEYSTORES)}",
+                "check --keystore or CRATE_KEYSTORE",
+            )
         if self.master.exists():
             return False, self.master.current()
-        slot_type = "file" if keystore == "auto" else keystore
+        passed_over: list[str] = []
+        slot_type = keystore
+        if keystore == "auto":
+            slot_type, passed_over = self._pick_keystore()
         created, version = self.master.create_first(slot_type, options)
         if not created:
             return False, version
         if not self.home.settings_path.exists():
             self.settings.save()
         if slot_type == "file":
+            why = ""
+            if keystore == "auto":
+                why = ": no TPM or secure OS keyring was found"
+                why += f" ({'; '.join(passed_over)})" if passed_over else ""
             self.notify(
                 f"crate: created master key v1 in {self.home.keys_dir}, protected by file "
-                "permissions only (no TPM or OS keystore is used yet)"
+                f"permissions only{why}"
             )
         else:
             self.notify(f"crate: created master key v1 sealed by a {slot_type} slot")
         return True, version
+
+    def _pick_keystore(self) -> tuple[str, list[str]]:
+        """The best slot type this machine offers, and why better ones were passed over."""
+        from crate_cli.vault.slots import provider
+        from crate_cli.vault.slots.base import SlotContext
+
+        ctx = SlotContext(home=self.home, environ=self.environ, prompt=self.prompt)
+        passed_over: list[str] = []
+        for candidate in AUTO_KEYSTORES:
+            problem = provider(candidate).probe(ctx)
+            if problem is None:
+                return candidate, passed_over
+            passed_over.append(f"{candidate}: {problem}")
+        return "file", passed_over
 
     def org(self, explicit: str | None = None) -> str:
         """The org to act on: --org/CRATE_ORG, else the session's, else `personal`.

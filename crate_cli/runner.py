@@ -19,7 +19,13 @@ from typing import NamedTuple
 from crate_cli.errors import CommandNotExecutable, CommandNotFound, InvalidInput
 
 # crate's own credentials never reach the child.
-CREDENTIAL_VARIABLES = ("CRATE_PASSPHRASE", "CRATE_PKCS11_PIN", "CRATE_TOKEN", "CRATE_MASTER_KEY")
+CREDENTIAL_VARIABLES = (
+    "CRATE_PASSPHRASE",
+    "CRATE_PKCS11_PIN",
+    "CRATE_TPM2_PIN",
+    "CRATE_TOKEN",
+    "CRATE_MASTER_KEY",
+)
 
 
 class RunArgs(NamedTuple):

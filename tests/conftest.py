@@ -12,10 +12,15 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from crate_cli.context import Session
+
+if TYPE_CHECKING:
+    from keyring_service import SecretService
+    from tpm_simulator import Swtpm
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -40,13 +45,44 @@ def crate_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CRATE_HOME", str(home))
     for var in ("CRATE_ORG", "CRATE_ENV", "CRATE_PASSPHRASE", "CRATE_MASTER_KEY"):
         monkeypatch.delenv(var, raising=False)
+    # Implicit first use makes a file slot, whatever TPM or keyring this
+    # machine has; the tests of `auto` itself unset this.
+    monkeypatch.setenv("CRATE_KEYSTORE", "file")
     return home
+
+
+@pytest.fixture
+def swtpm() -> Iterator[Swtpm]:
+    """A running swtpm on a fresh state (see tests/tpm_simulator.py)."""
+    from tpm_simulator import Swtpm
+
+    tpm = Swtpm()
+    try:
+        tpm.start()
+        yield tpm
+    finally:
+        tpm.close()
+
+
+@pytest.fixture
+def keyring_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[SecretService]:
+    """gnome-keyring on a private D-Bus (see tests/keyring_service.py)."""
+    from keyring_service import SecretService
+
+    # crate must choose the backend the way keyring does, from this test's bus only.
+    monkeypatch.delenv("PYTHON_KEYRING_BACKEND", raising=False)
+    service = SecretService()
+    try:
+        service.start()
+        yield service
+    finally:
+        service.close()
 
 
 @pytest.fixture
 def session(crate_home: Path) -> Iterator[Session]:
     """An in-process Session on a fresh home (file slot, org `personal`)."""
-    s = Session(environ={"CRATE_HOME": str(crate_home)})
+    s = Session(environ={"CRATE_HOME": str(crate_home), "CRATE_KEYSTORE": "file"})
     yield s
     if "service" in s.__dict__:
         s.service.close()
@@ -85,6 +121,7 @@ class CrateRunner:
             k: v for k, v in os.environ.items() if not k.startswith("CRATE_") or k == "CRATE_BIN"
         }
         base["CRATE_HOME"] = str(self.home)
+        base["CRATE_KEYSTORE"] = "file"  # see the crate_home fixture
         base.update(extra or {})
         return base
 

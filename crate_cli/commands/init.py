@@ -2,39 +2,48 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from crate_cli.commands.options import pkcs11_options, slot_options
-from crate_cli.context import Session
+from crate_cli.commands.options import slot_creation_options
+from crate_cli.context import KEYSTORES, Session, stdin_is_terminal
 from crate_cli.errors import Conflict
 
 
 @click.command()
 @click.option(
     "--keystore",
-    type=click.Choice(["auto", "file", "passphrase", "pkcs11"]),
-    default="auto",
-    show_default=True,
-    help="What seals the master key. auto means file until hardware slots exist.",
+    type=click.Choice(KEYSTORES),
+    envvar="CRATE_KEYSTORE",
+    help="What seals the master key (env CRATE_KEYSTORE). Default auto: "
+    "a TPM when one is reachable, else a secure OS keyring, else a key file.",
 )
-@pkcs11_options
-def init(keystore: str, pkcs11_module: str | None, pkcs11_token: str | None) -> None:
+@slot_creation_options
+def init(keystore: str | None, slot_options: dict[str, Any]) -> None:
     """Create crate's home, master key v1 and settings."""
     session = Session.for_terminal()
-    created, version = session.init(keystore, slot_options(pkcs11_module, pkcs11_token))
+    created, version = session.init(keystore, slot_options)
     slots = ", ".join(s.type for s in version.slots)
+    where = f"{session.home.describe()} (master key v{version.version}, slots: {slots})"
     if not created:
-        wanted = "file" if keystore == "auto" else keystore
-        if keystore != "auto" and wanted not in slots:
+        if keystore not in (None, "auto") and keystore not in slots:
             raise Conflict(
-                f"crate is already initialized at {session.home.describe()} "
-                f"(master key v{version.version}, slots: {slots})",
-                "adding another slot comes with key-slot management (crate keys slots add)",
+                f"crate is already initialized at {where}",
+                f"add a {keystore} slot to it with: crate keys slots add {keystore}",
             )
-        click.echo(
-            f"crate is already initialized at {session.home.describe()} "
-            f"(master key v{version.version}, slots: {slots})",
-            err=True,
-        )
+        click.echo(f"crate is already initialized at {where}", err=True)
         return
     click.echo(f"crate initialized at {session.home.describe()} (slot: {slots})", err=True)
+    if (
+        keystore in (None, "auto")
+        and slots != "passphrase"
+        and stdin_is_terminal()
+        and click.confirm(
+            "Add a passphrase as a recovery slot, in case this machine's keystore is lost?",
+            default=True,
+            err=True,
+        )
+    ):
+        slot = session.master.add_slot("passphrase")
+        click.echo(f"added passphrase slot {slot.id}", err=True)

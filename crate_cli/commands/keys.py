@@ -6,9 +6,10 @@ from typing import Any
 
 import click
 
-from crate_cli.commands.options import json_option, pkcs11_options, print_json, slot_options
+from crate_cli.commands.options import json_option, print_json, slot_creation_options
 from crate_cli.context import Session, stdin_is_terminal
 from crate_cli.errors import CrateError, InvalidInput
+from crate_cli.vault.slots import SLOT_TYPES
 
 
 @click.group()
@@ -21,18 +22,16 @@ def slots() -> None:
     """The key slots that each seal the master key."""
 
 
+def _when(stamp: str | None) -> str:
+    return (stamp or "-").replace("T", " ").rstrip("Z")[:19]
+
+
 @slots.command("list")
 @json_option
 def slots_list(as_json: bool) -> None:
-    """List slots: id, type, created, master key version."""
+    """List slots: id, type, master key version, created, last used."""
     session = Session.for_terminal()
-    rows: list[dict[str, Any]] = [
-        {"id": s.id, "type": s.type, "created_at": s.created_at, "master_version": v.version}
-        for v in session.master.versions()
-        for s in v.slots
-    ]
-    if session.environ.get("CRATE_MASTER_KEY"):
-        rows.append({"id": "env", "type": "env", "created_at": None, "master_version": None})
+    rows = session.master.slot_report()
     if as_json:
         print_json(rows)
         return
@@ -40,27 +39,122 @@ def slots_list(as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title="key slots", title_justify="left")
-    for column in ("id", "type", "created", "master key"):
+    for column in ("id", "type", "master key", "created", "last used", "depends on"):
         table.add_column(column)
     for r in rows:
         table.add_row(
             r["id"],
             r["type"],
-            str(r["created_at"] or "-").replace("T", " ")[:19],
-            f"v{r['master_version']}" if r["master_version"] else "from CRATE_MASTER_KEY",
+            f"v{r['master_version']}" if r["master_version"] else "any",
+            _when(r["created_at"]),
+            _when(r["last_used"]),
+            r["details"],
         )
     Console().print(table)
+    if not rows:
+        click.echo("crate has no master key yet; create it with: crate init", err=True)
+
+
+# How each slot type protects the key, in a sentence, and whether it stays
+# with this machine (lost with its TPM, keyring or key file).
+_PROTECTION = {
+    "tpm2": ("a TPM 2.0 on this machine", True),
+    "keyring": ("the OS keyring", True),
+    "pkcs11": ("an HSM token", False),
+    "passphrase": ("a passphrase", False),
+    "file": ("a key file, protected by file permissions only", True),
+    "env": ("CRATE_MASTER_KEY in the environment", False),
+}
+
+
+def assess(rows: list[dict[str, Any]], keys_dir: str) -> tuple[str, list[str]]:
+    """A plain summary of how the current master key is protected, and warnings."""
+    current = [r for r in rows if r["current"]]
+    if not current:
+        return "crate has no master key yet (crate init creates it)", []
+    types = list(dict.fromkeys(r["type"] for r in current))
+    version = max(r["master_version"] or 0 for r in current)
+    words = [_PROTECTION.get(t, (t, False))[0] for t in types]
+    summary = f"master key v{version} can be unlocked by: " + "; ".join(words)
+    warnings = []
+    at_rest = [t for t in types if t != "env"]
+    if "file" in at_rest:
+        if at_rest == ["file"]:
+            warnings.append(
+                f"only file permissions protect it: anyone who can read {keys_dir} can open "
+                "every vault; add a stronger slot (crate keys slots add tpm2|keyring|passphrase)"
+            )
+        else:
+            warnings.append(
+                f"a key file in {keys_dir} also unlocks it, so it is only as safe as that "
+                "folder; remove the file slot (crate keys slots remove ID)"
+            )
+    if at_rest not in ([], ["file"]) and all(_PROTECTION.get(t, ("", False))[1] for t in at_rest):
+        warnings.append(
+            "no recovery slot: if this machine's TPM, keyring or key file is lost, so are the "
+            "vaults; add one: crate keys slots add passphrase"
+        )
+    return summary, warnings
+
+
+@keys.command("status")
+@json_option
+def status(as_json: bool) -> None:
+    """How the master key is protected: versions, slots and plain warnings."""
+    session = Session.for_terminal()
+    rows = session.master.slot_report()
+    summary, warnings = assess(rows, str(session.home.keys_dir))
+    if as_json:
+        versions: dict[int, dict[str, Any]] = {}
+        for v in session.master.versions():
+            versions[v.version] = {"version": v.version, "created_at": v.created_at, "slots": []}
+        for r in rows:
+            if r["master_version"] in versions:
+                versions[r["master_version"]]["slots"].append(r)
+        print_json(
+            {
+                "summary": summary,
+                "warnings": warnings,
+                "master_versions": [versions[k] for k in sorted(versions)],
+                "env_slot": bool(session.environ.get("CRATE_MASTER_KEY")),
+            }
+        )
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    console = Console()
+    tree = Tree(f"crate home {session.home.describe()}")
+    for v in sorted(session.master.versions(), key=lambda v: v.version):
+        current = (
+            " (current)"
+            if any(r["current"] for r in rows if r["master_version"] == v.version)
+            else ""
+        )
+        branch = tree.add(f"master key v{v.version}{current}, created {_when(v.created_at)}")
+        for r in rows:
+            if r["master_version"] == v.version:
+                branch.add(
+                    escape(f"slot {r['id']}: {r['protection']}")
+                    + (f" [dim]- {escape(r['details'])}[/dim]" if r["details"] else "")
+                    + f" [dim](last used {_when(r['last_used'])})[/dim]"
+                )
+    if session.environ.get("CRATE_MASTER_KEY"):
+        tree.add("env: CRATE_MASTER_KEY is set in this environment (nothing at rest)")
+    console.print(tree, highlight=False)
+    click.echo(summary)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
 
 
 @slots.command("add")
-@click.argument(
-    "slot_type", metavar="TYPE", type=click.Choice(["file", "passphrase", "pkcs11", "env"])
-)
-@pkcs11_options
-def slots_add(slot_type: str, pkcs11_module: str | None, pkcs11_token: str | None) -> None:
+@click.argument("slot_type", metavar="TYPE", type=click.Choice([*SLOT_TYPES, "env"]))
+@slot_creation_options
+def slots_add(slot_type: str, slot_options: dict[str, Any]) -> None:
     """Seal the current master key in one more slot of TYPE (unlocks it first)."""
     session = Session.for_terminal()
-    slot = session.master.add_slot(slot_type, slot_options(pkcs11_module, pkcs11_token))
+    slot = session.master.add_slot(slot_type, slot_options)
     click.echo(f"added {slot.type} slot {slot.id}", err=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -39,16 +40,47 @@ def tags_option(help_text: str) -> Callable[[F], F]:
     return click.option("--tags", "tags", multiple=True, metavar="A,B", help=help_text)
 
 
-def pkcs11_options(fn: F) -> F:
-    """--pkcs11-module and --pkcs11-token, for commands that create a pkcs11 slot."""
-    fn = click.option(
-        "--pkcs11-token", metavar="LABEL", help="pkcs11 slot: the HSM token's label."
-    )(fn)
-    fn = click.option(
-        "--pkcs11-module", metavar="PATH", help="pkcs11 slot: the vendor's PKCS#11 module."
-    )(fn)
-    return fn
+# The options a new key slot may need, as (flag, key in the slot's options, help).
+_SLOT_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    (
+        "--pkcs11-module",
+        "pkcs11_module",
+        {"metavar": "PATH", "help": "pkcs11: the vendor's module."},
+    ),
+    (
+        "--pkcs11-token",
+        "pkcs11_token",
+        {"metavar": "LABEL", "help": "pkcs11: the HSM token's label."},
+    ),
+    (
+        "--tcti",
+        "tpm2_tcti",
+        {"metavar": "TCTI", "help": "tpm2: how to reach the TPM (default device:/dev/tpmrm0)."},
+    ),
+    ("--pin", "tpm2_pin", {"is_flag": True, "help": "tpm2: also require a PIN to unseal."}),
+    (
+        "--pcrs",
+        "tpm2_pcrs",
+        {"metavar": "N,N", "help": "tpm2: unseal only while these sha256 PCRs are unchanged."},
+    ),
+    (
+        "--allow-insecure-keyring",
+        "allow_insecure_keyring",
+        {"is_flag": True, "help": "keyring: accept a backend that stores in plain text."},
+    ),
+)
 
 
-def slot_options(pkcs11_module: str | None, pkcs11_token: str | None) -> dict[str, Any]:
-    return {"pkcs11_module": pkcs11_module, "pkcs11_token": pkcs11_token}
+def slot_creation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add every slot type's creation options; the command gets them as one
+    `slot_options` dict keyed as the providers read them."""
+    keys = [key for _, key, _ in _SLOT_OPTIONS]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["slot_options"] = {key: kwargs.pop(key) for key in keys}
+        return fn(*args, **kwargs)
+
+    for flag, key, attrs in reversed(_SLOT_OPTIONS):
+        wrapper = click.option(flag, key, **attrs)(wrapper)
+    return wrapper

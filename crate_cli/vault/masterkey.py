@@ -11,6 +11,7 @@ An unlocked master key stays in this process's memory only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -231,9 +232,12 @@ class MasterKeys:
             try:
                 if slot.type == "env":
                     return self._key_from_environment(record)
-                return provider(slot.type).unseal(
+                key = provider(slot.type).unseal(
                     self._slot_context(), slot.params, record.version, slot.id
                 )
+                _verify_key(key, record, f"{slot.type} slot {slot.id}")
+                self._mark_used(slot.id)
+                return key
             except KeystoreError as e:
                 failures.append((slot, e))
         if not failures:
@@ -241,7 +245,17 @@ class MasterKeys:
         if len(failures) == 1:
             raise failures[0][1]
         detail = "; ".join(f"{s.type} slot {s.id}: {e.message}" for s, e in failures)
-        raise KeystoreError(f"no key slot could unlock master key v{record.version}: {detail}")
+        hints = list(
+            dict.fromkeys(
+                e.hint
+                for _, e in failures
+                if e.hint and not e.hint.startswith("unlock with another slot")
+            )
+        )
+        raise KeystoreError(
+            f"no key slot could unlock master key v{record.version}: {detail}",
+            "; ".join(hints) or None,
+        )
 
     def _key_from_environment(self, record: MasterVersion) -> bytes:
         raw = self.environ.get(ENV_SLOT_VARIABLE, "")
@@ -253,13 +267,38 @@ class MasterKeys:
             )
         try:
             key = base64.b64decode(encoded.encode("ascii"), validate=True)
-            crypto.decrypt(key, base64.b64decode(record.check), _check_aad(record.version))
-        except (ValueError, UnicodeEncodeError, IntegrityError):
-            raise KeystoreError(
-                f"{ENV_SLOT_VARIABLE} does not hold master key v{record.version}",
-                "make it with: crate keys export-env",
-            ) from None
+        except (ValueError, UnicodeEncodeError):
+            key = b""
+        _verify_key(key, record, ENV_SLOT_VARIABLE, "make it with: crate keys export-env")
         return key
+
+    # -- when each slot last unlocked -------------------------------------------------
+
+    def _used_marker(self, slot_id: str) -> Path:
+        return self.home.keys_dir / "used" / slot_id
+
+    def _mark_used(self, slot_id: str) -> None:
+        """Record that `slot_id` unlocked now: the mtime of an empty marker file
+        (one syscall on the hot path; never fails the command)."""
+        marker = self._used_marker(slot_id)
+        try:
+            os.utime(marker)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                marker.parent.mkdir(mode=0o700, exist_ok=True)
+                marker.touch(mode=0o600)
+        except OSError:
+            pass
+
+    def last_used(self, slot_id: str) -> str | None:
+        """When `slot_id` last unlocked a master key (UTC, ISO 8601), if ever."""
+        from datetime import UTC, datetime
+
+        try:
+            mtime = self._used_marker(slot_id).stat().st_mtime
+        except OSError:
+            return None
+        return datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def export_env(self) -> str:
         """The value of CRATE_MASTER_KEY for the current version (the key itself)."""
@@ -268,6 +307,48 @@ class MasterKeys:
         return f"v{record.version}:{base64.b64encode(key).decode('ascii')}"
 
     # -- slot management --------------------------------------------------------------
+
+    def slot_report(self) -> list[dict[str, Any]]:
+        """Every slot of every version, oldest version first, as `crate keys`
+        lists them: what protects it, what it depends on, when it last unlocked.
+        Nothing here touches a TPM, token or keyring."""
+        rows: list[dict[str, Any]] = []
+        versions = sorted(self.versions(), key=lambda v: v.version)
+        current = versions[-1].version if versions else None
+        ctx = self._slot_context()
+        for v in versions:
+            for s in v.slots:
+                try:
+                    p = provider(s.type)
+                    protection, details = p.describe(), p.details(ctx, s.params)
+                except InvalidInput:
+                    protection, details = f"{s.type} (unknown to this crate)", ""
+                rows.append(
+                    {
+                        "id": s.id,
+                        "type": s.type,
+                        "master_version": v.version,
+                        "current": v.version == current,
+                        "created_at": s.created_at,
+                        "last_used": self.last_used(s.id),
+                        "protection": protection,
+                        "details": details,
+                    }
+                )
+        if self.environ.get(ENV_SLOT_VARIABLE):
+            rows.append(
+                {
+                    "id": "env",
+                    "type": "env",
+                    "master_version": None,
+                    "current": True,
+                    "created_at": None,
+                    "last_used": None,
+                    "protection": "env (the master key itself, in CRATE_MASTER_KEY)",
+                    "details": "nothing at rest",
+                }
+            )
+        return rows
 
     def add_slot(self, keystore: str, options: dict[str, Any] | None = None) -> SlotRecord:
         """Seal the current master key in one more slot (unlocking it first)."""
@@ -323,6 +404,23 @@ ENV_SLOT_VARIABLE = "CRATE_MASTER_KEY"
 
 def _check_aad(version: int) -> bytes:
     return crypto.aad(crypto.MASTER_CHECK, version)
+
+
+def _verify_key(key: bytes, record: MasterVersion, source: str, hint: str | None = None) -> None:
+    """Prove `key` is master key `record.version` before anything is decrypted
+    with it: a slot swapped in from elsewhere, or a wrong CRATE_MASTER_KEY,
+    fails here with a clear message instead of as damaged vault data."""
+    if not record.check:
+        return
+    try:
+        if len(key) != crypto.KEY_BYTES:
+            raise IntegrityError("size")
+        crypto.decrypt(key, base64.b64decode(record.check), _check_aad(record.version))
+    except (ValueError, IntegrityError):
+        raise KeystoreError(
+            f"{source} does not hold master key v{record.version}",
+            hint or "it was replaced or copied from elsewhere; unlock with another slot",
+        ) from None
 
 
 def _key_check(key: bytes, version: int) -> str:

@@ -8,56 +8,18 @@ typed secret that shows up anywhere in it is caught.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 
-import pexpect
 import pytest
 from conftest import CrateRunner
+from terminal import Terminal
 
 pytestmark = pytest.mark.e2e
 
 PASSPHRASE = "correct horse battery"
 PASSPHRASE_PROMPT = "Passphrase for the crate master key: "
 REPEAT_PROMPT = "Repeat the passphrase: "
-
-
-class Terminal:
-    """crate running on a pseudo-terminal, with everything it printed."""
-
-    def __init__(self, crate: CrateRunner, *args: str, env: dict[str, str] | None = None):
-        argv = [*crate.argv0, *args]
-        self.transcript = io.StringIO()
-        self.child = pexpect.spawn(
-            argv[0],
-            argv[1:],
-            env=crate.env(env),
-            encoding="utf-8",
-            timeout=30,
-            dimensions=(24, 200),
-        )
-        self.child.logfile_read = self.transcript
-
-    def answer_hidden(self, prompt: str, text: str) -> None:
-        self.child.expect_exact(prompt)
-        assert self.child.waitnoecho(timeout=10), "the prompt did not turn echo off"
-        self.child.sendline(text)
-
-    def answer(self, prompt: str, text: str) -> None:
-        self.child.expect_exact(prompt)
-        self.child.sendline(text)
-
-    def finish(self) -> int:
-        """Wait for crate to end; its exit status."""
-        self.child.expect(pexpect.EOF)
-        self.child.close()
-        assert self.child.signalstatus is None, f"killed by signal {self.child.signalstatus}"
-        return int(self.child.exitstatus)
-
-    @property
-    def output(self) -> str:
-        return self.transcript.getvalue()
 
 
 def assert_tty_error(output: str, prefix: str = "crate: error: ") -> None:

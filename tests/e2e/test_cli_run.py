@@ -25,7 +25,13 @@ pytestmark = pytest.mark.e2e
 PYTHON = sys.executable
 DUMP_ARGV = "import sys, json; print(json.dumps(sys.argv[1:]))"
 DUMP_ENV = "import os, json; print(json.dumps(dict(os.environ)))"
-CREDENTIALS = ("CRATE_PASSPHRASE", "CRATE_MASTER_KEY", "CRATE_TOKEN", "CRATE_PKCS11_PIN")
+CREDENTIALS = (
+    "CRATE_PASSPHRASE",
+    "CRATE_MASTER_KEY",
+    "CRATE_TOKEN",
+    "CRATE_PKCS11_PIN",
+    "CRATE_TPM2_PIN",
+)
 
 
 def child_env(crate: CrateRunner, *run_args: str, env: dict[str, str] | None = None) -> dict:

@@ -38,7 +38,7 @@ ACME_SECRETS: dict[str, dict[str, list[str]]] = {
 @contextlib.contextmanager
 def _fresh_session(home: Path) -> Iterator[Session]:
     """A Session with no cached keys or connections, as a new crate process has."""
-    s = Session(environ={"CRATE_HOME": str(home)})
+    s = Session(environ={"CRATE_HOME": str(home), "CRATE_KEYSTORE": "file"})
     try:
         yield s
     finally:

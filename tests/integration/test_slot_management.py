@@ -133,3 +133,57 @@ def test_export_needs_a_confirmation(crate: CrateRunner, exported: str) -> None:
 def test_the_env_slot_cannot_be_added_to_disk(crate: CrateRunner, exported: str) -> None:
     result = crate("keys", "slots", "add", "env")
     assert result.returncode == ExitCode.USAGE
+
+
+def test_slots_list_says_when_each_slot_last_unlocked(two_slots: CrateRunner) -> None:
+    crate = two_slots
+    before = {s["type"]: s["last_used"] for s in slots(crate)}
+    assert before["file"] is not None  # it unlocked the key for the passphrase slot
+    assert before["passphrase"] is None
+    (key_file,) = (crate.home / "keys").glob("slot-*.key")
+    key_file.unlink()
+    crate("secrets", "get", "API_KEY", env=WITH_PASSPHRASE, check=True)
+    after = {s["type"]: s for s in slots(crate, env=WITH_PASSPHRASE)}
+    assert after["passphrase"]["last_used"] is not None
+    assert after["passphrase"]["details"].startswith("Argon2id")
+    assert after["file"]["details"].endswith(".key")
+
+
+def test_a_slot_copied_from_another_home_is_refused(
+    crate: CrateRunner, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Each home's master key has a check value: a slot that unseals some other
+    key (here another home's file slot, copied in) is named as not holding
+    this key, instead of failing later as damaged vault data."""
+    from conftest import CrateRunner as Runner
+
+    crate("secrets", "set", "A", "1", check=True)
+    other = Runner(tmp_path_factory.mktemp("other") / "crate-home")
+    other("secrets", "set", "B", "2", check=True)
+    registry = json.loads((crate.home / "keys" / "master.json").read_text())
+    foreign = json.loads((other.home / "keys" / "master.json").read_text())
+    foreign_slot = foreign["versions"][0]["slots"][0]
+    registry["versions"][0]["slots"] = [foreign_slot]
+    (crate.home / "keys" / "master.json").write_text(json.dumps(registry))
+    for key_file in (other.home / "keys").glob("slot-*.key"):
+        (crate.home / "keys" / key_file.name).write_bytes(key_file.read_bytes())
+    result = crate("secrets", "get", "A")
+    assert_clean_error(result, ExitCode.KEYSTORE)
+    assert f"file slot {foreign_slot['id']} does not hold master key v1" in result.stderr
+
+
+def test_keys_status_says_plainly_how_the_key_is_protected(two_slots: CrateRunner) -> None:
+    crate = two_slots
+    shown = crate("keys", "status", check=True)
+    assert "master key v1 can be unlocked by: a key file" in shown.stdout
+    assert "a passphrase" in shown.stdout
+    assert "also unlocks it" in shown.stderr  # the file slot weakens the passphrase
+    as_json = json.loads(crate("keys", "status", "--json", check=True).stdout)
+    (version,) = as_json["master_versions"]
+    assert [s["type"] for s in version["slots"]] == ["file", "passphrase"]
+    assert as_json["env_slot"] is False
+    file_id = slot_id(crate, "file")
+    crate("keys", "slots", "remove", file_id, env=WITH_PASSPHRASE, check=True)
+    after = json.loads(crate("keys", "status", "--json", check=True).stdout)
+    assert after["warnings"] == []
+    assert after["summary"] == "master key v1 can be unlocked by: a passphrase"

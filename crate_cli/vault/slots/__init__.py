@@ -7,9 +7,11 @@ import importlib
 from crate_cli.errors import InvalidInput
 from crate_cli.vault.slots.base import SlotProvider
 
-# type name -> (module, class). Later providers (tpm2, keyring, pkcs11, env)
-# join this table.
+# type name -> (module, class). The env slot is not here: it keeps nothing at
+# rest and is handled by the master key registry itself.
 _PROVIDERS = {
+    "tpm2": ("crate_cli.vault.slots.tpm2", "Tpm2Slot"),
+    "keyring": ("crate_cli.vault.slots.keyring", "KeyringSlot"),
     "file": ("crate_cli.vault.slots.file", "FileSlot"),
     "passphrase": ("crate_cli.vault.slots.passphrase", "PassphraseSlot"),
     "pkcs11": ("crate_cli.vault.slots.pkcs11", "Pkcs11Slot"),

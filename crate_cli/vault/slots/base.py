@@ -50,8 +50,16 @@ class SlotProvider(ABC):
     def destroy(self, ctx: SlotContext, params: dict[str, Any]) -> None:  # noqa: B027
         """Remove what the slot keeps outside the registry (nothing by default)."""
 
+    def probe(self, ctx: SlotContext) -> str | None:
+        """None when this slot type can be used here, else why not (for `auto`)."""
+        return None
+
     def describe(self) -> str:
         return self.type_name
+
+    def details(self, ctx: SlotContext, params: dict[str, Any]) -> str:
+        """What this slot depends on, for `crate keys status`; never a secret."""
+        return ""
 
 
 def slot_aad(version: int, slot_id: str) -> bytes:

@@ -61,3 +61,6 @@ class FileSlot(SlotProvider):
 
     def describe(self) -> str:
         return "file (protected by file permissions only)"
+
+    def details(self, ctx: SlotContext, params: dict[str, Any]) -> str:
+        return f"key file {ctx.home.keys_dir / str(params.get('key_file'))}"

@@ -91,3 +91,13 @@ class PassphraseSlot(SlotProvider):
                 "wrong passphrase for the crate master key; nothing was changed",
                 f"check {PASSPHRASE_ENV} or type it again",
             ) from None
+
+    def describe(self) -> str:
+        return "passphrase (Argon2id)"
+
+    def details(self, ctx: SlotContext, params: dict[str, Any]) -> str:
+        memory = params.get("memory_cost")
+        passes = params.get("iterations")
+        return (
+            f"Argon2id, {memory // 1024 if isinstance(memory, int) else '?'} MiB, {passes} passes"
+        )

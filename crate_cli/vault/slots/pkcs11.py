@@ -166,3 +166,6 @@ class Pkcs11Slot(SlotProvider):
 
     def describe(self) -> str:
         return "pkcs11 (a non-extractable key in an HSM token)"
+
+    def details(self, ctx: SlotContext, params: dict[str, Any]) -> str:
+        return f"token {params.get('token')!r} through {params.get('module')}"
