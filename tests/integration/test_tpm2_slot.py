@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import CrateRunner, Result, assert_clean_error, require_tool
@@ -559,4 +560,57 @@ def test_the_key_and_the_pin_never_cross_the_bus_in_clear(
     assert key not in bus
     assert encoded.encode() not in bus
     assert PIN.encode() not in bus
+    assert_no_handles(swtpm)
+
+
+# -- a TPM whose slots are taken ---------------------------------------------------------
+
+
+def hold_object_slots(swtpm: Swtpm) -> Any:
+    """Another program's connection holding every transient object slot of swtpm
+    (three), as a crashed program's objects do on a TPM without a resource manager."""
+    import tpm2_pytss as t
+
+    esapi = t.ESAPI(swtpm.tcti)
+    template = t.TPM2B_PUBLIC.parse(
+        "ecc256:aes128cfb", objectAttributes=t.TPMA_OBJECT.DEFAULT_TPM2_TOOLS_CREATEPRIMARY_ATTRS
+    )
+    while True:
+        try:
+            esapi.create_primary(t.TPM2B_SENSITIVE_CREATE(), template, t.ESYS_TR.OWNER)
+        except t.TSS2_Exception as e:
+            assert e.error == 0x902, e  # TPM_RC_OBJECT_MEMORY
+            return esapi
+
+
+def test_a_tpm_with_no_free_slot_is_named_after_retries(sealed: CrateRunner, swtpm: Swtpm) -> None:
+    esapi = hold_object_slots(swtpm)
+    try:
+        started = time.monotonic()
+        result = get(sealed, swtpm.env())
+        assert time.monotonic() - started > 1.0  # it waited for a slot to free up
+        assert_clean_error(result, ExitCode.KEYSTORE)
+        assert "no free slot for crate's objects" in result.stderr
+        assert "tpm2_flushcontext -t" in result.stderr
+    finally:
+        esapi.close()  # the swtpm connection closes; its objects stay until flushed
+    tpm2_tool(swtpm, "tpm2_flushcontext", "-t")
+    assert_got(get(sealed, swtpm.env()))
+
+
+def test_concurrent_unseals_wait_for_each_other(sealed: CrateRunner, swtpm: Swtpm) -> None:
+    """swtpm has three object slots and no resource manager: six crate
+    processes unsealing at once take turns instead of failing."""
+    argv = [*sealed.argv0, "secrets", "get", "API_KEY"]
+    procs = [
+        subprocess.Popen(
+            argv, env=sealed.env(swtpm.env()), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(6)
+    ]
+    outcomes = [(p.wait(timeout=60), p.stdout.read(), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    for p in procs:
+        p.stdout.close()  # type: ignore[union-attr]
+        p.stderr.close()  # type: ignore[union-attr]
+    assert [(code, out) for code, out, _ in outcomes] == [(0, VALUE.encode())] * 6, outcomes
     assert_no_handles(swtpm)

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from crate_cli.errors import InvalidInput, KeystoreError
 from crate_cli.vault.slots.base import SlotContext, SlotProvider, b64, unb64
 
+T = TypeVar("T")
 PIN_ENV = "CRATE_TPM2_PIN"
 TCTI_VARIABLES = ("CRATE_TPM2_TCTI", "TPM2TOOLS_TCTI")
 DEFAULT_TCTI = "device:/dev/tpmrm0"
@@ -51,6 +52,33 @@ RC_POLICY_FAIL = 0x09D
 RC_PCR_CHANGED = 0x128
 RC_LOCKOUT = 0x921
 RC_RETRY = 0x922
+RC_OBJECT_MEMORY = 0x902
+RC_SESSION_MEMORY = 0x903
+# Waits between tries when the TPM is out of slots or busy (another program
+# holds them for a moment): about 1.5 s in all.
+BUSY_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+class _TpmBusy(KeystoreError):
+    """The TPM has no free object or session slot, or asks to retry."""
+
+
+def _retrying(attempt: Callable[[], T]) -> T:
+    import time
+
+    for wait in BUSY_WAITS:
+        try:
+            return attempt()
+        except _TpmBusy:
+            time.sleep(wait)
+    try:
+        return attempt()
+    except _TpmBusy:
+        raise KeystoreError(
+            "the TPM has no free slot for crate's objects: other programs hold them (on a TPM "
+            "reached without a resource manager, a crashed program's objects stay loaded)",
+            f"try again, or free them with: tpm2_flushcontext -t; or {OTHER_SLOT}",
+        ) from None
 
 
 # The TCTI kinds a slot record may name. The TSS loads a TCTI by name, and
@@ -199,13 +227,22 @@ class _Tpm:
             mode=t.TPMU_SYM_MODE(aes=t.TPM2_ALG.CFB),
         )
         kind = t.TPM2_SE.POLICY if policy else t.TPM2_SE.HMAC
-        handle = self._track(
-            self.esapi.start_auth_session(
-                primary, t.ESYS_TR.NONE, kind, symmetric, t.TPM2_ALG.SHA256
+        try:
+            handle = self._track(
+                self.esapi.start_auth_session(
+                    primary, t.ESYS_TR.NONE, kind, symmetric, t.TPM2_ALG.SHA256
+                )
             )
-        )
+        except t.TSS2_Exception as e:
+            raise self.failure("could not start a session", e) from None
         self.esapi.trsess_set_attributes(handle, attributes | t.TPMA_SESSION.CONTINUESESSION)
         return handle
+
+    def flush(self, handle: Any) -> None:
+        """Flush `handle` now rather than at close (it frees a TPM slot)."""
+        self._handles.remove(handle)
+        with contextlib.suppress(Exception):
+            self.esapi.flush_context(handle)
 
     def apply_policy(self, session: Any, pcrs: list[int], pin: bool) -> None:
         t = self.t
@@ -233,8 +270,8 @@ class _Tpm:
                 "(or unclean TPM shutdowns)",
                 f"wait for the lockout to end; or {OTHER_SLOT}",
             )
-        if e.error == RC_RETRY:
-            return KeystoreError("the TPM is busy; try again", OTHER_SLOT)
+        if e.error in (RC_RETRY, RC_OBJECT_MEMORY, RC_SESSION_MEMORY):
+            return _TpmBusy(f"the TPM is busy ({e.rc:#x})")
         return KeystoreError(f"the TPM at {self.tcti} {doing} (TPM code {e.rc:#x})", OTHER_SLOT)
 
 
@@ -276,6 +313,11 @@ class Tpm2Slot(SlotProvider):
         pcrs = parse_pcrs(ctx.options.get("tpm2_pcrs"))
         pin = self._pin(ctx, confirm=True) if ctx.options.get("tpm2_pin") else b""
         tcti = resolve_tcti(ctx)
+        return _retrying(lambda: self._seal_once(tcti, master_key, pcrs, pin))
+
+    def _seal_once(
+        self, tcti: str, master_key: bytes, pcrs: list[int], pin: bytes
+    ) -> dict[str, Any]:
         with _connected(tcti) as tpm:
             t = tpm.t
             primary = tpm.primary()
@@ -342,6 +384,14 @@ class Tpm2Slot(SlotProvider):
         # Asked before the TPM is opened: a TPM without a resource manager
         # should not be held while someone types.
         pin = self._pin(ctx, confirm=False) if params["pin"] else b""
+        master = _retrying(lambda: self._unseal_once(tcti, public_blob, private_blob, pcrs, pin))
+        if len(master) != 32:
+            raise KeystoreError(f"the tpm2 slot {slot_id} does not hold master key v{version}")
+        return master
+
+    def _unseal_once(
+        self, tcti: str, public_blob: bytes, private_blob: bytes, pcrs: list[int], pin: bytes
+    ) -> bytes:
         with _connected(tcti) as tpm:
             t = tpm.t
             try:
@@ -360,6 +410,8 @@ class Tpm2Slot(SlotProvider):
                     ) from None
                 raise tpm.failure("could not load the sealed key", e) from None
             session = tpm.session(primary, policy=bool(pcrs), attributes=t.TPMA_SESSION.ENCRYPT)
+            # The primary only salted the session: free its slot before the unseal.
+            tpm.flush(primary)
             try:
                 if pcrs:
                     tpm.apply_policy(session, pcrs, bool(pin))
@@ -380,8 +432,6 @@ class Tpm2Slot(SlotProvider):
                         OTHER_SLOT,
                     ) from None
                 raise tpm.failure("refused to unseal the key", e) from None
-        if len(master) != 32:
-            raise KeystoreError(f"the tpm2 slot {slot_id} does not hold master key v{version}")
         return master
 
     def probe(self, ctx: SlotContext) -> str | None:
