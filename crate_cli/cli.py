@@ -78,21 +78,21 @@ def main(argv: list[str] | None = None) -> None:
             # Key generation releases the GIL: it overlaps everything below.
             ephemeral.prestart()
         if words[:1] == ["run"]:
-            if "--" not in args and not {"-h", "--help"} & set(args):
-                from crate_cli.errors import InvalidInput
+            # `crate run` parses its own options (runner.RUN_OPTIONS), not click;
+            # the command after `--` is split off here (click would drop `--`).
+            import os
 
-                raise InvalidInput("put the command after --: crate run [NAME...] -- CMD ARGS...")
-            if "--" in args:
-                cut = args.index("--")
-                args, run_command = args[:cut], args[cut + 1 :]
-                if args == ["run"] or args[:1] == ["run"]:
-                    import os
+            from crate_cli.runner import parse_run_args, run_with_secrets
 
-                    from crate_cli.runner import parse_run_args, run_with_secrets
-
-                    fast = parse_run_args(args[1:], os.environ)
-                    if fast is not None:
-                        run_with_secrets(fast._replace(command=run_command))
+            cut = args.index("--") if "--" in args else len(args)
+            run_command = args[cut + 1 :] or None
+            if args[:1] == ["run"]:
+                parsed = parse_run_args(args[1:cut], os.environ, "--" in args)
+                if parsed is None:
+                    sys.stdout.write(_run_help())
+                    return
+                run_with_secrets(parsed._replace(command=run_command))
+            args = args[:cut]
         _click_main(args)
     except CrateError as e:
         if debug:
@@ -118,6 +118,12 @@ def main(argv: list[str] | None = None) -> None:
             f"crate: internal error ({type(e).__name__}); rerun with --debug for details\n"
         )
         sys.exit(ExitCode.ERROR)
+
+
+def _run_help() -> str:
+    from crate_cli.runner import run_help
+
+    return run_help()
 
 
 def _usage_message(error: Any) -> str:

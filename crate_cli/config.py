@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "secrets.max_value_bytes": 64 * 1024,
     "crypto.ephemeral_rsa_bits": 2048,
     "keys.unlock_order": ["env", "tpm2", "keyring", "pkcs11", "file", "passphrase"],
+    "run.mask": False,
 }
 # Bounds of the numeric settings, inclusive.
 RANGES: dict[str, tuple[int, int]] = {
@@ -190,7 +191,8 @@ class Settings:
             default = DEFAULTS.get(key)
             # bool is an int to Python, not to a reader of settings.toml.
             if default is not None and (
-                not isinstance(value, type(default)) or isinstance(value, bool)
+                not isinstance(value, type(default))
+                or isinstance(value, bool) != isinstance(default, bool)
             ):
                 raise InvalidInput(
                     f"setting {key} in {self.path} must be a {type(default).__name__}"

@@ -12,6 +12,8 @@ import os
 import threading
 from typing import Any
 
+from crate_cli.threads import start_thread
+
 DEFAULT_EPHEMERAL_BITS = 2048
 MAX_SEARCHES = 3
 
@@ -41,7 +43,7 @@ class EphemeralKey:
     def _start_search(self) -> None:
         with self._lock:
             self._started += 1
-        threading.Thread(target=self._search, daemon=True).start()
+        start_thread(self._search, name="crate-ephemeral-key")
 
     def _search(self) -> None:
         try:

@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from crate_cli.errors import CommandNotExecutable, CommandNotFound, InvalidInput
+from crate_cli.errors import CommandNotExecutable, CommandNotFound, CrateError, InvalidInput
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from crate_cli.client import SecretsClient
 
 # crate's own credentials never reach the child.
 CREDENTIAL_VARIABLES = (
@@ -34,66 +39,387 @@ class RunArgs(NamedTuple):
     env: str | None
     tags: list[str]
     command: list[str] | None = None
+    # None: secrets win; True: every inherited variable wins; a list: those do.
+    preserve_env: bool | list[str] | None = None
+    inherit_env: bool = True
+    name_transformer: str | None = None
+    raw: bool = False
+    shell_command: str | None = None
+    # None: the `run.mask` setting decides.
+    mask: bool | None = None
+    mount: str | None = None
+    mount_format: str = "json"
+    mount_mode: str = "fifo"
+    mount_max_reads: str | None = None
+    no_env: bool = False
+    watch: bool = False
+    restart_grace: str = "10"
 
 
-def parse_run_args(args: list[str], environ: Mapping[str, str]) -> RunArgs | None:
-    """Parse `NAME... [--org O] [--env E] [--tags A,B]` (before `--`) without click.
+class Launch(NamedTuple):
+    """What one start of the command gets (the exec, or each start under --watch)."""
 
-    Returns None for anything else, so click handles it and reports errors.
+    env: dict[str, str]
+    mask_values: list[str] | None  # None: the output is not filtered
+    mount_content: bytes | None = None
+    # The secrets as the command sees them (names transformed): --watch says
+    # which names changed, even when they are only in the mount.
+    secrets: dict[str, str] = {}  # noqa: RUF012 - never mutated
+
+
+MOUNT_FORMATS = ("json", "env", "dotenv")
+# What `--no-inherit-env` keeps of the inherited environment.
+MINIMAL_ENVIRONMENT = ("PATH", "HOME", "USER", "TERM", "LANG")
+
+# Every option of `crate run`: (flag, RunArgs field, kind, metavar, help).
+# kind: value (one value), list (comma-separated, repeatable), flag, false
+# (a flag that sets the field to False), optional (a flag, or `=VALUE`).
+RUN_OPTIONS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("--org", "org", "value", "ORG", "organization (default: the session's; env CRATE_ORG)"),
+    ("--env", "env", "value", "ENV", "environment (default: dev; env CRATE_ENV)"),
+    ("--tags", "tags", "list", "A,B", "only secrets carrying every one of these tags"),
+    ("--only", "names", "list", "NAME,...", "only these secrets (as NAME... before --)"),
+    (
+        "--preserve-env",
+        "preserve_env",
+        "optional",
+        "[=NAME,...]",
+        "inherited variables win over secrets: all of them, or the ones listed",
+    ),
+    (
+        "--no-inherit-env",
+        "inherit_env",
+        "false",
+        "",
+        "start from an empty environment plus " + ", ".join(MINIMAL_ENVIRONMENT),
+    ),
+    (
+        "--name-transformer",
+        "name_transformer",
+        "value",
+        "KIND",
+        "rename for a framework: camel, upper-camel, lower-snake, lower-kebab, tf-var, dotnet-env",
+    ),
+    ("--raw", "raw", "flag", "", "do not resolve ${NAME} and ${env.NAME} references"),
+    (
+        "--command",
+        "shell_command",
+        "value",
+        "STRING",
+        "run STRING with $SHELL -c (or /bin/sh) instead of CMD after --",
+    ),
+    (
+        "--mask",
+        "mask",
+        "flag",
+        "",
+        "replace secret values in the command's output with *** (setting run.mask)",
+    ),
+    ("--no-mask", "mask", "false", "", "do not mask, whatever run.mask says"),
+    (
+        "--mount",
+        "mount",
+        "value",
+        "PATH",
+        "also give the secrets as a file at PATH (CRATE_SECRETS_PATH), removed at the end",
+    ),
+    ("--mount-format", "mount_format", "value", "FORMAT", "json (default), env or dotenv"),
+    (
+        "--mount-mode",
+        "mount_mode",
+        "value",
+        "MODE",
+        "fifo (default: a named pipe, nothing on disk) or file (a 0600 file)",
+    ),
+    (
+        "--mount-max-reads",
+        "mount_max_reads",
+        "value",
+        "N",
+        "remove the named pipe after N reads",
+    ),
+    ("--no-env", "no_env", "flag", "", "with --mount: do not put the secrets in the environment"),
+    (
+        "--watch",
+        "watch",
+        "flag",
+        "",
+        "restart the command when a secret it uses changes (SIGTERM, then SIGKILL)",
+    ),
+    (
+        "--restart-grace",
+        "restart_grace",
+        "value",
+        "SECONDS",
+        "with --watch: how long a restart waits after SIGTERM (default 10)",
+    ),
+)
+_OPTIONS = {flag: (field, kind) for flag, field, kind, _, _ in RUN_OPTIONS}
+USAGE = "crate run [OPTIONS] [NAME...] -- CMD ARGS...  or  crate run [OPTIONS] --command STRING"
+
+
+def run_help() -> str:
+    """The text of `crate run --help`, from RUN_OPTIONS."""
+    lines = [
+        f"Usage: {USAGE}",
+        "",
+        "  Run CMD with the secrets (all, or NAMEs) in its environment. The command",
+        "  replaces crate (exec): its exit status, signals and terminal are its own.",
+        "  Secrets override inherited variables of the same name.",
+        "",
+        "Options:",
+    ]
+    for flag, _, kind, metavar, text in RUN_OPTIONS:
+        shown = flag + (metavar if kind == "optional" else f" {metavar}" if metavar else "")
+        lines.append(f"  {shown:<30} {text}")
+    lines.append(f"  {'-h, --help':<30} show this message and exit")
+    return "\n".join(lines) + "\n"
+
+
+def _unknown(arg: str) -> InvalidInput:
+    # Named only when it looks like an option: a mistyped value stays unseen.
+    import re
+
+    shown = (
+        f" {arg.partition('=')[0]}" if re.fullmatch(r"--?[A-Za-z][A-Za-z0-9-]*(=.*)?", arg) else ""
+    )
+    return InvalidInput(
+        f"crate run has no option{shown}", f"usage: {USAGE} (crate run --help lists the options)"
+    )
+
+
+def parse_run_args(
+    args: list[str], environ: Mapping[str, str], after_dashes: bool = True
+) -> RunArgs | None:
+    """Parse crate's own arguments of `crate run` (those before `--`), without click.
+
+    Returns None for --help; raises InvalidInput (exit 2) for anything wrong.
+    `after_dashes` says whether a `--` followed: without one, an unknown option
+    is most likely the command's (`crate run ls -l`), and the error says so.
     """
-    names: list[str] = []
-    tags: list[str] = []
-    org = environ.get("CRATE_ORG") or None
-    env = environ.get("CRATE_ENV") or None
+    fields: dict[str, Any] = {
+        "names": [],
+        "org": environ.get("CRATE_ORG") or None,
+        "env": environ.get("CRATE_ENV") or None,
+        "tags": [],
+    }
     i = 0
     while i < len(args):
         arg = args[i]
-        if not arg.startswith("-"):
-            names.append(arg)
-            i += 1
+        i += 1
+        if arg in ("-h", "--help"):
+            return None
+        if not arg.startswith("-") or arg == "-":
+            fields["names"].append(arg)
             continue
         option, eq, value = arg.partition("=")
-        if option not in ("--org", "--env", "--tags"):
-            return None
+        if option not in _OPTIONS:
+            if not after_dashes and "--command" not in args:
+                raise InvalidInput(f"put the command after --: {USAGE}")
+            raise _unknown(arg)
+        field, kind = _OPTIONS[option]
+        if kind in ("flag", "false"):
+            if eq:
+                raise InvalidInput(f"{option} takes no value", f"usage: {USAGE}")
+            fields[field] = kind == "flag"
+            continue
+        if kind == "optional":
+            fields[field] = [n for n in value.split(",") if n] if eq else True
+            continue
         if not eq:
-            if i + 1 >= len(args):
-                return None
-            value = args[i + 1]
+            if i >= len(args):
+                raise InvalidInput(f"{option} needs a value", f"usage: {USAGE}")
+            value = args[i]
             i += 1
-        i += 1
-        if option == "--org":
-            org = value
-        elif option == "--env":
-            env = value
+        if kind == "list":
+            items = [v for v in value.split(",") if v]
+            if not items:
+                # `--only "$UNSET"` must not widen to every secret.
+                raise InvalidInput(f"{option} needs at least one value", f"usage: {USAGE}")
+            fields[field] = [*fields[field], *items]
         else:
-            tags.extend(t for t in value.split(",") if t)
-    return RunArgs(names, org, env, tags)
+            fields[field] = value
+    if fields.get("name_transformer") is not None:
+        from crate_cli.transformers import check_transformer
+
+        check_transformer(fields["name_transformer"])
+    return RunArgs(**fields)
 
 
 def child_environment(
-    inherited: Mapping[str, str], secrets: Iterable[tuple[str, str]]
+    inherited: Mapping[str, str],
+    secrets: Iterable[tuple[str, str]],
+    preserve: bool | list[str] | None = None,
+    inherit: bool = True,
 ) -> dict[str, str]:
-    """The child's environment: inherited variables, overridden by the secrets,
-    without crate's credentials."""
-    env = {k: v for k, v in inherited.items() if k not in CREDENTIAL_VARIABLES}
+    """The child's environment: inherited variables (all, or the minimal set),
+    overridden by the secrets unless preserved, without crate's credentials."""
+    if inherit:
+        env = {k: v for k, v in inherited.items() if k not in CREDENTIAL_VARIABLES}
+    else:
+        env = {k: inherited[k] for k in MINIMAL_ENVIRONMENT if k in inherited}
+    kept = set(env) if preserve is True else set(preserve or ()) & set(env)
     for name, value in secrets:
-        env[name] = value
+        if name not in kept:
+            env[name] = value
     return env
 
 
+def shell_argv(command: str, environ: Mapping[str, str]) -> list[str]:
+    """`--command STRING`: the user's shell (or /bin/sh) runs it."""
+    return [environ.get("SHELL") or "/bin/sh", "-c", command]
+
+
+def _number(option: str, text: str | None, kind: type[int] | type[float], least: int = 0) -> Any:
+    if text is None:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        value = least - 1
+    if not least <= value < 10**9:
+        raise InvalidInput(f"{option} takes a number of {least} or more, not {text!r}")
+    return value
+
+
+def check_run_args(run: RunArgs) -> RunArgs:
+    """Checks that need more than one option at a time."""
+    if run.shell_command is not None:
+        if run.command:
+            raise InvalidInput(
+                "give the command either after -- or with --command, not both",
+                f"usage: {USAGE}",
+            )
+        run = run._replace(command=shell_argv(run.shell_command, os.environ))
+    if not run.command:
+        raise InvalidInput(f"put the command after --: {USAGE}")
+    if run.no_env and not run.mount:
+        raise InvalidInput("--no-env needs --mount: the command would get no secrets at all")
+    if run.mount_format not in MOUNT_FORMATS:
+        raise InvalidInput(f"unknown --mount-format {run.mount_format!r}: use json, env or dotenv")
+    _number("--mount-max-reads", run.mount_max_reads, int, least=1)
+    _number("--restart-grace", run.restart_grace, float)
+    defaults = RunArgs([], None, None, [])
+    for option, field, needs in (
+        ("--mount-format", "mount_format", "--mount"),
+        ("--mount-mode", "mount_mode", "--mount"),
+        ("--mount-max-reads", "mount_max_reads", "--mount"),
+        ("--restart-grace", "restart_grace", "--watch"),
+    ):
+        if getattr(run, field) != getattr(defaults, field) and not (
+            run.mount if needs == "--mount" else run.watch
+        ):
+            raise InvalidInput(f"{option} needs {needs}", f"usage: {USAGE}")
+    return run
+
+
 def run_with_secrets(run: RunArgs) -> None:
-    """Resolve the secrets and exec the command; returns only by raising."""
+    """Resolve the secrets and exec the command (or supervise it); returns only
+    by raising or exiting."""
     from crate_cli.context import Session
 
-    if not run.command:
-        raise InvalidInput("put the command after --: crate run [NAME...] -- CMD ARGS...")
+    run = check_run_args(run)
+    assert run.command is not None
     session = Session.for_terminal()
     org = session.org(run.org)
     client = session.client(org)
     session.service.warm(org)
-    found = client.retrieve(session.env(run.env), run.names, run.tags)
-    session.service.close()  # exec skips interpreter shutdown: close the vault now
-    exec_command(run.command, child_environment(os.environ, ((s.name, s.value) for s in found)))
+    env = session.env(run.env)
+    mask = run.mask if run.mask is not None else bool(session.settings.get("run.mask"))
+
+    def launch() -> Launch:
+        try:
+            return prepare(run, client, env, mask)
+        finally:
+            session.service.close()  # exec skips interpreter shutdown: close the vault now
+
+    first = launch()
+    if not (mask or run.mount or run.watch):
+        exec_command(run.command, first.env)
+    from crate_cli.supervise import Watch, supervise
+
+    mount = None
+    if run.mount:
+        import signal
+
+        from crate_cli.mount import Mount
+        from crate_cli.supervise import RELAYED
+
+        # From here on the mount exists: signals wait for the supervisor, which
+        # removes it however the command ends.
+        signal.pthread_sigmask(signal.SIG_BLOCK, RELAYED)
+
+        assert first.mount_content is not None
+        mount = Mount(
+            run.mount,
+            first.mount_content,
+            run.mount_mode,
+            _number("--mount-max-reads", run.mount_max_reads, int, least=1),
+        )
+    watch = None
+    if run.watch:
+        watch = Watch(
+            changed=vault_watcher(session.home.vault_path(org)),
+            reload=launch,
+            grace=_number("--restart-grace", run.restart_grace, float),
+        )
+    supervise(run.command, first, mount, watch)
+
+
+def prepare(run: RunArgs, client: SecretsClient, env: str, mask: bool) -> Launch:
+    """Retrieve the secrets and make what one start of the command gets."""
+    pairs = [(s.name, s.value) for s in client.retrieve(env, run.names, run.tags)]
+    values = [value for _, value in pairs]  # what --mask hides, references' too
+    if not run.raw and any("${" in value for value in values):
+        from crate_cli.references import resolve_pairs
+
+        pairs = resolve_pairs(client, env, pairs, seen=values)
+    if run.name_transformer:
+        from crate_cli.transformers import transform
+
+        pairs = transform(pairs, run.name_transformer)
+    child_env = child_environment(
+        os.environ, [] if run.no_env else pairs, run.preserve_env, run.inherit_env
+    )
+    content = None
+    if run.mount:
+        from pathlib import Path
+
+        from crate_cli.formats import render
+
+        content = render(pairs, run.mount_format).encode("utf-8")
+        child_env["CRATE_SECRETS_PATH"] = str(Path(run.mount).absolute())
+    return Launch(
+        child_env, [*values, *(v for _, v in pairs)] if mask else None, content, dict(pairs)
+    )
+
+
+def vault_watcher(path: Path) -> Callable[[], bool]:
+    """A cheap check for `--watch`: did the vault (or its WAL) change since the
+    last call? A write to the org's vault is what can change a secret."""
+    files = (path, path.with_name(path.name + "-wal"))
+
+    def state() -> tuple[tuple[int, int], ...]:
+        out = []
+        for f in files:
+            try:
+                st = f.stat()
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((0, 0))
+        return tuple(out)
+
+    last = state()
+
+    def changed() -> bool:
+        nonlocal last
+        now = state()
+        if now == last:
+            return False
+        last = now
+        return True
+
+    return changed
 
 
 def exec_command(argv: list[str], env: dict[str, str]) -> None:
@@ -108,9 +434,14 @@ def exec_command(argv: list[str], env: dict[str, str]) -> None:
         signal.signal(sig, signal.SIG_DFL)
     try:
         os.execvpe(argv[0], argv, env)
-    except FileNotFoundError:
-        raise CommandNotFound(f"command not found: {argv[0]}") from None
-    except PermissionError:
-        raise CommandNotExecutable(f"permission denied: {argv[0]} is not executable") from None
     except OSError as e:
-        raise CommandNotExecutable(f"cannot execute {argv[0]}: {e.strerror}") from None
+        raise start_failure(argv[0], e) from None
+
+
+def start_failure(command: str, error: OSError) -> CrateError:
+    """Why `command` could not start, as a shell says it (exit 127 or 126)."""
+    if isinstance(error, FileNotFoundError):
+        return CommandNotFound(f"command not found: {command}")
+    if isinstance(error, PermissionError):
+        return CommandNotExecutable(f"permission denied: {command} is not executable")
+    return CommandNotExecutable(f"cannot execute {command}: {error.strerror}")

@@ -1,29 +1,31 @@
 """`crate run`: run a command with the secrets in its environment.
 
-The common forms never reach this module: `crate_cli.cli.main` parses them
-without click (see `runner.parse_run_args`). This command serves `--help`
-and reports usage errors; the work is `runner.run_with_secrets` either way.
+`crate_cli.cli.main` runs `crate run ...` itself, without click (see
+`runner.parse_run_args`). This command is reached only when global options
+come first (`crate --debug run ...`); it hands the same arguments to the
+same parser, so both paths accept exactly the same options.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
-from crate_cli.commands.options import env_option, org_option, split_tags, tags_option
 
-
-@click.command()
-@click.argument("names", nargs=-1)
-@org_option
-@env_option
-@tags_option("Only secrets carrying every one of these tags.")
-def run(names: tuple[str, ...], org: str | None, env: str | None, tags: tuple[str, ...]) -> None:
-    """Run CMD with secrets (all, or NAMES) in its environment: crate run [NAME...] -- CMD ARGS...
-
-    The command replaces crate (exec): its exit status, signals and terminal
-    are its own. Secrets override variables of the same name.
-    """
+@click.command(
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run(args: tuple[str, ...]) -> None:
+    """Run CMD with the secrets in its environment: crate run [OPTIONS] [NAME...] -- CMD ARGS..."""
     from crate_cli import cli
-    from crate_cli.runner import RunArgs, run_with_secrets
+    from crate_cli.runner import parse_run_args, run_help, run_with_secrets
 
-    run_with_secrets(RunArgs(list(names), org, env, split_tags(tags), cli.run_command))
+    parsed = parse_run_args(list(args), os.environ, cli.run_command is not None)
+    if parsed is None:
+        sys.stdout.write(run_help())
+        return
+    run_with_secrets(parsed._replace(command=cli.run_command))

@@ -188,6 +188,7 @@ def list_(org: str | None, env: str | None, tags: tuple[str, ...], as_json: bool
     help="Output format.",
 )
 @json_option
+@click.option("--raw", is_flag=True, help="Do not resolve ${NAME} and ${env.NAME} references.")
 def fetch(
     names: tuple[str, ...],
     org: str | None,
@@ -195,13 +196,21 @@ def fetch(
     tags: tuple[str, ...],
     fmt: str,
     as_json: bool,
+    raw: bool,
 ) -> None:
-    """Print secrets with their values (all, or NAMES) in a chosen format."""
+    """Print secrets with their values (all, or NAMES) in a chosen format.
+
+    References to other secrets (${NAME}, ${env.NAME}) are resolved unless --raw.
+    """
     from crate_cli.formats import dotenv_docker_incompatible, dotenv_interpolated, render
 
     _, client, env_name = _client(org, env)
     found = client.retrieve(env_name, list(names), split_tags(tags))
     pairs = [(s.name, s.value) for s in found]
+    if not raw:
+        from crate_cli.references import resolve_pairs
+
+        pairs = resolve_pairs(client, env_name, pairs)
     fmt = "json" if as_json else fmt
     if fmt == "dotenv":
         odd = dotenv_docker_incompatible(pairs)

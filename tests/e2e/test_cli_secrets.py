@@ -318,13 +318,13 @@ def tricky(tmp_path_factory: pytest.TempPathFactory) -> CrateRunner:
 
 
 def test_fetch_json(tricky: CrateRunner) -> None:
-    fetched = tricky("secrets", "fetch", "--format", "json", check=True)
+    fetched = tricky("secrets", "fetch", "--raw", "--format", "json", check=True)
     assert json.loads(fetched.stdout) == TRICKY
-    assert json.loads(tricky("secrets", "fetch", "--json", check=True).stdout) == TRICKY
+    assert json.loads(tricky("secrets", "fetch", "--raw", "--json", check=True).stdout) == TRICKY
 
 
 def test_fetch_env_is_name_equals_raw_value(tricky: CrateRunner) -> None:
-    fetched = tricky("secrets", "fetch", "SIMPLE", "SPACES", "DOLLAR", check=True)
+    fetched = tricky("secrets", "fetch", "--raw", "SIMPLE", "SPACES", "DOLLAR", check=True)
     # In the order asked for.
     assert fetched.stdout == (
         f"SIMPLE={TRICKY['SIMPLE']}\nSPACES={TRICKY['SPACES']}\nDOLLAR={TRICKY['DOLLAR']}\n"
@@ -332,7 +332,7 @@ def test_fetch_env_is_name_equals_raw_value(tricky: CrateRunner) -> None:
 
 
 def test_fetch_names_gives_only_those(tricky: CrateRunner) -> None:
-    fetched = tricky("secrets", "fetch", "SINGLE", "EMPTY", "--format", "json", check=True)
+    fetched = tricky("secrets", "fetch", "--raw", "SINGLE", "EMPTY", "--format", "json", check=True)
     assert json.loads(fetched.stdout) == {"SINGLE": "it's", "EMPTY": ""}
 
 
@@ -347,7 +347,9 @@ def test_fetch_shell_evals_back_to_the_same_values(
 ) -> None:
     path = require_tool(shell) if shell == "zsh" else shell
     script = tmp_path / "secrets.sh"
-    script.write_bytes(tricky("secrets", "fetch", "--format", "shell", check=True).stdout.encode())
+    script.write_bytes(
+        tricky("secrets", "fetch", "--raw", "--format", "shell", check=True).stdout.encode()
+    )
     proc = subprocess.run(
         [path, "-c", 'eval "$(cat "$1")" && env -0', shell, str(script)],
         capture_output=True,
@@ -360,7 +362,7 @@ def test_fetch_shell_evals_back_to_the_same_values(
 
 
 def test_fetch_dotenv_reads_back_with_python_dotenv(tricky: CrateRunner, tmp_path: Path) -> None:
-    fetched = tricky("secrets", "fetch", "--format", "dotenv", check=True)
+    fetched = tricky("secrets", "fetch", "--raw", "--format", "dotenv", check=True)
     path = tmp_path / ".env"
     path.write_bytes(fetched.stdout.encode())
     assert dict(dotenv_values(path, interpolate=False)) == TRICKY
@@ -376,7 +378,7 @@ def test_fetch_dotenv_reads_back_with_python_dotenv(tricky: CrateRunner, tmp_pat
 
 def test_fetch_dotenv_warns_about_interpolation(crate: CrateRunner) -> None:
     crate("secrets", "set", "TEMPLATE", "${HOME}/x", check=True)
-    fetched = crate("secrets", "fetch", "--format", "dotenv", check=True)
+    fetched = crate("secrets", "fetch", "--raw", "--format", "dotenv", check=True)
     warnings = [line for line in fetched.stderr.splitlines() if "TEMPLATE" in line]
     assert any("${...}" in line for line in warnings), fetched.stderr
     assert all(line.startswith("crate: warning: ") for line in fetched.stderr.splitlines())
@@ -467,7 +469,9 @@ def test_import_dotenv_file(crate: CrateRunner, tmp_path: Path) -> None:
     assert imported.returncode == 0, imported
     assert "imported 8 secrets into personal/dev (8 new, 0 updated)" in imported.stderr
 
-    fetched = json.loads(crate("secrets", "fetch", "--format", "json", check=True).stdout)
+    # --raw: TEMPLATE holds ${HOME}, which crate would resolve as a reference.
+    raw = crate("secrets", "fetch", "--raw", "--format", "json", check=True)
+    fetched = json.loads(raw.stdout)
     assert fetched == dict(dotenv_values(path, interpolate=False))
     assert fetched["DATABASE_URL"] == "postgres://localhost/dev"
     assert fetched["PLAIN"] == "spaced value"

@@ -30,12 +30,12 @@ import contextlib
 import hashlib
 import os
 import sys
-import threading
 from collections.abc import Callable
 from contextlib import closing
 from typing import Any, NamedTuple, TypeVar
 
 from crate_cli.errors import IntegrityError, KeystoreError
+from crate_cli.threads import start_thread
 from crate_cli.vault import crypto
 from crate_cli.vault.slots.base import SlotContext, SlotProvider, b64, slot_aad, unb64
 
@@ -192,8 +192,7 @@ def _bounded(fn: Callable[[], T], seconds: float) -> T:
         except Exception as e:  # a backend or keyring itself; never a traceback
             failure.append(_Problem("failed", f"the OS keyring failed: {_one_line(e)}"))
 
-    worker = threading.Thread(target=run, name="crate-keyring", daemon=True)
-    worker.start()
+    worker = start_thread(run, name="crate-keyring")
     worker.join(seconds)
     if worker.is_alive():
         raise _Problem(

@@ -1,0 +1,155 @@
+"""References between secrets: `${NAME}` and `${env.NAME}` inside values.
+
+A value may name another secret of the same environment (`${NAME}`) or of
+another environment of the org (`${prod.NAME}`); `crate run` and `crate
+secrets fetch` put the referenced value in its place (`--raw` turns this
+off). `$${` writes a literal `${`. Text that is not shaped like a reference
+(`${lower case}`, `${1X}`, a `${` with no `}`) is left as it is.
+
+References are followed through other references. A reference that cannot
+be resolved (a missing secret or environment, or a cycle) is an error that
+shows the whole chain, so the user sees which value to fix. Values of other
+environments are fetched with the same ephemeral exchange as any retrieval,
+and only the names that are referenced.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from crate_cli.errors import CrateError
+
+if TYPE_CHECKING:
+    from crate_cli.client import SecretsClient
+
+# `$${` (an escaped `${`) or a reference; the names follow vault/names.py.
+_TOKEN = re.compile(
+    r"\$\$\{|\$\{(?:(?P<env>[a-z0-9][a-z0-9_-]{0,62})\.)?(?P<name>[A-Za-z_][A-Za-z0-9_]{0,255})\}"
+)
+
+Key = tuple[str, str]  # (environment, secret name)
+# How deep references may nest (a chain of values each naming the next).
+MAX_DEPTH = 64
+# Fetches the named secrets of an environment; returns the ones that exist.
+# Raises NotFound when the environment itself does not exist.
+Fetch = Callable[[str, list[str]], Mapping[str, str]]
+
+
+class UnresolvedReference(CrateError):
+    """A reference that cannot be resolved: missing, or part of a cycle (exit 1)."""
+
+
+def has_references(value: str) -> bool:
+    return "${" in value
+
+
+def references(value: str, env: str) -> list[Key]:
+    """The (env, name) pairs that `value` refers to, in order."""
+    return [
+        (m.group("env") or env, m.group("name"))
+        for m in _TOKEN.finditer(value)
+        if m.group(0) != "$${"
+    ]
+
+
+def _show(key: Key, home_env: str) -> str:
+    env, name = key
+    return name if env == home_env else f"{env}.{name}"
+
+
+def resolve(env: str, values: Mapping[str, str], fetch: Fetch) -> dict[str, str]:
+    """`values` (the secrets of `env` that were asked for) with every reference
+    replaced by its value; `fetch` gets what they refer to and was not asked for."""
+    known: dict[Key, str] = {(env, name): value for name, value in values.items()}
+    missing: dict[Key, str] = {}  # key -> why
+    # Breadth first: fetch everything one round of references needs, per env.
+    frontier = [key for key, value in known.items() if has_references(value)]
+    while frontier:
+        wanted: dict[str, set[str]] = {}
+        for key in frontier:
+            for ref in references(known[key], key[0]):
+                if ref not in known and ref not in missing:
+                    wanted.setdefault(ref[0], set()).add(ref[1])
+        frontier = []
+        for ref_env, names in sorted(wanted.items()):
+            from crate_cli.errors import NotFound
+
+            try:
+                found = fetch(ref_env, sorted(names))
+            except NotFound:
+                found = {}
+                for name in names:
+                    missing[(ref_env, name)] = f"environment {ref_env!r} does not exist"
+            for name in names:
+                if name in found:
+                    known[(ref_env, name)] = found[name]
+                    if has_references(found[name]):
+                        frontier.append((ref_env, name))
+                else:
+                    missing.setdefault((ref_env, name), f"no secret {name} in {ref_env}")
+
+    resolved: dict[Key, str] = {}
+
+    def expand(key: Key, chain: list[Key]) -> str:
+        if key in resolved:
+            return resolved[key]
+        if len(chain) > MAX_DEPTH:
+            path = " -> ".join(_show(k, env) for k in [*chain[:3], key])
+            raise UnresolvedReference(
+                f"secret references are nested more than {MAX_DEPTH} deep: {path} ...",
+                "shorten the chain of references (--raw shows the values as stored)",
+            )
+        if key in chain:
+            loop = " -> ".join(_show(k, env) for k in [*chain[chain.index(key) :], key])
+            raise UnresolvedReference(
+                f"secret references form a cycle: {loop}",
+                "change one of these values to break the cycle (--raw shows them as stored)",
+            )
+        if key in missing:
+            path = " -> ".join(_show(k, env) for k in [*chain, key])
+            raise UnresolvedReference(
+                f"a secret reference cannot be resolved: {path} ({missing[key]})",
+                "create the referenced secret, fix the reference, or pass --raw",
+            )
+        text = known[key]
+        if not has_references(text):
+            resolved[key] = text
+            return text
+
+        def replace(m: re.Match[str]) -> str:
+            if m.group(0) == "$${":
+                return "${"
+            return expand((m.group("env") or key[0], m.group("name")), [*chain, key])
+
+        resolved[key] = _TOKEN.sub(replace, text)
+        return resolved[key]
+
+    return {name: expand((env, name), []) for name in values}
+
+
+def resolve_pairs(
+    client: SecretsClient,
+    env: str,
+    pairs: list[tuple[str, str]],
+    seen: list[str] | None = None,
+) -> list[tuple[str, str]]:
+    """Retrieved (name, value) pairs of `env` with their references resolved,
+    fetching what they refer to through `client` (only names that exist).
+    Values fetched for references are appended to `seen` (for --mask)."""
+    if not any(has_references(value) for _, value in pairs):
+        return pairs
+
+    def fetch(ref_env: str, names: list[str]) -> dict[str, str]:
+        live = {row["name"] for row in client.list_secrets(ref_env)}
+        wanted = [n for n in names if n in live]
+        if not wanted:
+            return {}
+        found = {s.name: s.value for s in client.retrieve(ref_env, wanted)}
+        if seen is not None:
+            seen.extend(found.values())
+        return found
+
+    resolved = resolve(env, dict(pairs), fetch)
+    return [(name, resolved[name]) for name, _ in pairs]

@@ -1,0 +1,416 @@
+"""`crate run` when crate must stay the command's parent: --mask, --mount, --watch.
+
+Without them, crate execs the command and is gone (runner.exec_command).
+With them, crate starts the command with posix_spawn, filters its output
+(--mask), serves and then removes the mount (--mount), restarts the command
+when its secrets change (--watch), and ends with its status (128+N when it
+dies of signal N). Signals:
+
+- SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH are blocked
+  in crate and taken one at a time with sigwaitinfo in the main thread (the
+  output pumps are threads that inherit the mask).
+- A signal another process sent to crate (kill, a supervisor) is forwarded
+  to the command once.
+- A signal the terminal sent (Ctrl-C, Ctrl-\\, a resize, a hangup: si_code is
+  SI_KERNEL) is not forwarded: the command is in the terminal's foreground
+  process group and got it from the kernel itself, so forwarding would
+  deliver it twice.
+- With a pseudo-terminal (see below) the command leads its own session on
+  it; crate's terminal is in raw mode, so Ctrl-C reaches the command as a
+  byte through the pty, and a resize of crate's terminal is copied to the
+  pty, which signals the command.
+
+When crate's stdout is a terminal, the command gets a pseudo-terminal for
+stdin, stdout (and stderr, when that is a terminal too), so that it still
+sees a TTY: colours, line editing and window size work. Otherwise its
+stdout and stderr are pipes, each with its own filter, and stdin is crate's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from crate_cli.mask import MIN_LENGTH, Masker
+from crate_cli.runner import Launch, start_failure
+from crate_cli.threads import start_thread
+
+if TYPE_CHECKING:
+    from crate_cli.mount import Mount
+
+FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
+RELAYED = {*FORWARDED, signal.SIGCHLD}  # what the supervisor waits for
+SI_KERNEL = 0x80  # si_code of a signal the kernel sent (a terminal's, for these)
+CHUNK = 1 << 16
+
+
+def exit_status(wait_status: int) -> int:
+    """A shell's view of a wait status: the exit code, or 128+N for signal N."""
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return os.waitstatus_to_exitcode(wait_status)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# On a pseudo-terminal, how long a held-back end of 1-3 bytes waits for the
+# rest before it is shown: the echo of a typed key that starts some secret
+# would otherwise show only with the next key. On pipes (logs, CI) nothing
+# is released before the bytes that follow show what it is.
+SHORT_HOLD = 0.05
+
+
+def _pump(source: int, target: int, masker: Masker, interactive: bool) -> None:
+    """Copy `source` to `target` through `masker` until the end of `source`.
+
+    If `target` cannot take more (EPIPE, or any write error), `source` is
+    closed so that the command gets SIGPIPE on its next write, as it would
+    writing there directly.
+    """
+    import select
+
+    try:
+        while True:
+            if interactive and masker.pending and len(masker.pending) < MIN_LENGTH:
+                ready, _, _ = select.select([source], [], [], SHORT_HOLD)
+                if not ready:
+                    _write_all(target, masker.release_short())
+                    continue
+            try:
+                data = os.read(source, CHUNK)
+            except OSError:  # EIO: the pty's last slave closed
+                data = b""
+            if not data:
+                _write_all(target, masker.flush())
+                return
+            _write_all(target, masker.feed(data))
+    except OSError:
+        return
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(source)
+
+
+def _spawn(argv: list[str], env: dict[str, str], file_actions: list[Any], setsid: bool) -> int:
+    try:
+        return os.posix_spawnp(
+            argv[0],
+            argv,
+            env,
+            file_actions=file_actions,
+            setsid=setsid,
+            setsigmask=(),
+            # Python ignores these; without crate the command would not.
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        )
+    except OSError as e:
+        raise start_failure(argv[0], e) from None
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int) -> Iterator[list[Any]]:
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd, termios.TCSANOW)  # keep what was typed before: it is the command's
+    try:
+        yield saved
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)  # keeps what was typed ahead
+
+
+def _copy_window_size(source: int, target: int) -> None:
+    import fcntl
+    import termios
+
+    with contextlib.suppress(OSError):
+        size = fcntl.ioctl(source, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(target, termios.TIOCSWINSZ, size)
+
+
+class Watch(NamedTuple):
+    """`crate run --watch`: when `changed()` (cheap, polled), `reload()` gives
+    the next Launch, or raises CrateError when the new values do not resolve."""
+
+    changed: Callable[[], bool]
+    reload: Callable[[], Launch]
+    grace: float = 10.0
+    interval: float = 0.5
+
+
+# Signals that ask crate (and so the command) to end: once one arrives,
+# --watch no longer restarts the command.
+ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+def notice(text: str) -> None:
+    os.write(2, f"crate: {text}\r\n".encode() if _raw_mode else f"crate: {text}\n".encode())
+
+
+_raw_mode = False
+
+
+class Supervisor:
+    """Starts the command, filters its output, relays signals, serves the
+    mount and restarts the command on a change (--watch)."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        launch: Launch,
+        mount: Mount | None = None,
+        watch: Watch | None = None,
+    ) -> None:
+        self.argv = argv
+        self.launch = launch
+        self.mount = mount
+        self.watch = watch
+        self.use_pty = launch.mask_values is not None and os.isatty(1)
+        self.pty_master: int | None = None
+        self.input_fd: int | None = None  # where the stdin pump writes (a pty)
+        self.pumps: list[threading.Thread] = []
+        self.terminal: list[Any] | None = None  # crate's terminal settings before raw mode
+        self.watched = RELAYED
+        self.ending = False
+
+    # -- starting the command -------------------------------------------------------
+
+    def _start_pump(self, source: int, target: int, interactive: bool = False) -> None:
+        values = self.launch.mask_values or []
+        # A pty writes a value's newlines as \r\n (ONLCR): mask that form too.
+        masker = Masker([*values, *(v.replace("\n", "\r\n") for v in values if "\n" in v)])
+        self.pumps.append(
+            start_thread(
+                _pump, source, target, masker, interactive, name="crate-pump", daemon=False
+            )
+        )
+
+    def start(self) -> int:
+        """Start the command with the current Launch; its pid."""
+        if self.launch.mask_values is None:
+            # Nothing to filter: the command has crate's stdio and process group.
+            return _spawn(self.argv, self.launch.env, [], setsid=False)
+        if self.use_pty:
+            return self._start_on_pty()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            pid = _spawn(
+                self.argv,
+                self.launch.env,
+                [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)],
+                setsid=False,
+            )
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        self._start_pump(out_r, 1)
+        self._start_pump(err_r, 2)
+        return pid
+
+    def _start_on_pty(self) -> int:
+        import termios
+
+        master, slave = os.openpty()
+        slave_path = os.ttyname(slave)
+        for source in (0, 1):  # the command's terminal starts as crate's is
+            if os.isatty(source):
+                with contextlib.suppress(termios.error):
+                    attrs = self.terminal or termios.tcgetattr(source)
+                    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+                _copy_window_size(source, slave)
+                break
+        stdin_on_pty = os.isatty(0)
+        # The command leads a new session; opening the pty there makes it the
+        # session's controlling terminal (setsid comes before file actions).
+        actions: list[Any] = [(os.POSIX_SPAWN_OPEN, 1, slave_path, os.O_RDWR, 0)]
+        if stdin_on_pty:
+            actions.append((os.POSIX_SPAWN_DUP2, 1, 0))
+        err_r = err_w = None
+        if os.isatty(2):
+            actions.append((os.POSIX_SPAWN_DUP2, 1, 2))
+        else:
+            err_r, err_w = os.pipe()
+            actions.append((os.POSIX_SPAWN_DUP2, err_w, 2))
+        try:
+            pid = _spawn(self.argv, self.launch.env, actions, setsid=True)
+        except BaseException:
+            os.close(master)
+            if err_r is not None:
+                os.close(err_r)
+            raise
+        finally:
+            os.close(slave)
+            if err_w is not None:
+                os.close(err_w)
+        self.pty_master = master
+        self._start_pump(os.dup(master), 1, interactive=True)
+        if err_r is not None:
+            self._start_pump(err_r, 2)
+        if stdin_on_pty:
+            previous, self.input_fd = self.input_fd, master
+            if previous is None:
+                start_thread(self._stdin_pump, name="crate-stdin")
+            else:
+                with contextlib.suppress(OSError):
+                    os.close(previous)
+        else:
+            os.close(master)
+            self.pty_master = None
+        return pid
+
+    def _stdin_pump(self) -> None:
+        """crate's terminal (raw) to the command's pty: keys, Ctrl-C included."""
+        while True:
+            try:
+                data = os.read(0, CHUNK)
+            except OSError:
+                return
+            if not data:
+                return
+            with contextlib.suppress(OSError):  # a pty closed by a restart
+                if self.input_fd is not None:
+                    _write_all(self.input_fd, data)
+
+    # -- signals --------------------------------------------------------------------
+
+    def relay(self, pid: int, info: Any) -> None:
+        """One signal crate received, passed on as the module docstring says."""
+        sig = info.si_signo
+        if sig in ENDING and not (info.si_code == SI_KERNEL and self.use_pty):
+            self.ending = True
+        if self.use_pty:
+            if sig == signal.SIGWINCH:
+                if self.pty_master is not None:
+                    _copy_window_size(1, self.pty_master)
+                return
+        elif info.si_code == SI_KERNEL:
+            return  # the terminal already signalled the command's process group
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+    def _wait(self, pid: int, timeout: float | None) -> int | None:
+        """Relay signals until `pid` ends (its wait status) or `timeout` passes."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            info = (
+                signal.sigwaitinfo(self.watched)
+                if left is None
+                else signal.sigtimedwait(self.watched, left)
+            )
+            if info is None:
+                return None
+            if info.si_signo == signal.SIGCHLD:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done == pid:
+                    return status
+                continue
+            self.relay(pid, info)
+
+    # -- --watch --------------------------------------------------------------------
+
+    def _restart_if_changed(self, pid: int) -> tuple[int, int | None]:
+        """(pid, None), or the wait status of a command that ended by itself."""
+        assert self.watch is not None
+        if self.ending or not self.watch.changed():
+            return pid, None
+        from crate_cli.errors import CrateError
+
+        try:
+            launch = self.watch.reload()
+        except CrateError as e:
+            notice(f"the secrets changed, but {e.message}; the command keeps its old values")
+            return pid, None
+        if launch == self.launch:
+            return pid, None
+        changed = sorted(
+            k
+            for k in {*launch.secrets, *self.launch.secrets}
+            if launch.secrets.get(k) != self.launch.secrets.get(k)
+        )
+        if self.mount is not None and launch.mount_content is not None:
+            try:
+                self.mount.update(launch.mount_content)
+            except OSError as e:
+                notice(
+                    f"the secrets changed, but the mount could not be updated ({e.strerror}); "
+                    "the command keeps its old values"
+                )
+                return pid, None
+        notice(f"secrets changed ({', '.join(changed)}); restarting the command")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        status = self._wait(pid, self.watch.grace)
+        if status is None:
+            notice(f"the command did not end within {self.watch.grace:g} s of SIGTERM; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            status = self._wait(pid, None)
+        if self.ending:  # asked to end while restarting
+            return pid, status
+        self.launch = launch
+        return self.start(), None
+
+    # -- the whole run --------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run the command to its end; its exit status as a shell reports it."""
+        global _raw_mode
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.watched)
+        raw = self.use_pty and os.isatty(0)
+        try:
+            with _raw_terminal(0) if raw else contextlib.nullcontext() as saved:
+                self.terminal = saved
+                _raw_mode = raw
+                pid = self.start()
+                while True:
+                    interval = self.watch.interval if self.watch else None
+                    status = self._wait(pid, interval)
+                    if status is not None:
+                        break
+                    pid, status = self._restart_if_changed(pid)
+                    if status is not None:
+                        break
+                for pump in self.pumps:
+                    pump.join()
+        finally:
+            _raw_mode = False
+            if self.mount is not None:
+                self.mount.close()
+        return exit_status(status)
+
+
+def supervise(
+    argv: list[str], launch: Launch, mount: Mount | None = None, watch: Watch | None = None
+) -> None:
+    """Run `argv` under crate, then exit with its status."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(Supervisor(argv, launch, mount, watch).run())
