@@ -80,18 +80,13 @@ def main(argv: list[str] | None = None) -> None:
         if words[:1] == ["run"]:
             # `crate run` parses its own options (runner.RUN_OPTIONS), not click;
             # the command after `--` is split off here (click would drop `--`).
-            import os
-
-            from crate_cli.runner import parse_run_args, run_with_secrets
-
             cut = args.index("--") if "--" in args else len(args)
             run_command = args[cut + 1 :] or None
             if args[:1] == ["run"]:
-                parsed = parse_run_args(args[1:cut], os.environ, "--" in args)
-                if parsed is None:
-                    sys.stdout.write(_run_help())
-                    return
-                run_with_secrets(parsed._replace(command=run_command))
+                from crate_cli.runner import run_command_line
+
+                run_command_line(args[1:cut], run_command)
+                return
             args = args[:cut]
         _click_main(args)
     except CrateError as e:
@@ -118,12 +113,6 @@ def main(argv: list[str] | None = None) -> None:
             f"crate: internal error ({type(e).__name__}); rerun with --debug for details\n"
         )
         sys.exit(ExitCode.ERROR)
-
-
-def _run_help() -> str:
-    from crate_cli.runner import run_help
-
-    return run_help()
 
 
 def _usage_message(error: Any) -> str:

@@ -16,17 +16,11 @@ words.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from typing import Any
 
 MASK = b"***"
 MIN_LENGTH = 4
-WORD = 4
-
-
-def _word(data: bytes) -> int:
-    return int.from_bytes(data, sys.byteorder)
 
 
 class Masker:
@@ -37,22 +31,17 @@ class Masker:
         self.values = sorted((v for v in encoded if len(v) >= MIN_LENGTH), key=len, reverse=True)
         self.mask = mask
         self.longest = max((len(v) for v in self.values), default=0)
-        self.automaton: Any = None
-        if self.values:
-            import ahocorasick_rs
-
-            self.automaton = ahocorasick_rs.BytesAhoCorasick(
-                self.values,
-                matchkind=ahocorasick_rs.MatchKind.Standard,
-                implementation=ahocorasick_rs.Implementation.DFA,
-            )
         # The starts of values, for the end of a chunk: heads of 1-3 bytes,
-        # and the first window of each value.
-        self.small_heads = {v[:n] for v in self.values for n in range(1, WORD)}
+        # and each value's first MIN_LENGTH bytes with the values that begin so.
+        self.small_heads = {v[:n] for v in self.values for n in range(1, MIN_LENGTH)}
         self.heads: dict[bytes, list[bytes]] = {}
         for v in self.values:
-            self.heads.setdefault(v[:WORD], []).append(v)
-        self.head_words = frozenset(_word(h) for h in self.heads)
+            self.heads.setdefault(v[:MIN_LENGTH], []).append(v)
+        self.automaton: Any = None
+        self.head_automaton: Any = None
+        if self.values:
+            self.automaton = _automaton(self.values)
+            self.head_automaton = _automaton(list(self.heads))
         self.pending = b""
 
     def feed(self, data: bytes) -> bytes:
@@ -102,25 +91,22 @@ class Masker:
         """Where the part of `buf` that could begin an unfinished value starts."""
         n = len(buf)
         cut = n
-        for size in range(1, WORD):
+        for size in range(1, MIN_LENGTH):
             if n >= size and buf[n - size :] in self.small_heads:
                 cut = n - size
         tail_from = max(0, n - self.longest + 1)
-        tail = memoryview(buf)[tail_from:]
-        found: set[int] = set()
-        for align in range(WORD):
-            usable = (len(tail) - align) // WORD * WORD
-            if usable > 0:
-                found.update(self.head_words.intersection(tail[align : align + usable].cast("I")))
-        for word in found:
-            head = word.to_bytes(WORD, sys.byteorder)
-            pos = buf.find(head, tail_from)
-            while pos != -1 and pos < cut:
-                rest = buf[pos:]
-                if any(len(v) > len(rest) and v.startswith(rest) for v in self.heads[head]):
-                    cut = pos
-                    break
-                pos = buf.find(head, pos + 1)
+        found = self.head_automaton.find_matches_as_indexes(buf[tail_from:], overlapping=True)
+        for _, start, _ in found:  # in order: every head is MIN_LENGTH bytes
+            pos = tail_from + start
+            if pos >= cut:
+                break
+            rest = buf[pos:]
+            if any(
+                len(v) > len(rest) and v.startswith(rest)
+                for v in self.heads[buf[pos : pos + MIN_LENGTH]]
+            ):
+                cut = pos
+                break
         return cut
 
     def _masked(self, buf: bytes, matches: list[tuple[int, int]], end: int) -> bytes:
@@ -134,3 +120,14 @@ class Masker:
             at = stop
         out.append(buf[at:end])
         return b"".join(out)
+
+
+def _automaton(patterns: list[bytes]) -> Any:
+    """Every (possibly overlapping) occurrence of `patterns`, found by a DFA."""
+    import ahocorasick_rs
+
+    return ahocorasick_rs.BytesAhoCorasick(
+        patterns,
+        matchkind=ahocorasick_rs.MatchKind.Standard,
+        implementation=ahocorasick_rs.Implementation.DFA,
+    )

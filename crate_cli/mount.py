@@ -24,24 +24,14 @@ from pathlib import Path
 from crate_cli.errors import Conflict, CrateError, InvalidInput
 from crate_cli.threads import start_thread
 
-MOUNT_MODES = ("fifo", "file")
-
 
 class Mount:
-    """A mounted secrets file at `path`; `close()` removes it."""
+    """A mounted secrets file at `path` (`mode` fifo or file); `close()` removes it.
+
+    The options are checked by runner.check_run_args.
+    """
 
     def __init__(self, path: str, content: bytes, mode: str, max_reads: int | None) -> None:
-        if mode not in MOUNT_MODES:
-            raise InvalidInput(
-                f"unknown --mount-mode {mode!r}: use one of {', '.join(MOUNT_MODES)}"
-            )
-        if max_reads is not None and mode != "fifo":
-            raise InvalidInput(
-                "--mount-max-reads counts reads of a named pipe; a file's reads cannot be counted",
-                "drop --mount-max-reads, or use --mount-mode fifo",
-            )
-        if max_reads is not None and max_reads < 1:
-            raise InvalidInput("--mount-max-reads must be 1 or more")
         self.path = Path(path).absolute()
         self.mode = mode
         self.max_reads = max_reads
@@ -60,12 +50,7 @@ class Mount:
             if self.mode == "fifo":
                 self._make_fifo(self.path)
             else:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                try:
-                    os.fchmod(fd, 0o600)
-                    _write_all(fd, self._content)
-                finally:
-                    os.close(fd)
+                _create_private(self.path, self._content)
         except FileExistsError:
             raise Conflict(
                 f"cannot mount the secrets at {self.path}: something is already there",
@@ -113,7 +98,7 @@ class Mount:
                         return
                     content = self._content
                 with contextlib.suppress(BrokenPipeError):  # the reader stopped early
-                    _write_all(fd, content)
+                    write_all(fd, content)
             finally:
                 os.close(fd)
             self.reads += 1
@@ -127,12 +112,8 @@ class Mount:
             self._content = content
         if self.mode == "file" and not self._closed.is_set():
             temp = self.path.with_name(f".{self.path.name}.{os.urandom(8).hex()}.tmp")
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
-                try:
-                    _write_all(fd, content)
-                finally:
-                    os.close(fd)
+                _create_private(temp, content)
                 os.replace(temp, self.path)
             except BaseException:
                 temp.unlink(missing_ok=True)
@@ -161,7 +142,22 @@ class Mount:
             os.close(waiting)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _create_private(path: Path, content: bytes) -> None:
+    """A new 0600 file holding `content`; an existing path (or symlink) is an error.
+
+    Not config.write_private_file: that one replaces what is there and makes
+    the folder private, and this folder is the user's.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        write_all(fd, content)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

@@ -50,10 +50,10 @@ class RunArgs(NamedTuple):
     mount: str | None = None
     mount_format: str = "json"
     mount_mode: str = "fifo"
-    mount_max_reads: str | None = None
+    mount_max_reads: int | None = None
     no_env: bool = False
     watch: bool = False
-    restart_grace: str = "10"
+    restart_grace: float = 10.0
 
 
 class Launch(NamedTuple):
@@ -68,12 +68,14 @@ class Launch(NamedTuple):
 
 
 MOUNT_FORMATS = ("json", "env", "dotenv")
+MOUNT_MODES = ("fifo", "file")
 # What `--no-inherit-env` keeps of the inherited environment.
 MINIMAL_ENVIRONMENT = ("PATH", "HOME", "USER", "TERM", "LANG")
 
 # Every option of `crate run`: (flag, RunArgs field, kind, metavar, help).
 # kind: value (one value), list (comma-separated, repeatable), flag, false
-# (a flag that sets the field to False), optional (a flag, or `=VALUE`).
+# (a flag that sets the field to False), optional (a flag, or `=VALUE`),
+# count (a whole number, 1 or more), seconds (a number, 0 or more).
 RUN_OPTIONS: tuple[tuple[str, str, str, str, str], ...] = (
     ("--org", "org", "value", "ORG", "organization (default: the session's; env CRATE_ORG)"),
     ("--env", "env", "value", "ENV", "environment (default: dev; env CRATE_ENV)"),
@@ -134,7 +136,7 @@ RUN_OPTIONS: tuple[tuple[str, str, str, str, str], ...] = (
     (
         "--mount-max-reads",
         "mount_max_reads",
-        "value",
+        "count",
         "N",
         "remove the named pipe after N reads",
     ),
@@ -149,7 +151,7 @@ RUN_OPTIONS: tuple[tuple[str, str, str, str, str], ...] = (
     (
         "--restart-grace",
         "restart_grace",
-        "value",
+        "seconds",
         "SECONDS",
         "with --watch: how long a restart waits after SIGTERM (default 10)",
     ),
@@ -237,6 +239,10 @@ def parse_run_args(
                 # `--only "$UNSET"` must not widen to every secret.
                 raise InvalidInput(f"{option} needs at least one value", f"usage: {USAGE}")
             fields[field] = [*fields[field], *items]
+        elif kind == "count":
+            fields[field] = _number(option, value, int, least=1)
+        elif kind == "seconds":
+            fields[field] = _number(option, value, float)
         else:
             fields[field] = value
     if fields.get("name_transformer") is not None:
@@ -270,9 +276,7 @@ def shell_argv(command: str, environ: Mapping[str, str]) -> list[str]:
     return [environ.get("SHELL") or "/bin/sh", "-c", command]
 
 
-def _number(option: str, text: str | None, kind: type[int] | type[float], least: int = 0) -> Any:
-    if text is None:
-        return None
+def _number(option: str, text: str, kind: type[int] | type[float], least: int = 0) -> Any:
     try:
         value = kind(text)
     except ValueError:
@@ -280,6 +284,16 @@ def _number(option: str, text: str | None, kind: type[int] | type[float], least:
     if not least <= value < 10**9:
         raise InvalidInput(f"{option} takes a number of {least} or more, not {text!r}")
     return value
+
+
+def run_command_line(args: list[str], command: list[str] | None) -> None:
+    """`crate run ARGS -- COMMAND`: help, or the command with its secrets.
+    `cli.main` and the click command (`crate --debug run`) both come here."""
+    parsed = parse_run_args(args, os.environ, command is not None)
+    if parsed is None:
+        sys.stdout.write(run_help())
+        return
+    run_with_secrets(parsed._replace(command=command))
 
 
 def check_run_args(run: RunArgs) -> RunArgs:
@@ -297,8 +311,13 @@ def check_run_args(run: RunArgs) -> RunArgs:
         raise InvalidInput("--no-env needs --mount: the command would get no secrets at all")
     if run.mount_format not in MOUNT_FORMATS:
         raise InvalidInput(f"unknown --mount-format {run.mount_format!r}: use json, env or dotenv")
-    _number("--mount-max-reads", run.mount_max_reads, int, least=1)
-    _number("--restart-grace", run.restart_grace, float)
+    if run.mount_mode not in MOUNT_MODES:
+        raise InvalidInput(f"unknown --mount-mode {run.mount_mode!r}: use fifo or file")
+    if run.mount_max_reads is not None and run.mount_mode != "fifo":
+        raise InvalidInput(
+            "--mount-max-reads counts reads of a named pipe; a file's reads cannot be counted",
+            "drop --mount-max-reads, or use --mount-mode fifo",
+        )
     defaults = RunArgs([], None, None, [])
     for option, field, needs in (
         ("--mount-format", "mount_format", "--mount"),
@@ -350,18 +369,13 @@ def run_with_secrets(run: RunArgs) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, RELAYED)
 
         assert first.mount_content is not None
-        mount = Mount(
-            run.mount,
-            first.mount_content,
-            run.mount_mode,
-            _number("--mount-max-reads", run.mount_max_reads, int, least=1),
-        )
+        mount = Mount(run.mount, first.mount_content, run.mount_mode, run.mount_max_reads)
     watch = None
     if run.watch:
         watch = Watch(
             changed=vault_watcher(session.home.vault_path(org)),
             reload=launch,
-            grace=_number("--restart-grace", run.restart_grace, float),
+            grace=run.restart_grace,
         )
     supervise(run.command, first, mount, watch)
 

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crate_cli.mask import MIN_LENGTH, Masker
+from crate_cli.mount import write_all
 from crate_cli.runner import Launch, start_failure
 from crate_cli.threads import start_thread
 
@@ -64,12 +65,6 @@ def exit_status(wait_status: int) -> int:
     return os.waitstatus_to_exitcode(wait_status)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 # On a pseudo-terminal, how long a held-back end of 1-3 bytes waits for the
 # rest before it is shown: the echo of a typed key that starts some secret
 # would otherwise show only with the next key. On pipes (logs, CI) nothing
@@ -91,16 +86,16 @@ def _pump(source: int, target: int, masker: Masker, interactive: bool) -> None:
             if interactive and masker.pending and len(masker.pending) < MIN_LENGTH:
                 ready, _, _ = select.select([source], [], [], SHORT_HOLD)
                 if not ready:
-                    _write_all(target, masker.release_short())
+                    write_all(target, masker.release_short())
                     continue
             try:
                 data = os.read(source, CHUNK)
             except OSError:  # EIO: the pty's last slave closed
                 data = b""
             if not data:
-                _write_all(target, masker.flush())
+                write_all(target, masker.flush())
                 return
-            _write_all(target, masker.feed(data))
+            write_all(target, masker.feed(data))
     except OSError:
         return
     finally:
@@ -161,13 +156,6 @@ class Watch(NamedTuple):
 ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
-def notice(text: str) -> None:
-    os.write(2, f"crate: {text}\r\n".encode() if _raw_mode else f"crate: {text}\n".encode())
-
-
-_raw_mode = False
-
-
 class Supervisor:
     """Starts the command, filters its output, relays signals, serves the
     mount and restarts the command on a change (--watch)."""
@@ -188,8 +176,13 @@ class Supervisor:
         self.input_fd: int | None = None  # where the stdin pump writes (a pty)
         self.pumps: list[threading.Thread] = []
         self.terminal: list[Any] | None = None  # crate's terminal settings before raw mode
+        self.raw = False  # crate's terminal is raw: a line ends with \r\n
         self.watched = RELAYED
         self.ending = False
+
+    def notice(self, text: str) -> None:
+        """One line from crate on stderr, between the command's output."""
+        write_all(2, f"crate: {text}{chr(13) if self.raw else ''}\n".encode())
 
     # -- starting the command -------------------------------------------------------
 
@@ -265,20 +258,18 @@ class Supervisor:
             os.close(slave)
             if err_w is not None:
                 os.close(err_w)
-        self.pty_master = master
+        # Kept for resizes (and typed input); a restart's new pty replaces it.
+        previous, self.pty_master = self.pty_master, master
         self._start_pump(os.dup(master), 1, interactive=True)
         if err_r is not None:
             self._start_pump(err_r, 2)
         if stdin_on_pty:
-            previous, self.input_fd = self.input_fd, master
+            self.input_fd = master
             if previous is None:
                 start_thread(self._stdin_pump, name="crate-stdin")
-            else:
-                with contextlib.suppress(OSError):
-                    os.close(previous)
-        else:
-            os.close(master)
-            self.pty_master = None
+        if previous is not None:
+            with contextlib.suppress(OSError):
+                os.close(previous)
         return pid
 
     def _stdin_pump(self) -> None:
@@ -292,7 +283,7 @@ class Supervisor:
                 return
             with contextlib.suppress(OSError):  # a pty closed by a restart
                 if self.input_fd is not None:
-                    _write_all(self.input_fd, data)
+                    write_all(self.input_fd, data)
 
     # -- signals --------------------------------------------------------------------
 
@@ -346,7 +337,7 @@ class Supervisor:
         try:
             launch = self.watch.reload()
         except CrateError as e:
-            notice(f"the secrets changed, but {e.message}; the command keeps its old values")
+            self.notice(f"the secrets changed, but {e.message}; the command keeps its old values")
             return pid, None
         if launch == self.launch:
             return pid, None
@@ -359,17 +350,19 @@ class Supervisor:
             try:
                 self.mount.update(launch.mount_content)
             except OSError as e:
-                notice(
+                self.notice(
                     f"the secrets changed, but the mount could not be updated ({e.strerror}); "
                     "the command keeps its old values"
                 )
                 return pid, None
-        notice(f"secrets changed ({', '.join(changed)}); restarting the command")
+        self.notice(f"secrets changed ({', '.join(changed)}); restarting the command")
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         status = self._wait(pid, self.watch.grace)
         if status is None:
-            notice(f"the command did not end within {self.watch.grace:g} s of SIGTERM; killing it")
+            self.notice(
+                f"the command did not end within {self.watch.grace:g} s of SIGTERM; killing it"
+            )
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             status = self._wait(pid, None)
@@ -382,13 +375,12 @@ class Supervisor:
 
     def run(self) -> int:
         """Run the command to its end; its exit status as a shell reports it."""
-        global _raw_mode
         signal.pthread_sigmask(signal.SIG_BLOCK, self.watched)
         raw = self.use_pty and os.isatty(0)
         try:
             with _raw_terminal(0) if raw else contextlib.nullcontext() as saved:
                 self.terminal = saved
-                _raw_mode = raw
+                self.raw = raw
                 pid = self.start()
                 while True:
                     interval = self.watch.interval if self.watch else None
@@ -401,7 +393,7 @@ class Supervisor:
                 for pump in self.pumps:
                     pump.join()
         finally:
-            _raw_mode = False
+            self.raw = False
             if self.mount is not None:
                 self.mount.close()
         return exit_status(status)

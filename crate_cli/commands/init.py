@@ -24,10 +24,11 @@ def init(keystore: str | None, slot_options: dict[str, Any]) -> None:
     """Create crate's home, master key v1 and settings."""
     session = Session.for_terminal()
     created, version = session.init(keystore, slot_options)
-    slots = ", ".join(s.type for s in version.slots)
+    types = [s.type for s in version.slots]
+    slots = ", ".join(types)
     where = f"{session.home.describe()} (master key v{version.version}, slots: {slots})"
     if not created:
-        if keystore not in (None, "auto") and keystore not in slots:
+        if keystore not in (None, "auto") and keystore not in types:
             raise Conflict(
                 f"crate is already initialized at {where}",
                 f"add a {keystore} slot to it with: crate keys slots add {keystore}",
@@ -37,7 +38,7 @@ def init(keystore: str | None, slot_options: dict[str, Any]) -> None:
     click.echo(f"crate initialized at {session.home.describe()} (slot: {slots})", err=True)
     if (
         keystore in (None, "auto")
-        and slots != "passphrase"
+        and types != ["passphrase"]
         and stdin_is_terminal()
         and click.confirm(
             "Add a passphrase as a recovery slot, in case this machine's keystore is lost?",

@@ -8,9 +8,6 @@ same parser, so both paths accept exactly the same options.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import click
 
 
@@ -22,10 +19,6 @@ import click
 def run(args: tuple[str, ...]) -> None:
     """Run CMD with the secrets in its environment: crate run [OPTIONS] [NAME...] -- CMD ARGS..."""
     from crate_cli import cli
-    from crate_cli.runner import parse_run_args, run_help, run_with_secrets
+    from crate_cli.runner import run_command_line
 
-    parsed = parse_run_args(list(args), os.environ, cli.run_command is not None)
-    if parsed is None:
-        sys.stdout.write(run_help())
-        return
-    run_with_secrets(parsed._replace(command=cli.run_command))
+    run_command_line(list(args), cli.run_command)

@@ -29,7 +29,7 @@ from crate_cli.errors import (
 )
 from crate_cli.vault import crypto
 from crate_cli.vault.slots import provider
-from crate_cli.vault.slots.base import SecretPrompt, SlotContext
+from crate_cli.vault.slots.base import OTHER_SLOT, SecretPrompt, SlotContext
 
 REGISTRY_FILE = "master.json"
 REGISTRY_FORMAT = 1
@@ -245,13 +245,7 @@ class MasterKeys:
         if len(failures) == 1:
             raise failures[0][1]
         detail = "; ".join(f"{s.type} slot {s.id}: {e.message}" for s, e in failures)
-        hints = list(
-            dict.fromkeys(
-                e.hint
-                for _, e in failures
-                if e.hint and not e.hint.startswith("unlock with another slot")
-            )
-        )
+        hints = list(dict.fromkeys(e.hint for _, e in failures if e.hint and e.hint != OTHER_SLOT))
         raise KeystoreError(
             f"no key slot could unlock master key v{record.version}: {detail}",
             "; ".join(hints) or None,

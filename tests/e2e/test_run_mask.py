@@ -622,6 +622,40 @@ def test_a_resize_reaches_the_command(home: CrateRunner, mode: str) -> None:
     assert term.finish() == 0, term.output
 
 
+WINDOW_NO_STDIN = """
+import os, signal, time
+def on_winch(signum, frame):
+    columns, rows = os.get_terminal_size()
+    print(f"resized {columns}x{rows}", flush=True)
+    os._exit(0)
+signal.signal(signal.SIGWINCH, on_winch)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_resize_reaches_the_command_when_stdin_is_not_the_terminal(
+    home: CrateRunner,
+) -> None:
+    """stdout on a terminal, stdin from elsewhere: the command still has a pty,
+    and crate keeps its master to pass resizes on."""
+    argv = [*home.argv0, "run", "--mask", "--", *py(WINDOW_NO_STDIN)]
+    child = pexpect.spawn(
+        "sh",
+        ["-c", '"$@" < /dev/null', "sh", *argv],
+        env=home.env(),
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(24, 200),
+    )
+    child.expect_exact("ready")
+    child.setwinsize(40, 100)
+    child.expect_exact("resized 100x40")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
 STTY_LINE = re.compile(r"[0-9a-f]+(:[0-9a-f]+){10,}")
 
 

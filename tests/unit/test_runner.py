@@ -95,11 +95,20 @@ def test_secrets_override_inherited_and_credentials_are_dropped() -> None:
         (["--mount", "x", "--mount-max-reads", "0"], "--mount-max-reads takes a number of 1"),
         (["--watch", "--restart-grace", "soon"], "--restart-grace takes a number of 0"),
         (["--mount", "x", "--mount-format", "yaml"], "unknown --mount-format 'yaml'"),
+        (["--mount", "x", "--mount-mode", "tmpfs"], "unknown --mount-mode 'tmpfs'"),
+        (["--mount", "x", "--mount-mode", "file", "--mount-max-reads", "1"], "counts reads"),
     ],
 )
 def test_options_that_need_another_are_refused(args: list[str], message: str) -> None:
-    parsed = parse_run_args(args, {})
-    assert parsed is not None
     with pytest.raises(InvalidInput) as bad:
+        parsed = parse_run_args(args, {})
+        assert parsed is not None
         check_run_args(parsed._replace(command=["true"]))
     assert message in bad.value.message
+
+
+def test_numbers_are_parsed_once_into_their_types() -> None:
+    parsed = parse_run_args(["--mount", "x", "--mount-max-reads", "3"], {})
+    assert parsed is not None and parsed.mount_max_reads == 3
+    parsed = parse_run_args(["--watch", "--restart-grace=2.5"], {})
+    assert parsed is not None and parsed.restart_grace == 2.5

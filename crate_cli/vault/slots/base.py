@@ -20,6 +20,9 @@ from crate_cli.config import CrateHome
 from crate_cli.errors import KeystoreError
 from crate_cli.vault import crypto
 
+# The hint of a slot that failed when other slots may still unlock the key.
+OTHER_SLOT = "unlock with another slot (crate keys slots list)"
+
 # Asks the user for a secret without echo; returns the answer. None where no
 # terminal exists, in which case providers say which variable to set.
 SecretPrompt = Callable[[str], str]

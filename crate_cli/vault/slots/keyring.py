@@ -37,10 +37,9 @@ from typing import Any, NamedTuple, TypeVar
 from crate_cli.errors import IntegrityError, KeystoreError
 from crate_cli.threads import start_thread
 from crate_cli.vault import crypto
-from crate_cli.vault.slots.base import SlotContext, SlotProvider, b64, slot_aad, unb64
+from crate_cli.vault.slots.base import OTHER_SLOT, SlotContext, SlotProvider, b64, slot_aad, unb64
 
 SERVICE = "crate"
-OTHER_SLOT = "unlock with another slot (crate keys slots list)"
 OTHER_KEYSTORE = "choose another keystore (file, passphrase, tpm2 or pkcs11)"
 # Seconds a keystore may take. Sealing is interactive (crate init, crate keys
 # slots add) and may meet a keystore's own unlock prompt; unsealing happens on

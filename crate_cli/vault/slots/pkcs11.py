@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from crate_cli.errors import InvalidInput, KeystoreError
-from crate_cli.vault.slots.base import SlotContext, SlotProvider, b64, slot_aad, unb64
+from crate_cli.vault.slots.base import OTHER_SLOT, SlotContext, SlotProvider, b64, slot_aad, unb64
 
 PIN_ENV = "CRATE_PKCS11_PIN"
 
@@ -48,14 +48,14 @@ class Pkcs11Slot(SlotProvider):
         if not os.path.exists(module):
             raise KeystoreError(
                 f"the PKCS#11 module {module} does not exist",
-                "install the HSM's module or unlock with another slot (crate keys slots list)",
+                f"install the HSM's module, or {OTHER_SLOT}",
             )
         try:
             token = pkcs11.lib(module).get_token(token_label=token_label)
         except pkcs11.exceptions.NoSuchToken:
             raise KeystoreError(
                 f"HSM token {token_label!r} is not present",
-                "connect it, or unlock with another slot (crate keys slots list)",
+                f"connect it, or {OTHER_SLOT}",
             ) from None
         except Exception as e:  # a module that fails to load or to list its slots
             raise KeystoreError(f"the PKCS#11 module {module} failed: {type(e).__name__}") from None
@@ -132,7 +132,7 @@ class Pkcs11Slot(SlotProvider):
             except (pkcs11.exceptions.NoSuchKey, pkcs11.exceptions.MultipleObjectsReturned):
                 raise KeystoreError(
                     f"HSM token {token_label!r} no longer holds the key of slot {slot_id}",
-                    "unlock with another slot (crate keys slots list)",
+                    OTHER_SLOT,
                 ) from None
             try:
                 master = bytes(

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from crate_cli.errors import InvalidInput, KeystoreError
-from crate_cli.vault.slots.base import SlotContext, SlotProvider, b64, unb64
+from crate_cli.vault.slots.base import OTHER_SLOT, SlotContext, SlotProvider, b64, unb64
 
 T = TypeVar("T")
 PIN_ENV = "CRATE_TPM2_PIN"
@@ -41,7 +41,6 @@ DEFAULT_TCTI = "device:/dev/tpmrm0"
 PIN_BYTES = (4, 32)
 MAX_PCR = 23
 PRIMARY = "ecc256:aes128cfb"
-OTHER_SLOT = "unlock with another slot (crate keys slots list)"
 
 # TPM response codes (TPM 2.0 Part 2, table 16), compared with the code that
 # tpm2-pytss reports once the handle, parameter or session number is removed.
