@@ -19,6 +19,11 @@ COMMANDS = {
     "secrets": ("crate_cli.commands.secrets", "secrets"),
     "run": ("crate_cli.commands.run", "run"),
     "keys": ("crate_cli.commands.keys", "keys"),
+    "server": ("crate_cli.commands.server", "server"),
+    "token": ("crate_cli.commands.token", "token"),
+    "login": ("crate_cli.commands.login", "login"),
+    "logout": ("crate_cli.commands.login", "logout"),
+    "agent": ("crate_cli.commands.agent", "agent"),
 }
 
 # Set by main() for `crate run`, picked up by the run command: the argv after

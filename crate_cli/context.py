@@ -20,6 +20,8 @@ from crate_cli.vault.names import check_env, check_org
 from crate_cli.vault.slots.base import SecretPrompt
 
 if TYPE_CHECKING:
+    from crate_cli.remote import FallbackPolicy, Remote
+    from crate_cli.transport import Transport
     from crate_cli.vault.service import VaultService
 
 DEFAULT_ORG = "personal"
@@ -158,13 +160,34 @@ class Session:
             passed_over.append(f"{candidate}: {problem}")
         return "file", passed_over
 
-    def org(self, explicit: str | None = None) -> str:
+    @cached_property
+    def remote(self) -> Remote | None:
+        """The crate server this command talks to (login or CRATE_SERVER), if any."""
+        from crate_cli.remote import resolve_remote
+
+        return resolve_remote(self.home, self.environ)
+
+    @cached_property
+    def agent(self) -> Transport | None:
+        """This home's running agent, if its socket exists (local use only)."""
+        from crate_cli.server.agent import running_transport
+
+        return running_transport(self.home)
+
+    def org(self, explicit: str | None = None, local: bool = False) -> str:
         """The org to act on: --org/CRATE_ORG, else the session's, else `personal`.
 
-        On first use with no org at all, `personal` is created and selected.
+        Against a server (`local` False and logged in), the org of the token.
+        On first local use with no org at all, `personal` is created and selected.
         """
         if explicit:
             return check_org(explicit)
+        remote = None if local else self.remote
+        if remote is not None:
+            if remote.org:
+                return check_org(remote.org)
+            who = remote.transport().request("GET", "/whoami")
+            return check_org(str(who.get("organization")))
         chosen = str(self.settings.get("session.org") or "")
         if chosen:
             return check_org(chosen)
@@ -199,13 +222,56 @@ class Session:
             self.home, self.master, int(self.settings.get("secrets.max_value_bytes"))
         )
 
-    def client(self, org: str) -> SecretsClient:
-        """A client for `org` over the in-process transport (the loopback)."""
+    @property
+    def mode(self) -> str:
+        """Where the server role runs: `remote`, `agent` or `local` (in-process)."""
+        if self.remote is not None:
+            return "remote"
+        return "agent" if self.agent is not None else "local"
+
+    def client(self, org: str, fallback: FallbackPolicy | None = None) -> SecretsClient:
+        """A client for `org`: to the server when logged in, else to the agent
+        when one runs, else over the in-process transport (the loopback).
+
+        `fallback` (remote only) keeps an offline copy of each retrieval and
+        uses it when the server cannot be reached."""
+        bits = int(self.settings.get("crypto.ephemeral_rsa_bits"))
+        remote = self.remote
+        if remote is not None:
+            if fallback is not None:
+                from crate_cli.remote import FallbackClient
+
+                return FallbackClient(
+                    remote.transport(),
+                    org,
+                    bits,
+                    self.home,
+                    remote.credentials,
+                    fallback,
+                    self.notify,
+                )
+            return SecretsClient(remote.transport(), org, ephemeral_bits=bits)
+        if self.agent is not None:
+            from crate_cli.transport.http import ServerUnreachable
+
+            try:
+                self.agent.request("GET", "/agent")
+                return SecretsClient(self.agent, org, ephemeral_bits=bits)
+            except ServerUnreachable:
+                self.agent = None  # a stale socket: serve in-process
         from crate_cli.transport.loopback import LoopbackTransport
         from crate_cli.vault.api import ApiCore, Principal
 
         self.init()
         transport = LoopbackTransport(ApiCore(self.service), Principal(actor=local_actor()))
-        return SecretsClient(
-            transport, org, ephemeral_bits=int(self.settings.get("crypto.ephemeral_rsa_bits"))
-        )
+        return SecretsClient(transport, org, ephemeral_bits=bits)
+
+    def warm(self, org: str) -> None:
+        """Unlock what the in-process server role needs ahead of a request."""
+        if self.mode == "local":
+            self.service.warm(org)
+
+    def close(self) -> None:
+        """Close the in-process vault connections, if any were opened."""
+        if "service" in self.__dict__:
+            self.service.close()

@@ -85,6 +85,10 @@ class Unauthorized(CrateError):
     http_status = 401
 
 
+class TokenExpired(Unauthorized):
+    pass
+
+
 class Forbidden(CrateError):
     exit_code = ExitCode.DENIED
     api_code = "forbidden"

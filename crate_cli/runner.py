@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from crate_cli.client import SecretsClient
+    from crate_cli.remote import FallbackPolicy
 
 # crate's own credentials never reach the child.
 CREDENTIAL_VARIABLES = (
@@ -54,6 +55,13 @@ class RunArgs(NamedTuple):
     no_env: bool = False
     watch: bool = False
     restart_grace: float = 10.0
+    fallback_only: bool = False
+    no_fallback: bool = False
+    fallback_max_age: str | None = None
+
+    @property
+    def fallback(self) -> FallbackPolicy:
+        return fallback_policy(self.fallback_only, self.no_fallback, self.fallback_max_age)
 
 
 class Launch(NamedTuple):
@@ -154,6 +162,27 @@ RUN_OPTIONS: tuple[tuple[str, str, str, str, str], ...] = (
         "seconds",
         "SECONDS",
         "with --watch: how long a restart waits after SIGTERM (default 10)",
+    ),
+    (
+        "--fallback-only",
+        "fallback_only",
+        "flag",
+        "",
+        "remote: use the offline copy of the last retrieval without contacting the server",
+    ),
+    (
+        "--no-fallback",
+        "no_fallback",
+        "flag",
+        "",
+        "remote: fail when the server cannot be reached instead of using the offline copy",
+    ),
+    (
+        "--fallback-max-age",
+        "fallback_max_age",
+        "value",
+        "DURATION",
+        "remote: the oldest offline copy to use, e.g. 24h (default 7d)",
     ),
 )
 _OPTIONS = {flag: (field, kind) for flag, field, kind, _, _ in RUN_OPTIONS}
@@ -296,8 +325,23 @@ def run_command_line(args: list[str], command: list[str] | None) -> None:
     run_with_secrets(parsed._replace(command=command))
 
 
+def fallback_policy(only: bool, never: bool, max_age: str | None) -> FallbackPolicy:
+    """The offline-copy policy of `crate run` and `crate secrets fetch`."""
+    from crate_cli.remote import DEFAULT_FALLBACK_MAX_AGE, FallbackPolicy
+
+    if only and never:
+        raise InvalidInput("--fallback-only and --no-fallback contradict each other")
+    age = DEFAULT_FALLBACK_MAX_AGE
+    if max_age is not None:
+        from crate_cli.durations import parse_duration
+
+        age = parse_duration(max_age, "--fallback-max-age")
+    return FallbackPolicy("only" if only else "never" if never else "auto", age)
+
+
 def check_run_args(run: RunArgs) -> RunArgs:
     """Checks that need more than one option at a time."""
+    run.fallback  # noqa: B018 - raises on contradictory fallback options
     if run.shell_command is not None:
         if run.command:
             raise InvalidInput(
@@ -341,8 +385,13 @@ def run_with_secrets(run: RunArgs) -> None:
     assert run.command is not None
     session = Session.for_terminal()
     org = session.org(run.org)
-    client = session.client(org)
-    session.service.warm(org)
+    if run.watch and session.mode == "remote":
+        raise InvalidInput(
+            "--watch follows changes to a local vault; it cannot watch a crate server",
+            "run it where the vault is, or without --watch",
+        )
+    client = session.client(org, run.fallback)
+    session.warm(org)
     env = session.env(run.env)
     mask = run.mask if run.mask is not None else bool(session.settings.get("run.mask"))
 
@@ -350,7 +399,7 @@ def run_with_secrets(run: RunArgs) -> None:
         try:
             return prepare(run, client, env, mask)
         finally:
-            session.service.close()  # exec skips interpreter shutdown: close the vault now
+            session.close()  # exec skips interpreter shutdown: close the vault now
 
     first = launch()
     if not (mask or run.mount or run.watch):

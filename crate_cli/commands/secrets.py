@@ -189,6 +189,17 @@ def list_(org: str | None, env: str | None, tags: tuple[str, ...], as_json: bool
 )
 @json_option
 @click.option("--raw", is_flag=True, help="Do not resolve ${NAME} and ${env.NAME} references.")
+@click.option(
+    "--fallback-only",
+    is_flag=True,
+    help="Remote: use the offline copy of the last retrieval; do not contact the server.",
+)
+@click.option("--no-fallback", is_flag=True, help="Remote: fail rather than use the offline copy.")
+@click.option(
+    "--fallback-max-age",
+    metavar="DURATION",
+    help="Remote: the oldest offline copy to use, e.g. 24h (default 7d).",
+)
 def fetch(
     names: tuple[str, ...],
     org: str | None,
@@ -197,14 +208,22 @@ def fetch(
     fmt: str,
     as_json: bool,
     raw: bool,
+    fallback_only: bool,
+    no_fallback: bool,
+    fallback_max_age: str | None,
 ) -> None:
     """Print secrets with their values (all, or NAMES) in a chosen format.
 
     References to other secrets (${NAME}, ${env.NAME}) are resolved unless --raw.
     """
     from crate_cli.formats import dotenv_docker_incompatible, dotenv_interpolated, render
+    from crate_cli.runner import fallback_policy
 
-    _, client, env_name = _client(org, env)
+    policy = fallback_policy(fallback_only, no_fallback, fallback_max_age)
+    session = Session.for_terminal()
+    org_name = session.org(org)
+    client = session.client(org_name, policy)
+    env_name = session.env(env)
     found = client.retrieve(env_name, list(names), split_tags(tags))
     pairs = [(s.name, s.value) for s in found]
     if not raw:

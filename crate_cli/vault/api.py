@@ -17,6 +17,13 @@ Routes (DESIGN §4; the ones marked * are crate's extensions):
   * GET    /organization/{org}/environments
   * POST   /organization/{org}/environments               {"name"}
   * DELETE /organization/{org}/environments/{env}
+  * GET    /whoami                                      who the caller is
+
+Each route needs a permission (`read`, `write` or `admin`); a principal has a
+role that grants some of them, optionally limited to environments and tags
+(DESIGN §5). Local callers (the CLI in-process, the agent) are admins; the
+HTTP server authenticates a bearer token per request against the org named
+in the path.
 
 Errors are `{"error": {"code", "message", "hint"}}` with the status and
 stable code of the `CrateError` raised.
@@ -28,25 +35,61 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from crate_cli.errors import CrateError, InvalidInput, NotFound, SealedTransportRequired
+from crate_cli.errors import (
+    CrateError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    SealedTransportRequired,
+    TokenExpired,
+    Unauthorized,
+)
 from crate_cli.vault.service import SealedItem, VaultService
 
 MAX_RETRIEVE_NAMES = 1000
+# What each role may do.
+GRANTS = {
+    "admin": frozenset({"read", "write", "admin"}),
+    "writer": frozenset({"read", "write"}),
+    "reader": frozenset({"read"}),
+}
+_NEEDS_TEXT = {
+    "read": "read secrets",
+    "write": "change secrets",
+    "admin": "manage environments",
+}
 
 
 class Principal(NamedTuple):
-    """Who is calling: the actor recorded in history, and through which client."""
+    """Who is calling: the actor recorded in history, through which client, and
+    what they may do (empty envs or tags: no limit)."""
 
     actor: str
     client: str = "cli"
+    role: str = "admin"
+    envs: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()
+    token: str | None = None  # the token's name, for a token principal
+    org: str | None = None  # the org a token belongs to
+
+    def allow_env(self, env: str) -> None:
+        if self.envs and env not in self.envs:
+            raise Forbidden(
+                f"token {self.token!r} is limited to the environments "
+                f"{', '.join(sorted(self.envs))}, not {env!r}"
+            )
 
 
 class Request(NamedTuple):
+    """One API call. `principal` is None when the caller must authenticate
+    with `token` (the HTTP server); transports that know the caller set it."""
+
     method: str
     path: str
-    principal: Principal
+    principal: Principal | None
     query: Mapping[str, str] = MappingProxyType({})
     body: Any = None
+    token: str | None = None
 
 
 class Response(NamedTuple):
@@ -54,17 +97,39 @@ class Response(NamedTuple):
     body: dict[str, Any]
 
 
-Handler = Callable[["ApiCore", Request, dict[str, str]], Response]
-# (method, path segments, handler); a segment `{x}` matches any one segment.
-_ROUTES: list[tuple[str, tuple[str, ...], Handler]] = []
+class Call(NamedTuple):
+    """A routed request: its authenticated principal and path parameters."""
+
+    request: Request
+    principal: Principal
+    params: dict[str, str]
+
+    @property
+    def body(self) -> Any:
+        return self.request.body
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        return self.request.query
 
 
-def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
+Handler = Callable[["ApiCore", Call], Response]
+# (method, path segments, permission, handler); a segment `{x}` matches any
+# one segment; permission None means any authenticated caller.
+_ROUTES: list[tuple[str, tuple[str, ...], str | None, Handler]] = []
+
+
+def route(method: str, pattern: str, need: str | None) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
-        _ROUTES.append((method, tuple(pattern.split("/")), fn))
+        _ROUTES.append((method, tuple(pattern.split("/")), need, fn))
         return fn
 
     return register
+
+
+def routes() -> list[tuple[str, str]]:
+    """(method, path pattern) of every route, for the OpenAPI check."""
+    return [(method, "/".join(pattern)) for method, pattern, _, _ in _ROUTES]
 
 
 def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
@@ -123,21 +188,24 @@ def _query_env(query: Mapping[str, str]) -> str:
 
 
 class ApiCore:
-    def __init__(self, service: VaultService) -> None:
+    def __init__(self, service: VaultService, orgs: frozenset[str] | None = None) -> None:
+        """`orgs` limits what is served (None: every org of the home)."""
         self.service = service
+        self.orgs = orgs
 
     def handle(self, request: Request) -> Response:
         """Route a request; every CrateError becomes its JSON error response."""
         try:
             path_matched = False
             segments = request.path.split("/")
-            for method, pattern, fn in _ROUTES:
+            for method, pattern, need, fn in _ROUTES:
                 params = _match(pattern, segments)
                 if params is None:
                     continue
                 path_matched = True
                 if method == request.method:
-                    return fn(self, request, params)
+                    principal = self._authorize(request, params.get("org"), need)
+                    return fn(self, Call(request, principal, params))
             if path_matched:
                 return Response(
                     405,
@@ -153,15 +221,91 @@ class ApiCore:
         except CrateError as e:
             return error_response(e)
 
+    def _served(self, org: str) -> None:
+        if self.orgs is not None and org not in self.orgs:
+            raise NotFound(f"organization {org!r} is not served here")
+
+    def _authorize(self, request: Request, org: str | None, need: str | None) -> Principal:
+        """The caller, checked against the route's permission and org."""
+        principal = request.principal
+        if principal is None:
+            principal = self._authenticate(request.token, org)
+        elif org is not None:
+            self._served(org)
+        if principal.org is not None and org is not None and principal.org != org:
+            raise Forbidden(f"token {principal.token!r} belongs to organization {principal.org!r}")
+        if need is not None and need not in GRANTS.get(principal.role, frozenset()):
+            raise Forbidden(
+                f"token {principal.token!r} has the role {principal.role}, which cannot "
+                f"{_NEEDS_TEXT[need]}"
+            )
+        return principal
+
+    def _authenticate(self, token: str | None, org: str | None) -> Principal:
+        from crate_cli.vault import tokens
+        from crate_cli.vault.masterkey import utc_now
+
+        if not token:
+            raise Unauthorized(
+                "this server needs an API token (Authorization: Bearer crate_...)",
+                "log in with: crate login --server URL",
+            )
+        invalid = Unauthorized(
+            "the API token is not valid here (unknown, revoked or mistyped)",
+            "ask an admin of the server for a token: crate token create NAME --role reader",
+        )
+        if org is None:
+            from crate_cli.vault.orgs import list_orgs
+
+            # /whoami: the token says which org it belongs to.
+            for candidate in list_orgs(self.service.home):
+                try:
+                    return self._authenticate(token, candidate)
+                except TokenExpired:
+                    raise
+                except Unauthorized:
+                    pass
+            raise invalid
+        if self.orgs is not None and org not in self.orgs:
+            raise invalid  # not served: no token can be valid for it
+        try:
+            keys = self.service.org(org)
+        except NotFound:
+            raise invalid from None  # an unknown org is not revealed to strangers
+        info = tokens.authenticate(keys, token, utc_now())
+        return Principal(
+            actor=f"token:{info.name}",
+            client="server",
+            role=info.role,
+            envs=frozenset(info.envs),
+            tags=frozenset(info.tags),
+            token=info.name,
+            org=org,
+        )
+
     # -- routes -------------------------------------------------------------
 
-    @route("GET", "/organization/{org}/secrets/public-key")
-    def _public_key(self, req: Request, p: dict[str, str]) -> Response:
-        return Response(200, self.service.public_key(p["org"]))
+    @route("GET", "/whoami", None)
+    def _whoami(self, call: Call) -> Response:
+        p = call.principal
+        body: dict[str, Any] = {
+            "actor": p.actor,
+            "client": p.client,
+            "role": p.role,
+            "organization": p.org,
+            "environments": sorted(p.envs),
+            "tags": sorted(p.tags),
+            "token": p.token,
+        }
+        return Response(200, body)
 
-    @route("PUT", "/organization/{org}/secrets")
-    def _store(self, req: Request, p: dict[str, str]) -> Response:
-        body = req.body
+    @route("GET", "/organization/{org}/secrets/public-key", None)
+    def _public_key(self, call: Call) -> Response:
+        return Response(200, self.service.public_key(call.params["org"]))
+
+    @route("PUT", "/organization/{org}/secrets", "write")
+    def _store(self, call: Call) -> Response:
+        p, body = call.params, call.body
         if not isinstance(body, dict):
             raise InvalidInput("the request body must be a JSON object")
         if (
@@ -174,6 +318,8 @@ class ApiCore:
                 "key (JWE RSA-OAEP-256/A256GCM) and send sealed=true; plaintext is rejected",
             )
         env = _field(body, "environment", str)
+        call.principal.allow_env(env)
+        scope = call.principal.tags
         if "encrypted_values" in body:
             entries = _field(body, "secrets", list)
             items = []
@@ -186,7 +332,8 @@ class ApiCore:
                 env,
                 None,
                 (items, _field(body, "encrypted_values", str)),
-                req.principal.actor,
+                call.principal.actor,
+                tag_scope=scope,
             )
             return Response(200, {"secrets": [r.to_wire() for r in records]})
         tags = body.get("tags")
@@ -194,19 +341,29 @@ class ApiCore:
             _field(body, "name", str), None if tags is None else _str_list(tags, "tags")
         )
         (record,) = self.service.store_sealed(
-            p["org"], env, [(item, body["encrypted_value"])], None, req.principal.actor
+            p["org"],
+            env,
+            [(item, body["encrypted_value"])],
+            None,
+            call.principal.actor,
+            tag_scope=scope,
         )
         return Response(200, record.to_wire())
 
-    @route("GET", "/organization/{org}/secrets")
-    def _list(self, req: Request, p: dict[str, str]) -> Response:
-        records = self.service.list_secrets(p["org"], _query_env(req.query), _query_tags(req.query))
+    @route("GET", "/organization/{org}/secrets", "read")
+    def _list(self, call: Call) -> Response:
+        env = _query_env(call.query)
+        call.principal.allow_env(env)
+        records = self.service.list_secrets(
+            call.params["org"], env, _query_tags(call.query), call.principal.tags
+        )
         return Response(200, {"secrets": [r.to_wire() for r in records]})
 
-    @route("POST", "/organization/{org}/secrets/retrieve")
-    def _retrieve(self, req: Request, p: dict[str, str]) -> Response:
-        body = req.body
+    @route("POST", "/organization/{org}/secrets/retrieve", "read")
+    def _retrieve(self, call: Call) -> Response:
+        body = call.body
         env = _field(body, "environment", str)
+        call.principal.allow_env(env)
         names = _str_list(body.get("names"), "names")
         if len(names) > MAX_RETRIEVE_NAMES:
             raise InvalidInput(f"at most {MAX_RETRIEVE_NAMES} names per retrieval")
@@ -220,46 +377,66 @@ class ApiCore:
         if not 16 <= len(nonce) <= 128:
             raise InvalidInput("the nonce must be 16 to 128 characters")
         bundle = self.service.retrieve(
-            p["org"],
+            call.params["org"],
             env,
             names,
             _str_list(body.get("tags"), "tags"),
             versions,
             _field(body, "public_key", dict),
             nonce,
+            call.principal.tags,
         )
         return Response(200, {"bundle": bundle})
 
-    @route("DELETE", "/organization/{org}/secrets/{name}")
-    def _delete(self, req: Request, p: dict[str, str]) -> Response:
-        r = self.service.delete(p["org"], _query_env(req.query), p["name"], req.principal.actor)
+    @route("DELETE", "/organization/{org}/secrets/{name}", "write")
+    def _delete(self, call: Call) -> Response:
+        env = _query_env(call.query)
+        call.principal.allow_env(env)
+        r = self.service.delete(
+            call.params["org"],
+            env,
+            call.params["name"],
+            call.principal.actor,
+            call.principal.tags,
+        )
         return Response(200, {"name": r.name, "environment": r.env, "version": r.version})
 
-    @route("GET", "/organization/{org}/secrets/{name}/versions")
-    def _history(self, req: Request, p: dict[str, str]) -> Response:
-        env = _query_env(req.query)
-        versions = self.service.history(p["org"], env, p["name"])
-        return Response(200, {"name": p["name"], "environment": env, "versions": versions})
+    @route("GET", "/organization/{org}/secrets/{name}/versions", "read")
+    def _history(self, call: Call) -> Response:
+        env = _query_env(call.query)
+        call.principal.allow_env(env)
+        name = call.params["name"]
+        versions = self.service.history(call.params["org"], env, name, call.principal.tags)
+        return Response(200, {"name": name, "environment": env, "versions": versions})
 
-    @route("POST", "/organization/{org}/secrets/{name}/rollback")
-    def _rollback(self, req: Request, p: dict[str, str]) -> Response:
-        to = _field(req.body, "to", int)
+    @route("POST", "/organization/{org}/secrets/{name}/rollback", "write")
+    def _rollback(self, call: Call) -> Response:
+        to = _field(call.body, "to", int)
+        env = _field(call.body, "environment", str)
+        call.principal.allow_env(env)
         r = self.service.rollback(
-            p["org"], _field(req.body, "environment", str), p["name"], to, req.principal.actor
+            call.params["org"],
+            env,
+            call.params["name"],
+            to,
+            call.principal.actor,
+            call.principal.tags,
         )
         return Response(200, r.to_wire())
 
-    @route("GET", "/organization/{org}/environments")
-    def _envs(self, req: Request, p: dict[str, str]) -> Response:
-        return Response(200, {"environments": self.service.list_envs(p["org"])})
+    @route("GET", "/organization/{org}/environments", "read")
+    def _envs(self, call: Call) -> Response:
+        envs = self.service.list_envs(call.params["org"])
+        allowed = call.principal.envs
+        return Response(200, {"environments": [e for e in envs if not allowed or e in allowed]})
 
-    @route("POST", "/organization/{org}/environments")
-    def _create_env(self, req: Request, p: dict[str, str]) -> Response:
-        name = _field(req.body, "name", str)
-        self.service.create_env(p["org"], name)
+    @route("POST", "/organization/{org}/environments", "admin")
+    def _create_env(self, call: Call) -> Response:
+        name = _field(call.body, "name", str)
+        self.service.create_env(call.params["org"], name)
         return Response(201, {"name": name})
 
-    @route("DELETE", "/organization/{org}/environments/{env}")
-    def _delete_env(self, req: Request, p: dict[str, str]) -> Response:
-        removed = self.service.delete_env(p["org"], p["env"])
-        return Response(200, {"name": p["env"], "secrets_deleted": removed})
+    @route("DELETE", "/organization/{org}/environments/{env}", "admin")
+    def _delete_env(self, call: Call) -> Response:
+        removed = self.service.delete_env(call.params["org"], call.params["env"])
+        return Response(200, {"name": call.params["env"], "secrets_deleted": removed})

@@ -38,6 +38,7 @@ MASTER_CHECK = "crate/master-check/v1"
 ROW_MAC_KEY = "crate/row-mac-key/v1"
 SECRET_HEAD = "crate/secret-head/v1"
 SECRET_VERSION = "crate/secret-version/v1"
+API_TOKEN = "crate/api-token/v1"
 MAC_BYTES = 32
 
 

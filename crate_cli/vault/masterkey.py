@@ -210,6 +210,11 @@ class MasterKeys:
             "it was pruned or the registry was replaced; restore keys/ from a backup",
         )
 
+    def forget(self) -> None:
+        """Drop every unlocked key (the agent, when it locks). Python cannot
+        overwrite immutable bytes; dropping the last reference is what it can do."""
+        self._unlocked.clear()
+
     def unlock(self, version: int) -> bytes:
         """Return master key `version`, unsealing it through its slots once.
 

@@ -15,6 +15,7 @@ ORG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 ENV_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 SECRET_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
 TAG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}")
 
 ORG_RULE = "lowercase letters, digits and '-', starting with a letter or digit, at most 63"
 ENV_RULE = "lowercase letters, digits, '_' and '-', starting with a letter or digit, at most 63"
@@ -26,6 +27,7 @@ TAG_RULE = (
     "lowercase letters, digits, '_', '.' and '-', starting with a letter or digit, at most 63"
 )
 
+TOKEN_RULE = "letters, digits, '_', '.', '@' and '-', starting with a letter or digit, at most 63"
 
 # A rejected name is repeated only when it looks like a name: a URL, a
 # password with punctuation or a long token pasted by mistake is not echoed.
@@ -59,6 +61,10 @@ def check_secret_name(name: str) -> str:
 
 def check_tag(name: str) -> str:
     return _check("tag", name, TAG_RE, TAG_RULE)
+
+
+def check_token_name(name: str) -> str:
+    return _check("token", name, TOKEN_RE, TOKEN_RULE)
 
 
 def check_tags(tags: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ from crate_cli.config import CrateHome
 from crate_cli.errors import (
     Conflict,
     CrateError,
+    Forbidden,
     IntegrityError,
     InvalidInput,
     InvalidSealedValue,
@@ -83,6 +84,15 @@ def _tags(text: str) -> list[str]:
     if not isinstance(tags, list):
         raise IntegrityError()
     return [str(t) for t in tags]
+
+
+def _outside(scope: frozenset[str], tags: list[str]) -> bool:
+    """Whether a secret with `tags` is outside a token's tag scope (empty: no limit)."""
+    return bool(scope) and scope.isdisjoint(tags)
+
+
+def _scope_text(scope: frozenset[str]) -> str:
+    return ", ".join(sorted(scope))
 
 
 def _record(row: tuple[Any, ...], env: str) -> SecretRecord:
@@ -357,6 +367,7 @@ class VaultService:
         batch: tuple[list[SealedItem], str] | None,
         actor: str,
         action: str = "set",
+        tag_scope: frozenset[str] = frozenset(),
     ) -> list[SecretRecord]:
         """Unseal and store values; all of them in one transaction, or none.
 
@@ -420,6 +431,7 @@ class VaultService:
                         actor,
                         action,
                         now,
+                        tag_scope,
                     )
                 )
         return out
@@ -447,14 +459,27 @@ class VaultService:
         actor: str,
         action: str,
         now: str,
+        tag_scope: frozenset[str] = frozenset(),
     ) -> SecretRecord:
-        """Append one version (a value, or a tombstone when `text` is None)."""
+        """Append one version (a value, or a tombstone when `text` is None).
+
+        With a `tag_scope`, the secret must carry one of its tags both before
+        (unless it was deleted) and after the change."""
         head = self._head(db, keys, env, name)
         version = 1 if head is None else head[1] + 1
         if tags is not None:
             tag_list = check_tags(tags)
         else:
             tag_list = [] if head is None else _tags(head[3])
+        if tag_scope and (
+            _outside(tag_scope, tag_list)
+            or (head is not None and not head[2] and _outside(tag_scope, _tags(head[3])))
+        ):
+            raise Forbidden(
+                f"secret {name} in {keys.org}/{env} would not carry one of this token's tags "
+                f"({_scope_text(tag_scope)})",
+                "a token limited to tags can change only secrets tagged with one of them",
+            )
         tag_text = json.dumps(tag_list)
         deleted = int(text is None)
         head_mac = keys.head_mac(env, (name, version, deleted, tag_text, now, actor))
@@ -501,7 +526,9 @@ class VaultService:
 
     # -- reads ----------------------------------------------------------------
 
-    def list_secrets(self, org: str, env: str, tags: list[str]) -> list[SecretRecord]:
+    def list_secrets(
+        self, org: str, env: str, tags: list[str], tag_scope: frozenset[str] = frozenset()
+    ) -> list[SecretRecord]:
         keys = self.org(org)
         want = set(check_tags(tags))
         with keys.store.read() as db:
@@ -518,7 +545,11 @@ class VaultService:
             if row[7] != row[1]:
                 raise IntegrityError()
             record = _record(row, env)
-            if not record.deleted and want.issubset(record.tags):
+            if (
+                not record.deleted
+                and want.issubset(record.tags)
+                and not _outside(tag_scope, record.tags)
+            ):
                 out.append(record)
         return out
 
@@ -529,6 +560,7 @@ class VaultService:
         names: list[str],
         tags: list[str],
         versions: dict[str, int] | None = None,
+        tag_scope: frozenset[str] = frozenset(),
     ) -> list[SecretValue]:
         """Decrypt the selected secrets: the named ones (all when none are named)
         carrying every tag in `tags`; `versions` picks older versions by name.
@@ -558,6 +590,13 @@ class VaultService:
             if deleted and not explicit:
                 continue
             found.add(name)
+            if _outside(tag_scope, _tags(tag_text)):
+                if name in names:
+                    raise Forbidden(
+                        f"secret {name} in {org}/{env} carries none of this token's tags "
+                        f"({_scope_text(tag_scope)})"
+                    )
+                continue
             if want and not want.issubset(_tags(tag_text)):
                 if name in names:
                     raise NotFound(
@@ -618,13 +657,14 @@ class VaultService:
         versions: dict[str, int] | None,
         client_jwk: object,
         nonce: str,
+        tag_scope: frozenset[str] = frozenset(),
     ) -> str:
         """The ephemeral retrieval: selected values, encrypted to the client's key."""
         try:
             public = jwe.public_key_from_jwk(client_jwk)
         except IntegrityError as e:  # a bad request, not a damaged vault
             raise InvalidInput(e.message) from None
-        selected = self.read_values(org, env, names, tags, versions)
+        selected = self.read_values(org, env, names, tags, versions, tag_scope)
         bundle = {
             "org": org,
             "environment": env,
@@ -634,7 +674,9 @@ class VaultService:
         plaintext = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         return jwe.encrypt(public, plaintext)
 
-    def history(self, org: str, env: str, name: str) -> list[dict[str, Any]]:
+    def history(
+        self, org: str, env: str, name: str, tag_scope: frozenset[str] = frozenset()
+    ) -> list[dict[str, Any]]:
         """Every version's metadata (no values), each row authenticated; a removed
         version shows as a gap and fails with IntegrityError."""
         keys = self.org(org)
@@ -644,6 +686,11 @@ class VaultService:
             head = self._head(db, keys, env, name)
             if head is None:
                 raise NotFound(f"no secret {name} in {org}/{env}")
+            if _outside(tag_scope, _tags(head[3])):
+                raise Forbidden(
+                    f"secret {name} in {org}/{env} carries none of this token's tags "
+                    f"({_scope_text(tag_scope)})"
+                )
             rows = db.execute(
                 "SELECT version, action, org_dek_version, tags, created_at, actor, mac, "
                 "ciphertext IS NULL FROM secret_versions WHERE secret_id = ? ORDER BY version",
@@ -669,7 +716,9 @@ class VaultService:
 
     # -- changes without a value from the client ------------------------------------
 
-    def delete(self, org: str, env: str, name: str, actor: str) -> SecretRecord:
+    def delete(
+        self, org: str, env: str, name: str, actor: str, tag_scope: frozenset[str] = frozenset()
+    ) -> SecretRecord:
         keys = self.org(org)
         check_secret_name(name)
         with keys.store.write() as db:
@@ -678,14 +727,33 @@ class VaultService:
             if head is None or head[2]:
                 raise NotFound(f"no secret {name} in {org}/{env}")
             return self._write_version(
-                db, keys, env, name, None, None, None, None, actor, "delete", utc_now()
+                db,
+                keys,
+                env,
+                name,
+                None,
+                None,
+                None,
+                None,
+                actor,
+                "delete",
+                utc_now(),
+                tag_scope,
             )
 
-    def rollback(self, org: str, env: str, name: str, to: int, actor: str) -> SecretRecord:
+    def rollback(
+        self,
+        org: str,
+        env: str,
+        name: str,
+        to: int,
+        actor: str,
+        tag_scope: frozenset[str] = frozenset(),
+    ) -> SecretRecord:
         """Write the value of version `to` as a new version (history is kept)."""
         keys = self.org(org)
         check_secret_name(name)
-        (old,) = self.read_values(org, env, [name], [], {name: to})
+        (old,) = self.read_values(org, env, [name], [], {name: to}, tag_scope)
         with keys.store.write() as db:
             dek_version = keys.current_dek_version(db)
             return self._write_version(
@@ -700,6 +768,7 @@ class VaultService:
                 actor,
                 "rollback",
                 utc_now(),
+                tag_scope,
             )
 
 

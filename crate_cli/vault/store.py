@@ -23,7 +23,7 @@ from pathlib import Path
 
 from crate_cli.errors import Conflict, CrateError, NotFound, UnsupportedVersion, VaultCorrupted
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 # The first 16 bytes of every SQLite 3 file.
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -85,8 +85,24 @@ CREATE TABLE secret_versions (
 CREATE INDEX secret_versions_by_org_dek ON secret_versions (org_dek_version);
 """
 
+# API tokens (crate_cli/vault/tokens.py): only a hash of each token; the row
+# is MAC'd under the org row key, so an edited role or scope is refused.
+_TOKENS_TABLE = """
+CREATE TABLE tokens (
+    name TEXT PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    envs TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    mac BLOB NOT NULL
+) STRICT;
+"""
+
 # Forward migrations: MIGRATIONS[n] turns schema n into n + 1.
-MIGRATIONS: dict[int, str] = {}
+MIGRATIONS: dict[int, str] = {1: _TOKENS_TABLE}
 
 
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
@@ -159,7 +175,7 @@ class OrgStore:
         conn.execute("PRAGMA journal_mode = WAL")
         store = cls(path, conn)
         with store.write():
-            for statement in _split_script(_SCHEMA_V1):
+            for statement in _split_script(_SCHEMA_V1 + _TOKENS_TABLE):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return store

@@ -187,7 +187,7 @@ def test_cli_newer_schema_says_upgrade(vault: Path, crate) -> None:
     assert result.returncode == ExitCode.ERROR
     assert result.stderr.splitlines() == [
         f"crate: error: vault {vault} has schema version 99, newer than this crate "
-        "understands (1); it was left untouched",
+        "understands (2); it was left untouched",
         "crate: upgrade crate to use this vault",
     ]
     assert_untouched(vault, digest)

@@ -480,3 +480,31 @@ def _unseal_error(problem: _Problem) -> KeystoreError:
     if problem.kind == "unreachable":
         return KeystoreError(f"the OS keyring is not reachable: {problem.reason}", OTHER_SLOT)
     return KeystoreError(problem.reason, OTHER_SLOT)
+
+
+# -- small secrets of other parts (the remote client's token) ------------------
+
+
+def _credential(fn: Callable[[_Backend], T]) -> T:
+    _keyring()
+    try:
+        return _bounded(lambda: fn(_select(allow_insecure=False)), UNSEAL_TIMEOUT)
+    except _Problem as e:
+        raise KeystoreError(
+            f"the OS keyring could not be used ({e.reason})",
+            "log in again with CRATE_KEYSTORE=file to keep the token in a 0600 file",
+        ) from None
+
+
+def get_credential(username: str) -> str | None:
+    """A value kept in the secure OS keystore under service `crate`."""
+    return _credential(lambda backend: _fetch(backend, username))
+
+
+def set_credential(username: str, value: str, label: str) -> None:
+    _credential(lambda backend: _store(backend, username, value, label))
+
+
+def delete_credential(username: str) -> None:
+    with contextlib.suppress(_Problem, KeystoreError):
+        _credential(lambda backend: _delete(backend, username))

@@ -1,0 +1,128 @@
+"""`crate server`: serve the Crate API over HTTP for teammates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from crate_cli.context import Session
+from crate_cli.errors import InvalidInput, NotFound
+
+
+@click.command()
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Address to listen on (default 127.0.0.1:8787; port 0 picks a free one).",
+)
+@click.option(
+    "--socket", "socket_path", metavar="PATH", help="Listen on a unix socket (0600) instead."
+)
+@click.option("--tls-cert", metavar="FILE", help="Serve HTTPS with this certificate chain (PEM).")
+@click.option("--tls-key", metavar="FILE", help="The certificate's private key (PEM).")
+@click.option("--org", "orgs", multiple=True, metavar="ORG", help="Serve only these organizations.")
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    help="Allow plain HTTP on a non-loopback address (only behind a TLS proxy).",
+)
+@click.option("--workers", default=4, show_default=True, help="Worker threads.")
+@click.option(
+    "--max-in-flight",
+    default=64,
+    show_default=True,
+    help="Requests handled or queued at once; more get 503 with Retry-After.",
+)
+@click.option(
+    "--header-timeout", default=10.0, show_default=True, help="Seconds to receive headers."
+)
+@click.option("--body-timeout", default=10.0, show_default=True, help="Seconds to receive a body.")
+def server(
+    listen: str | None,
+    socket_path: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    orgs: tuple[str, ...],
+    insecure_http: bool,
+    workers: int,
+    max_in_flight: int,
+    header_timeout: float,
+    body_timeout: float,
+) -> None:
+    """Serve the Crate API (sealed store, ephemeral retrieval) over HTTP.
+
+    Clients authenticate with API tokens (crate token create). Stops
+    gracefully on SIGTERM or Ctrl-C: requests in flight finish first.
+    """
+    from crate_cli.server.app import CrateApp, Limits
+    from crate_cli.server.serve import (
+        DEFAULT_LISTEN,
+        bind_tcp,
+        bind_unix,
+        is_loopback,
+        parse_listen,
+        run_uvicorn,
+    )
+    from crate_cli.vault.api import ApiCore
+    from crate_cli.vault.names import check_org
+    from crate_cli.vault.orgs import list_orgs
+    from crate_cli.vault.service import VaultService
+
+    if bool(tls_cert) != bool(tls_key):
+        raise InvalidInput("give both --tls-cert and --tls-key, or neither")
+    for path in (tls_cert, tls_key):
+        if path and not Path(path).is_file():
+            raise NotFound(f"no file {path}")
+    if socket_path and listen:
+        raise InvalidInput("give --listen or --socket, not both")
+    if not 1 <= workers <= 64 or not 1 <= max_in_flight <= 10_000:
+        raise InvalidInput("--workers must be 1-64 and --max-in-flight 1-10000")
+    address = parse_listen(listen or DEFAULT_LISTEN)
+    if not socket_path and not is_loopback(address.host) and not tls_cert and not insecure_http:
+        raise InvalidInput(
+            f"refusing plain HTTP on {address.host}: tokens would cross the network in clear",
+            "give --tls-cert and --tls-key, or --insecure-http if a TLS proxy sits in front",
+        )
+    session = Session.for_terminal()
+    session.init()
+    served = sorted({check_org(o) for o in orgs}) if orgs else None
+    existing = set(list_orgs(session.home))
+    for org in served or []:
+        if org not in existing:
+            raise NotFound(f"organization {org!r} does not exist")
+    # Unlock the master key now, while a prompt can still be answered.
+    session.master.unlock(session.master.current().version)
+    max_value = int(session.settings.get("secrets.max_value_bytes"))
+    scope = frozenset(served) if served else None
+
+    def make_core() -> ApiCore:
+        return ApiCore(VaultService(session.home, session.master, max_value), scope)
+
+    sock = bind_unix(Path(socket_path)) if socket_path else bind_tcp(address)
+    if socket_path:
+        where = f"unix:{socket_path}"
+    else:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        where = f"{'https' if tls_cert else 'http'}://{shown}:{port}"
+    names = ", ".join(served or sorted(existing)) or "(none yet)"
+
+    def started() -> None:
+        click.echo(f"crate: serving {names} on {where} (Ctrl-C or SIGTERM stops)", err=True)
+
+    app = CrateApp(
+        make_core, Limits(max_in_flight=max_in_flight, workers=workers, body_timeout=body_timeout)
+    )
+    try:
+        run_uvicorn(
+            app,
+            sock,
+            tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
+            header_timeout=header_timeout,
+            started=started,
+        )
+    finally:
+        if socket_path:
+            Path(socket_path).unlink(missing_ok=True)
+    click.echo("crate: server stopped", err=True)

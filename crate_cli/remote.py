@@ -1,0 +1,287 @@
+"""The remote client's state: the login, its credentials and the offline copy.
+
+- `login.json` in the crate home records the server URL, the org the token
+  belongs to, an optional CA file and where the credentials live.
+- Credentials (the API token and the key of the offline copies) live in the
+  OS keystore when a secure one exists, else in 0600 files under
+  `credentials/`. The offline copies are only as safe as the token that
+  fetched them, so they share its custody.
+- `CRATE_SERVER`, `CRATE_TOKEN` and `CRATE_CA_FILE` override the login.
+- After each successful remote retrieval the values are kept encrypted
+  (AES-256-GCM, the key above) per server, org, env and selection; when the
+  server cannot be reached, `crate run` and `fetch` use that copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from crate_cli.client import RetrievedSecret, SecretsClient
+from crate_cli.config import CrateHome, ensure_private_dir, write_private_file
+from crate_cli.errors import CrateError, InvalidInput, NotFound, UnsupportedVersion
+
+if TYPE_CHECKING:
+    from crate_cli.transport.http import HttpTransport
+
+LOGIN_FILE = "login.json"
+TOKEN_LABEL = "api-token"
+FALLBACK_KEY_LABEL = "fallback-key"
+FALLBACK_PURPOSE = "crate/fallback/v1"
+DEFAULT_FALLBACK_MAX_AGE = 7 * 86400.0
+
+
+class Credentials:
+    """Small secrets of the remote client, in the OS keystore or 0600 files."""
+
+    def __init__(self, home: CrateHome, where: str) -> None:
+        self.home = home
+        self.where = where  # "keyring" or "file"
+
+    @property
+    def folder(self) -> Path:
+        return self.home.data_dir / "credentials"
+
+    def _username(self, label: str) -> str:
+        digest = hashlib.sha256(str(self.home.data_dir).encode("utf-8")).hexdigest()[:12]
+        return f"{label}:{digest}"
+
+    def get(self, label: str) -> str | None:
+        if self.where == "keyring":
+            from crate_cli.vault.slots.keyring import get_credential
+
+            return get_credential(self._username(label))
+        try:
+            return (self.folder / label).read_text("utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
+    def set(self, label: str, value: str) -> None:
+        if self.where == "keyring":
+            from crate_cli.vault.slots.keyring import set_credential
+
+            set_credential(self._username(label), value, f"crate {label} ({self.home.data_dir})")
+            return
+        ensure_private_dir(self.folder)
+        write_private_file(self.folder / label, value.encode("utf-8"))
+
+    def delete(self, label: str) -> None:
+        if self.where == "keyring":
+            from crate_cli.vault.slots.keyring import delete_credential
+
+            delete_credential(self._username(label))
+            return
+        (self.folder / label).unlink(missing_ok=True)
+
+
+class Login(NamedTuple):
+    server: str
+    org: str | None
+    ca_file: str | None
+    credentials: str  # where the token is: "keyring" or "file"
+
+
+def read_login(home: CrateHome) -> Login | None:
+    path = home.data_dir / LOGIN_FILE
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        raise CrateError(
+            f"{path} is not readable JSON", "log in again: crate logout; crate login"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != 1:
+        raise UnsupportedVersion(f"{path} was written by another version of crate")
+    return Login(
+        str(data["server"]),
+        data.get("org"),
+        data.get("ca_file"),
+        str(data.get("credentials", "file")),
+    )
+
+
+def write_login(home: CrateHome, login: Login) -> None:
+    ensure_private_dir(home.data_dir)
+    data = {"format": 1, **login._asdict()}
+    write_private_file(home.data_dir / LOGIN_FILE, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def remove_login(home: CrateHome) -> Login | None:
+    login = read_login(home)
+    if login is not None:
+        Credentials(home, login.credentials).delete(TOKEN_LABEL)
+    (home.data_dir / LOGIN_FILE).unlink(missing_ok=True)
+    return login
+
+
+class Remote(NamedTuple):
+    """The server this command talks to, and with what."""
+
+    server: str
+    token: str
+    org: str | None
+    ca_file: str | None
+    credentials: Credentials
+
+    def transport(self) -> HttpTransport:
+        from crate_cli.transport.http import HttpTransport
+
+        return HttpTransport(self.server, self.token, self.ca_file)
+
+
+def resolve_remote(home: CrateHome, environ: dict[str, str]) -> Remote | None:
+    """The remote from CRATE_SERVER/CRATE_TOKEN or the login; None for local use."""
+    login = read_login(home)
+    server = environ.get("CRATE_SERVER") or (login.server if login else None)
+    if not server:
+        if environ.get("CRATE_TOKEN"):
+            raise InvalidInput(
+                "CRATE_TOKEN is set but no server is: set CRATE_SERVER or run crate login"
+            )
+        return None
+    from crate_cli.transport.http import check_server_url
+
+    server = check_server_url(server)
+    same = login is not None and login.server == server
+    where = login.credentials if login is not None and same else "file"
+    credentials = Credentials(home, where)
+    token = environ.get("CRATE_TOKEN") or (credentials.get(TOKEN_LABEL) if same else None)
+    if not token:
+        raise InvalidInput(
+            f"no API token for {server}",
+            "log in with: crate login --server URL, or set CRATE_TOKEN",
+        )
+    ca_file = environ.get("CRATE_CA_FILE") or (login.ca_file if login and same else None)
+    return Remote(server, token, login.org if login and same else None, ca_file, credentials)
+
+
+# -- the offline copy ----------------------------------------------------------
+
+
+class FallbackPolicy(NamedTuple):
+    mode: str = "auto"  # auto: when unreachable; only: never contact; never: no copy
+    max_age: float = DEFAULT_FALLBACK_MAX_AGE
+
+
+def _age_text(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+class FallbackClient(SecretsClient):
+    """A remote client whose retrievals are kept for when the server is down."""
+
+    def __init__(
+        self,
+        transport: HttpTransport,
+        org: str,
+        ephemeral_bits: int,
+        home: CrateHome,
+        credentials: Credentials,
+        policy: FallbackPolicy,
+        notify: Any,
+    ) -> None:
+        super().__init__(transport, org, ephemeral_bits)
+        self.home = home
+        self.server = transport.base_url
+        self.credentials = credentials
+        self.policy = policy
+        self.notify = notify
+
+    def _copy_path(self, env: str, selection: str) -> tuple[Path, bytes]:
+        ident = "|".join([self.server, self.org, env, selection])
+        digest = hashlib.sha256(ident.encode("utf-8")).hexdigest()[:40]
+        return self.home.data_dir / "fallback" / f"{digest}.copy", ident.encode("utf-8")
+
+    def _key(self, create: bool) -> bytes | None:
+        import base64
+
+        text = self.credentials.get(FALLBACK_KEY_LABEL)
+        if text is None:
+            if not create:
+                return None
+            text = base64.b64encode(os.urandom(32)).decode("ascii")
+            self.credentials.set(FALLBACK_KEY_LABEL, text)
+        return base64.b64decode(text)
+
+    def retrieve(
+        self,
+        env: str,
+        names: list[str] | None = None,
+        tags: list[str] | None = None,
+        versions: dict[str, int] | None = None,
+        ephemeral: Any = None,
+    ) -> list[RetrievedSecret]:
+        selection = json.dumps(
+            [sorted(names or []), sorted(tags or []), sorted((versions or {}).items())]
+        )
+        path, aad = self._copy_path(env, selection)
+        if self.policy.mode == "only":
+            return self._from_copy(path, aad, env, None)
+        from crate_cli.transport.http import ServerUnreachable
+
+        try:
+            found = super().retrieve(env, names, tags, versions, ephemeral)
+        except ServerUnreachable as e:
+            if self.policy.mode == "never":
+                raise
+            return self._from_copy(path, aad, env, e)
+        if self.policy.mode != "never":
+            self._save(path, aad, found)
+        return found
+
+    def _save(self, path: Path, aad: bytes, found: list[RetrievedSecret]) -> None:
+        from crate_cli.vault import crypto
+
+        key = self._key(create=True)
+        assert key is not None
+        plaintext = json.dumps(
+            {"saved_at": time.time(), "secrets": [list(s) for s in found]},
+            ensure_ascii=False,
+        ).encode("utf-8")
+        ensure_private_dir(path.parent)
+        write_private_file(
+            path, crypto.encrypt(key, plaintext, crypto.aad(FALLBACK_PURPOSE, aad.hex()))
+        )
+
+    def _from_copy(
+        self, path: Path, aad: bytes, env: str, error: CrateError | None
+    ) -> list[RetrievedSecret]:
+        from crate_cli.vault import crypto
+
+        where = f"{self.org}/{env} from {self.server}"
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            missing = NotFound(
+                f"no offline copy of {where} is kept here",
+                "run the command once while the server is reachable",
+            )
+            if error is not None:
+                error.hint = f"and no offline copy of {where} is kept here"
+                raise error from None
+            raise missing from None
+        key = self._key(create=False)
+        if key is None:
+            raise NotFound(f"the key of the offline copy of {where} is missing")
+        data = json.loads(crypto.decrypt(key, blob, crypto.aad(FALLBACK_PURPOSE, aad.hex())))
+        age = max(0.0, time.time() - float(data["saved_at"]))
+        if age > self.policy.max_age:
+            raise CrateError(
+                f"the offline copy of {where} is {_age_text(age)} old, older than "
+                f"--fallback-max-age {_age_text(self.policy.max_age)}",
+                "reach the server again, or allow an older copy with --fallback-max-age",
+            )
+        if error is not None:
+            self.notify(
+                f"crate: warning: {error.message}; using the offline copy of {where} "
+                f"saved {_age_text(age)} ago"
+            )
+        return [RetrievedSecret(str(n), str(v), int(ver)) for n, v, ver in data["secrets"]]

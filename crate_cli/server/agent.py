@@ -1,0 +1,254 @@
+"""The local agent: the server role on a unix socket, with the master key unlocked.
+
+`crate agent start` unlocks the master key once (asking for what its slots
+need), then forks a background process that serves the API core on a unix
+socket in the user's runtime folder: a 0700 folder, a 0600 socket, and a
+peer-credential check that refuses any other uid. Local commands find the
+socket and use it instead of unlocking the vault themselves; with no agent
+they run the server role in-process, with the same result.
+
+The agent forgets the key (drops every cached key and exits) after
+`--idle-timeout` without a request, on `crate agent stop`, and on SIGTERM.
+
+Only the standard library is imported at module level: `socket_path` runs
+on every local command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crate_cli.errors import CrateError, KeystoreError
+
+if TYPE_CHECKING:
+    from crate_cli.config import CrateHome
+    from crate_cli.context import Session
+    from crate_cli.transport.http import HttpTransport
+
+DEFAULT_IDLE_TIMEOUT = 15 * 60.0
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
+
+
+def runtime_dir(create: bool) -> Path | None:
+    """The user's private runtime folder for crate (None if absent and not created).
+
+    `$XDG_RUNTIME_DIR/crate` when the session has one, else a `crate-UID`
+    folder in the temp dir. A folder that another user owns or that others
+    can enter is refused: its socket could be someone else's.
+    """
+    uid = os.getuid()
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isabs(base) and os.path.isdir(base):
+        folder = Path(base) / "crate"
+    else:
+        import tempfile
+
+        folder = Path(tempfile.gettempdir()) / f"crate-{uid}"
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        if not create:
+            return None
+        old = os.umask(0o077)
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+        finally:
+            os.umask(old)
+        info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
+        raise KeystoreError(
+            f"{folder} is not a private folder of uid {uid}; the agent will not use it",
+            f"remove it, or fix it with: chmod 700 {folder}",
+        )
+    return folder
+
+
+def socket_path(home: CrateHome, create: bool = False) -> Path | None:
+    folder = runtime_dir(create)
+    if folder is None:
+        return None
+    digest = hashlib.sha256(str(home.data_dir).encode("utf-8")).hexdigest()[:16]
+    return folder / f"agent-{digest}.sock"
+
+
+def running_transport(home: CrateHome) -> HttpTransport | None:
+    """A transport to this home's agent if its socket exists (one stat when not)."""
+    try:
+        path = socket_path(home)
+    except KeystoreError:
+        return None
+    if path is None or not path.exists():
+        return None
+    from crate_cli.transport.http import HttpTransport
+
+    return HttpTransport("http://agent", None, unix_socket=str(path))
+
+
+def status(home: CrateHome) -> dict[str, Any] | None:
+    """The running agent's status, or None when none answers."""
+    from crate_cli.transport.http import ServerUnreachable
+
+    transport = running_transport(home)
+    if transport is None:
+        return None
+    try:
+        return transport.request("GET", "/agent")
+    except ServerUnreachable:
+        return None
+    finally:
+        transport.close()
+
+
+def start(session: Session, idle_timeout: float) -> dict[str, Any]:
+    """Start the agent for `session.home`; returns its status."""
+    import signal
+    import sys
+
+    running = status(session.home)
+    if running is not None:
+        return {**running, "already_running": True}
+    path = socket_path(session.home, create=True)
+    assert path is not None
+    path.unlink(missing_ok=True)  # a stale socket: nothing answered on it
+    session.init()
+    # Unlock here, where a passphrase or PIN prompt can still be answered.
+    session.master.unlock(session.master.current().version)
+    log_path = path.with_suffix(".log")
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the agent
+        os.close(read_end)
+        code = 0
+        try:
+            os.setsid()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _detach(log_path)
+            _serve(session, path, idle_timeout, write_end)
+        except BaseException as e:
+            message = e.message if isinstance(e, CrateError) else type(e).__name__
+            with contextlib.suppress(OSError):
+                os.write(write_end, b"E" + message.encode("utf-8", "replace"))
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    import select
+
+    ready, _, _ = select.select([read_end], [], [], START_TIMEOUT)
+    answer = os.read(read_end, 4096) if ready else b""
+    os.close(read_end)
+    if answer != b"ok":
+        detail = answer[1:].decode("utf-8", "replace") if answer else "no answer"
+        raise CrateError(f"the agent did not start ({detail})", f"see {log_path}")
+    found = status(session.home)
+    if found is None:
+        raise CrateError("the agent started but does not answer", f"see {log_path}")
+    return {**found, "already_running": False}
+
+
+def _detach(log_path: Path) -> None:
+    """Leave the terminal and the caller's pipes: stdin from /dev/null,
+    stdout and stderr to a 0600 log."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
+
+
+def _serve(session: Session, path: Path, idle_timeout: float, ready_fd: int) -> None:
+    import threading
+    import time
+
+    from crate_cli.context import local_actor
+    from crate_cli.server.app import CrateApp, Limits
+    from crate_cli.server.serve import bind_unix, run_uvicorn
+    from crate_cli.vault.api import ApiCore, Principal
+    from crate_cli.vault.masterkey import utc_now
+    from crate_cli.vault.service import VaultService
+
+    max_value = int(session.settings.get("secrets.max_value_bytes"))
+    last = [time.monotonic()]
+    started_at = utc_now()
+
+    def touch() -> None:
+        last[0] = time.monotonic()
+
+    def describe() -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "home": str(session.home.data_dir),
+            "socket": str(path),
+            "started_at": started_at,
+            "idle_timeout": idle_timeout,
+            "idle_for": round(time.monotonic() - last[0], 1),
+        }
+
+    def make_core() -> ApiCore:
+        return ApiCore(VaultService(session.home, session.master, max_value))
+
+    app = CrateApp(
+        make_core,
+        Limits(workers=2),
+        principal=Principal(actor=local_actor(), client="agent"),
+        on_request=touch,
+        extra={"/agent": describe},
+    )
+    sock = bind_unix(path)
+    servers: list[Any] = []
+    stop_watching = threading.Event()
+
+    def watch_idle() -> None:
+        while not stop_watching.wait(0.5):
+            if time.monotonic() - last[0] > idle_timeout and servers:
+                servers[0].should_exit = True
+                return
+
+    def started() -> None:
+        os.write(ready_fd, b"ok")
+        os.close(ready_fd)
+
+    watcher = threading.Thread(target=watch_idle, name="crate-agent-idle", daemon=True)
+    watcher.start()
+    try:
+        run_uvicorn(
+            app,
+            sock,
+            same_uid_only=True,
+            access_log=False,
+            started=started,
+            server_hook=servers.append,
+        )
+    finally:
+        stop_watching.set()
+        path.unlink(missing_ok=True)
+        session.master.forget()
+
+
+def stop(home: CrateHome) -> int | None:
+    """Stop this home's agent; returns its pid, or None if none ran."""
+    import signal
+    import time
+
+    found = status(home)
+    if found is None:
+        return None
+    pid = int(found["pid"])
+    path = Path(str(found["socket"]))
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if path.exists():
+        raise CrateError(f"the agent (pid {pid}) did not stop within {STOP_TIMEOUT:g} s")
+    return pid

@@ -1,0 +1,82 @@
+"""uvicorn's httptools protocol with the guards crate needs on a connection.
+
+- A header timeout: a request's line and headers must arrive within
+  `header_timeout` seconds of the connection opening or of the request's
+  first byte, so a client that trickles headers (slowloris) is cut off.
+  uvicorn itself only times out idle keep-alive connections.
+- On a unix socket, the peer's credentials (SO_PEERCRED) must show the
+  server's own uid; any other caller is disconnected before a byte is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from crate_cli.transport.http import peer_uid
+
+log = logging.getLogger("crate.server")
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    header_timeout: float = 10.0
+    same_uid_only: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if self.same_uid_only and sock is not None and sock.family == socket.AF_UNIX:
+            uid = peer_uid(sock)
+            if uid != os.getuid():
+                log.warning("refused a connection from uid %s (only uid %s)", uid, os.getuid())
+                transport.abort()
+                return
+        self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # Idle between keep-alive requests is uvicorn's keep-alive timeout.
+        self._cancel_header_timer()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+
+def protocol_class(header_timeout: float, same_uid_only: bool) -> type[GuardedProtocol]:
+    return type(
+        "CrateHttpProtocol",
+        (GuardedProtocol,),
+        {"header_timeout": header_timeout, "same_uid_only": same_uid_only},
+    )

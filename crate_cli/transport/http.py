@@ -1,0 +1,222 @@
+"""The HTTP transport: the client side of `crate server` and of the agent.
+
+Built on `http.client` (no third-party client on the `crate run` path), one
+keep-alive connection per transport, over TCP, TLS or a unix socket. The
+server's JSON errors become the same CrateError classes the loopback raises,
+so a command exits the same way against a server as against a local vault.
+
+A token is never sent in clear to another machine: plain `http://` is
+accepted only for loopback addresses. TLS certificates are always verified
+(a private CA can be given).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from crate_cli.errors import CrateError, InvalidInput, error_from_api
+
+TIMEOUT = 30.0
+RETRIES_WHEN_BUSY = 3
+
+
+class ServerUnreachable(CrateError):
+    """No answer from the server: the case the offline fallback covers."""
+
+    api_code = "server_unreachable"
+
+
+class TlsFailure(CrateError):
+    """The server's certificate did not verify."""
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of a unix-socket peer; None where the platform does not say."""
+    import struct
+
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    ucred = struct.Struct("3i")  # pid, uid, gid
+    _, uid, _ = ucred.unpack(sock.getsockopt(socket.SOL_SOCKET, option, ucred.size))
+    return int(uid)
+
+
+def is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_server_url(url: str) -> str:
+    """A server URL without its trailing slash; plain http only for loopback."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(
+            f"invalid server URL {url!r}: use https://HOST[:PORT] (http:// only for loopback)"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise InvalidInput(f"invalid server URL {url!r}: give only scheme, host and port")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise InvalidInput(
+            f"refusing to send a token over plain HTTP to {parts.hostname}",
+            "use https:// (the server takes --tls-cert/--tls-key)",
+        )
+    return url.rstrip("/")
+
+
+class HttpTransport:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        ca_file: str | None = None,
+        unix_socket: str | None = None,
+        timeout: float = TIMEOUT,
+    ) -> None:
+        self.base_url = base_url if unix_socket else check_server_url(base_url)
+        self.token = token
+        self.ca_file = ca_file
+        self.unix_socket = unix_socket
+        self.timeout = timeout
+        self._conn: Any = None
+
+    def describe(self) -> str:
+        return f"the crate agent at {self.unix_socket}" if self.unix_socket else self.base_url
+
+    def _connect(self) -> Any:
+        import http.client
+
+        if self.unix_socket:
+            path = self.unix_socket
+
+            class UnixConnection(http.client.HTTPConnection):
+                def connect(self) -> None:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.settimeout(self.timeout)
+                    try:
+                        sock.connect(path)
+                        uid = peer_uid(sock)
+                        if uid is not None and uid != os.getuid():
+                            raise ConnectionRefusedError(
+                                errno.EPERM, f"the socket belongs to uid {uid}"
+                            )
+                    except OSError:
+                        sock.close()
+                        raise
+                    self.sock = sock
+
+            return UnixConnection("localhost", timeout=self.timeout)
+        parts = urlsplit(self.base_url)
+        if parts.scheme == "https":
+            import ssl
+
+            context = ssl.create_default_context(cafile=self.ca_file)
+            return http.client.HTTPSConnection(
+                parts.hostname or "", parts.port, timeout=self.timeout, context=context
+            )
+        return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=self.timeout)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> dict[str, Any]:
+        target = path + ("?" + urlencode(query) if query else "")
+        data = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        for attempt in range(RETRIES_WHEN_BUSY + 1):
+            status, raw, retry_after = self._exchange(method, target, data, headers)
+            if status != 503 or retry_after is None or attempt == RETRIES_WHEN_BUSY:
+                break
+            time.sleep(min(retry_after, 5.0))
+        try:
+            payload = json.loads(raw) if raw else {}
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            raise CrateError(
+                f"{self.describe()} answered HTTP {status} with something that is not the "
+                "Crate API",
+                "check the server URL",
+            )
+        if status >= 400:
+            error = payload.get("error")
+            if not isinstance(error, dict):
+                raise CrateError(f"{self.describe()} answered HTTP {status}")
+            raised = error_from_api(str(error.get("code")), str(error.get("message")))
+            hint = error.get("hint")
+            raised.hint = hint if isinstance(hint, str) else None
+            raise raised
+        return payload
+
+    def _exchange(
+        self, method: str, target: str, data: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes, float | None]:
+        import http.client
+        import ssl
+
+        # A kept-alive connection the server has closed fails on first use:
+        # one retry on a fresh connection, only when nothing was answered.
+        for fresh in (self._conn is None, True):
+            if fresh:
+                self.close()
+                self._conn = self._connect()
+            try:
+                self._conn.request(method, target, body=data, headers=headers)
+                response = self._conn.getresponse()
+                raw = response.read()
+            except ssl.SSLCertVerificationError as e:
+                self.close()
+                raise TlsFailure(
+                    f"the TLS certificate of {self.describe()} did not verify ({e.verify_message})",
+                    "if it uses a private CA, log in with --ca-file FILE",
+                ) from None
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
+                self.close()
+                if not fresh:
+                    continue
+                raise self._unreachable(e) from None
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                raise self._unreachable(e) from None
+            if response.getheader("Connection", "").lower() == "close":
+                self.close()
+            retry = response.getheader("Retry-After")
+            return (
+                response.status,
+                raw,
+                float(retry) if retry and retry.isdigit() else None,
+            )
+        raise AssertionError("unreachable")
+
+    def _unreachable(self, error: BaseException) -> ServerUnreachable:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        if isinstance(error, TimeoutError):
+            reason = f"no answer within {self.timeout:g} s"
+        return ServerUnreachable(
+            f"cannot reach {self.describe()} ({reason})",
+            "check that the server runs and the address is right",
+        )
