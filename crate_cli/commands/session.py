@@ -56,7 +56,7 @@ def env_set(name: str, org: str | None) -> None:
 @env_option
 @json_option
 def show(org: str | None, env: str | None, as_json: bool) -> None:
-    """Show the org and env commands would use, the home and the keystore."""
+    """Show the server or agent, org and env commands would use, the home and the keystore."""
     s = Session.for_terminal()
     versions = s.master.versions()
     keystore = (
@@ -64,7 +64,12 @@ def show(org: str | None, env: str | None, as_json: bool) -> None:
         if versions
         else "not initialized"
     )
+    remote = s.remote
+    if remote is not None:
+        org = org or remote.org
     info = {
+        "server": remote.server if remote is not None else None,
+        "agent": s.mode == "agent",
         "org": org or str(s.settings.get("session.org") or "") or None,
         "env": s.env(env),
         "home": str(s.home.data_dir),

@@ -54,7 +54,7 @@ def create(
             "%Y-%m-%dT%H:%M:%S.%fZ"
         )
     session = Session.for_terminal()
-    org_name = session.org(org)
+    org_name = session.org(org, local=True)  # tokens live in the local vault
     keys = session.service.org(org_name)
     secret, info = tokens.create(
         keys, name, role, list(envs), split_tags(tags), expires_at, local_actor(), utc_now()
@@ -86,7 +86,7 @@ def list_(org: str | None, as_json: bool) -> None:
     from crate_cli.vault.masterkey import utc_now
 
     session = Session.for_terminal()
-    org_name = session.org(org)
+    org_name = session.org(org, local=True)  # tokens live in the local vault
     found = tokens.list_tokens(session.service.org(org_name))
     now = utc_now()
     if as_json:
@@ -119,6 +119,6 @@ def revoke(name: str, org: str | None) -> None:
     from crate_cli.vault import tokens
 
     session = Session.for_terminal()
-    org_name = session.org(org)
+    org_name = session.org(org, local=True)  # tokens live in the local vault
     tokens.revoke(session.service.org(org_name), name)
     click.echo(f"crate: revoked token {name!r} of {org_name!r}", err=True)

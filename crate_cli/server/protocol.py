@@ -34,6 +34,11 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+            # a socket handed over by its creator may say 0: without it, Nagle
+            # holds each response body back for the client's delayed ACK (40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.same_uid_only and sock is not None and sock.family == socket.AF_UNIX:
             uid = peer_uid(sock)
             if uid != os.getuid():

@@ -51,9 +51,14 @@ def is_loopback(host: str) -> bool:
 
 def bind_tcp(listen: Listen) -> socket.socket:
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server((listen.host, listen.port), family=family, backlog=256)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((listen.host, listen.port))
+        sock.listen(256)
+        return sock
     except OSError as e:
+        sock.close()
         raise InvalidInput(
             f"cannot listen on {listen.host}:{listen.port}: {e.strerror or e}",
             "choose another port with --listen HOST:PORT",

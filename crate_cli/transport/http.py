@@ -1,7 +1,11 @@
 """The HTTP transport: the client side of `crate server` and of the agent.
 
-Built on `http.client` (no third-party client on the `crate run` path), one
-keep-alive connection per transport, over TCP, TLS or a unix socket. The
+Built on `http.client` for TCP and TLS (no third-party client), one
+keep-alive connection per transport. The agent's unix socket gets a minimal
+HTTP/1.1 exchange of our own instead: the agent is crate's own server, which
+always answers with a Content-Length, and `http.client` costs over 20 ms to
+import (it pulls in `email` and `ssl`), which would eat what the agent saves
+on every `crate run`. The
 server's JSON errors become the same CrateError classes the loopback raises,
 so a command exits the same way against a server as against a local vault.
 
@@ -46,6 +50,52 @@ def peer_uid(sock: socket.socket) -> int | None:
     ucred = struct.Struct("3i")  # pid, uid, gid
     _, uid, _ = ucred.unpack(sock.getsockopt(socket.SOL_SOCKET, option, ucred.size))
     return int(uid)
+
+
+class _UnixConnection:
+    """One keep-alive HTTP/1.1 connection to the agent, whose uid is checked."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            uid = peer_uid(sock)
+            if uid is not None and uid != os.getuid():
+                raise ConnectionRefusedError(errno.EPERM, f"the socket belongs to uid {uid}")
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.reader = sock.makefile("rb")
+
+    def exchange(self, message: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Send one request; the status, lower-cased headers and body of the answer."""
+        self.sock.sendall(message)
+        status_line = self.reader.readline(65537)
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ValueError("not an HTTP response")
+        headers: dict[str, str] = {}
+        while True:
+            line = self.reader.readline(65537)
+            if line in (b"\r\n", b"\n"):
+                break
+            if not line:
+                raise ValueError("the response ended inside its headers")
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = headers.get("content-length", "")
+        if not length.isdigit():
+            raise ValueError("the response has no Content-Length")
+        body = self.reader.read(int(length))
+        if len(body) != int(length):
+            raise ValueError("the response ended early")
+        return int(parts[1]), headers, body
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
 
 
 def is_loopback_host(host: str) -> bool:
@@ -98,26 +148,6 @@ class HttpTransport:
     def _connect(self) -> Any:
         import http.client
 
-        if self.unix_socket:
-            path = self.unix_socket
-
-            class UnixConnection(http.client.HTTPConnection):
-                def connect(self) -> None:
-                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    sock.settimeout(self.timeout)
-                    try:
-                        sock.connect(path)
-                        uid = peer_uid(sock)
-                        if uid is not None and uid != os.getuid():
-                            raise ConnectionRefusedError(
-                                errno.EPERM, f"the socket belongs to uid {uid}"
-                            )
-                    except OSError:
-                        sock.close()
-                        raise
-                    self.sock = sock
-
-            return UnixConnection("localhost", timeout=self.timeout)
         parts = urlsplit(self.base_url)
         if parts.scheme == "https":
             import ssl
@@ -147,8 +177,9 @@ class HttpTransport:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        exchange = self._unix_exchange if self.unix_socket else self._exchange
         for attempt in range(RETRIES_WHEN_BUSY + 1):
-            status, raw, retry_after = self._exchange(method, target, data, headers)
+            status, raw, retry_after = exchange(method, target, data, headers)
             if status != 503 or retry_after is None or attempt == RETRIES_WHEN_BUSY:
                 break
             time.sleep(min(retry_after, 5.0))
@@ -185,6 +216,12 @@ class HttpTransport:
                 self.close()
                 self._conn = self._connect()
             try:
+                if self._conn.sock is None:
+                    self._conn.connect()
+                    # http.client sends headers and body in two writes: without
+                    # this, Nagle holds the body back until the server's delayed
+                    # ACK, 40 ms on Linux, on every request.
+                    self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._conn.request(method, target, body=data, headers=headers)
                 response = self._conn.getresponse()
                 raw = response.read()
@@ -210,6 +247,34 @@ class HttpTransport:
                 raw,
                 float(retry) if retry and retry.isdigit() else None,
             )
+        raise AssertionError("unreachable")
+
+    def _unix_exchange(
+        self, method: str, target: str, data: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes, float | None]:
+        body = data or b""
+        lines = [f"{method} {target} HTTP/1.1", "Host: localhost"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines.append(f"Content-Length: {len(body)}")
+        message = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        for fresh in (self._conn is None, True):
+            if fresh:
+                self.close()
+                try:
+                    self._conn = _UnixConnection(str(self.unix_socket), self.timeout)
+                except OSError as e:
+                    raise self._unreachable(e) from None
+            try:
+                status, reply_headers, raw = self._conn.exchange(message)
+            except (OSError, ValueError) as e:
+                self.close()
+                if not fresh:
+                    continue
+                raise self._unreachable(e) from None
+            if reply_headers.get("connection", "").lower() == "close":
+                self.close()
+            retry = reply_headers.get("retry-after")
+            return status, raw, float(retry) if retry and retry.isdigit() else None
         raise AssertionError("unreachable")
 
     def _unreachable(self, error: BaseException) -> ServerUnreachable:

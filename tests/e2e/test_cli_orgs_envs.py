@@ -11,7 +11,16 @@ pytestmark = pytest.mark.e2e
 
 ORG_RULE = "lowercase letters, digits and '-'"
 ENV_RULE = "lowercase letters, digits, '_' and '-'"
-SESSION_FIELDS = {"org", "env", "home", "settings", "keystore", "master_key_version"}
+SESSION_FIELDS = {
+    "server",
+    "agent",
+    "org",
+    "env",
+    "home",
+    "settings",
+    "keystore",
+    "master_key_version",
+}
 
 
 def orgs(crate: CrateRunner) -> list[dict]:
@@ -161,6 +170,8 @@ def test_session_show_after_first_use(crate: CrateRunner) -> None:
     crate("secrets", "list", check=True)
     shown = session(crate)
     assert shown == {
+        "server": None,
+        "agent": False,
         "org": "personal",
         "env": "dev",
         "home": str(crate.home),

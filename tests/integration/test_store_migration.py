@@ -1,0 +1,46 @@
+"""Schema migrations: a vault of an older schema is brought up to date when opened."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from crate_cli.context import Session
+from crate_cli.vault import tokens
+from crate_cli.vault.masterkey import utc_now
+from crate_cli.vault.store import SCHEMA_VERSION, OrgStore
+
+
+def _downgrade_to_v1(path: Path) -> None:
+    """What a vault written by schema 1 looks like: no tokens table."""
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE tokens")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+
+
+def test_v1_vault_gains_tokens_table_and_keeps_secrets(session: Session, crate_home: Path) -> None:
+    org = session.org()
+    session.client(org).store("dev", [("KEPT", "value-1")])
+    session.close()
+    vault = crate_home / "orgs" / f"{org}.vault"
+    _downgrade_to_v1(vault)
+
+    store = OrgStore.open(vault)
+    try:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store.conn.execute("SELECT count(*) FROM tokens").fetchone()[0] == 0
+    finally:
+        store.close()
+
+    fresh = Session(environ=dict(session.environ))
+    try:
+        (secret,) = fresh.client(org).retrieve("dev", ["KEPT"])
+        assert secret.value == "value-1"
+        token, info = tokens.create(
+            fresh.service.org(org), "ci", "reader", [], [], "", "tester", utc_now()
+        )
+        assert tokens.authenticate(fresh.service.org(org), token, utc_now()).role == "reader"
+    finally:
+        fresh.close()
