@@ -134,7 +134,8 @@ def _usage_message(error: Any) -> str:
             "an argument starting with '-' is not an option of this command; "
             "put values that start with '-' after --"
         )
-    message: str = error.format_message()
+    # One line: click's "Choose from:" lists come on several.
+    message: str = " ".join(error.format_message().split())
     return message
 
 

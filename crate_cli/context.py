@@ -186,8 +186,9 @@ class Session:
         if remote is not None:
             if remote.org:
                 return check_org(remote.org)
-            who = remote.transport().request("GET", "/whoami")
-            return check_org(str(who.get("organization")))
+            from crate_cli.remote import token_org
+
+            return check_org(token_org(self.home, remote))
         chosen = str(self.settings.get("session.org") or "")
         if chosen:
             return check_org(chosen)

@@ -160,6 +160,32 @@ def resolve_remote(home: CrateHome, environ: dict[str, str]) -> Remote | None:
     return Remote(server, token, login.org if login and same else None, ca_file, credentials)
 
 
+def token_org(home: CrateHome, remote: Remote) -> str:
+    """The org of a token given without a login (CRATE_SERVER and CRATE_TOKEN).
+
+    A token belongs to one org for its whole life, so the answer of
+    `/whoami` is kept (by a hash of server and token): later commands, and
+    the offline copy when the server is down, do not need to ask again.
+    """
+    digest = hashlib.sha256(f"{remote.server}|{remote.token}".encode()).hexdigest()[:32]
+    path = home.data_dir / "fallback" / "token-orgs.json"
+    try:
+        known = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    org = known.get(digest)
+    if isinstance(org, str):
+        return org
+    who = remote.transport().request("GET", "/whoami")
+    org = str(who.get("organization"))
+    known[digest] = org
+    ensure_private_dir(path.parent)
+    write_private_file(path, json.dumps(known).encode("utf-8"))
+    return org
+
+
 # -- the offline copy ----------------------------------------------------------
 
 

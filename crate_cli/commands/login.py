@@ -10,7 +10,7 @@ from crate_cli.errors import InvalidInput, NotFound
 
 def _credentials_place(session: Session) -> str:
     """Where the token goes: the secure OS keystore when one answers, else a 0600 file."""
-    if session.environ.get("CRATE_KEYSTORE", "auto") not in ("auto", "keyring"):
+    if (session.environ.get("CRATE_KEYSTORE") or "auto") == "file":
         return "file"
     from crate_cli.vault.slots import provider
     from crate_cli.vault.slots.base import SlotContext
@@ -37,7 +37,7 @@ def login(server: str, token_source: str | None, ca_file: str | None) -> None:
     from pathlib import Path
 
     from crate_cli.context import read_stdin, stdin_is_terminal
-    from crate_cli.remote import TOKEN_LABEL, Credentials, Login, write_login
+    from crate_cli.remote import TOKEN_LABEL, Credentials, Login, remove_login, write_login
     from crate_cli.transport.http import HttpTransport, check_server_url
     from crate_cli.vault.tokens import looks_like_token
 
@@ -61,6 +61,7 @@ def login(server: str, token_source: str | None, ca_file: str | None) -> None:
     session = Session()
     who = HttpTransport(server, token, ca_file).request("GET", "/whoami")
     place = _credentials_place(session)
+    remove_login(session.home)  # the previous token may be kept somewhere else
     Credentials(session.home, place).set(TOKEN_LABEL, token)
     org = who.get("organization")
     write_login(session.home, Login(server, org, ca_file, place))

@@ -48,7 +48,7 @@ def create(
     from crate_cli.vault.masterkey import utc_now
 
     expires_at = ""
-    if expires:
+    if expires is not None:
         seconds = parse_duration(expires, "--expires")
         expires_at = (datetime.now(UTC) + timedelta(seconds=seconds)).strftime(
             "%Y-%m-%dT%H:%M:%S.%fZ"

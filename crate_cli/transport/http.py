@@ -52,6 +52,14 @@ def peer_uid(sock: socket.socket) -> int | None:
     return int(uid)
 
 
+def _connect_without_delay(conn: Any) -> None:
+    """Connect an http.client connection with TCP_NODELAY: it sends headers and
+    body in two writes, and Nagle would hold the body back until the server's
+    delayed ACK, 40 ms on Linux, on every request."""
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _UnixConnection:
     """One keep-alive HTTP/1.1 connection to the agent, whose uid is checked."""
 
@@ -217,11 +225,7 @@ class HttpTransport:
                 self._conn = self._connect()
             try:
                 if self._conn.sock is None:
-                    self._conn.connect()
-                    # http.client sends headers and body in two writes: without
-                    # this, Nagle holds the body back until the server's delayed
-                    # ACK, 40 ms on Linux, on every request.
-                    self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    _connect_without_delay(self._conn)
                 self._conn.request(method, target, body=data, headers=headers)
                 response = self._conn.getresponse()
                 raw = response.read()

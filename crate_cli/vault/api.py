@@ -433,10 +433,17 @@ class ApiCore:
     @route("POST", "/organization/{org}/environments", "admin")
     def _create_env(self, call: Call) -> Response:
         name = _field(call.body, "name", str)
+        call.principal.allow_env(name)
         self.service.create_env(call.params["org"], name)
         return Response(201, {"name": name})
 
     @route("DELETE", "/organization/{org}/environments/{env}", "admin")
     def _delete_env(self, call: Call) -> Response:
+        call.principal.allow_env(call.params["env"])
+        if call.principal.tags:
+            raise Forbidden(
+                f"token {call.principal.token!r} is limited to tags and cannot delete a whole "
+                "environment"
+            )
         removed = self.service.delete_env(call.params["org"], call.params["env"])
         return Response(200, {"name": call.params["env"], "secrets_deleted": removed})

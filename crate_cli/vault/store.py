@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,6 +102,11 @@ CREATE TABLE tokens (
 ) STRICT;
 """
 
+# How many connections this process has open per vault path, and the lock
+# that serialises opening and closing (see OrgStore._open).
+_OPEN: dict[str, int] = {}
+_OPENING = threading.Lock()
+
 # Forward migrations: MIGRATIONS[n] turns schema n into n + 1.
 MIGRATIONS: dict[int, str] = {1: _TOKENS_TABLE}
 
@@ -132,17 +138,32 @@ class OrgStore:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self.conn = conn
+        self._key: str | None = None  # counted in _OPEN while open
 
     @classmethod
     def open(cls, path: Path) -> OrgStore:
         """Open an existing vault, checking that it is one this crate can read."""
-        try:
-            with open(path, "rb") as f:
-                magic = f.read(len(SQLITE_MAGIC))
-        except FileNotFoundError:
-            raise NotFound(f"no vault at {path}") from None
-        if magic != SQLITE_MAGIC:
-            raise _damaged(path, ValueError("not an SQLite file"))
+        with _OPENING:
+            return cls._open(path)
+
+    @classmethod
+    def _open(cls, path: Path) -> OrgStore:
+        key = str(path.absolute())
+        if not _OPEN.get(key):
+            # Closing any descriptor of a file drops every POSIX lock this
+            # process holds on it, SQLite's included: with another connection
+            # open (a server's other worker), SQLite would then think it is
+            # alone, checkpoint and delete the WAL under it. So the magic is
+            # read only while this process has no connection to the file.
+            try:
+                with open(path, "rb") as f:
+                    magic = f.read(len(SQLITE_MAGIC))
+            except FileNotFoundError:
+                raise NotFound(f"no vault at {path}") from None
+            if magic != SQLITE_MAGIC:
+                raise _damaged(path, ValueError("not an SQLite file"))
+        elif not path.exists():
+            raise NotFound(f"no vault at {path}")
         conn: sqlite3.Connection | None = None
         try:
             conn = _connect(path, create=False)
@@ -161,7 +182,9 @@ class OrgStore:
             if isinstance(e, sqlite3.DatabaseError):
                 raise _damaged(path, e) from None
             raise
+        _OPEN[key] = _OPEN.get(key, 0) + 1
         store = cls(path, conn)
+        store._key = key
         if version < SCHEMA_VERSION:
             store._migrate(version)
         return store
@@ -174,6 +197,9 @@ class OrgStore:
         conn = _connect(path, create=True)
         conn.execute("PRAGMA journal_mode = WAL")
         store = cls(path, conn)
+        with _OPENING:
+            store._key = str(path.absolute())
+            _OPEN[store._key] = _OPEN.get(store._key, 0) + 1
         with store.write():
             for statement in _split_script(_SCHEMA_V1 + _TOKENS_TABLE):
                 conn.execute(statement)
@@ -234,7 +260,11 @@ class OrgStore:
             raise _damaged(self.path, e) from None
 
     def close(self) -> None:
-        self.conn.close()
+        with _OPENING:
+            self.conn.close()
+            if self._key is not None:
+                _OPEN[self._key] -= 1
+                self._key = None
 
 
 def _split_script(script: str) -> list[str]:
