@@ -74,6 +74,15 @@ class GuardedProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         super().on_response_complete()
 
+    def shutdown(self) -> None:
+        """Graceful shutdown: an idle connection is dropped at once. uvicorn closes
+        it politely, which on TLS waits up to 30 s for a close_notify that an
+        idle client never sends; nothing is lost by aborting an idle one."""
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.abort()
+        else:
+            super().shutdown()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
         super().connection_lost(exc)

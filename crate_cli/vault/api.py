@@ -272,7 +272,12 @@ class ApiCore:
             keys = self.service.org(org)
         except NotFound:
             raise invalid from None  # an unknown org is not revealed to strangers
-        info = tokens.authenticate(keys, token, utc_now())
+        try:
+            info = tokens.authenticate(keys, token, utc_now())
+        except TokenExpired:
+            raise
+        except Unauthorized:
+            raise invalid from None  # the same answer whether or not the org exists
         return Principal(
             actor=f"token:{info.name}",
             client="server",
