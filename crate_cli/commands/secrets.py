@@ -129,7 +129,9 @@ def set_(
 @click.argument("name")
 @org_option
 @env_option
-@click.option("--version", "version", type=click.IntRange(min=1), help="An older version.")
+@click.option(
+    "--version", "version", type=click.IntRange(min=1, max=2**63 - 1), help="An older version."
+)
 def get(name: str, org: str | None, env: str | None, version: int | None) -> None:
     """Print the value of NAME and nothing else (a newline only on a terminal)."""
     _, client, env_name = _client(org, env)
@@ -300,7 +302,7 @@ def history(name: str, org: str | None, env: str | None, as_json: bool) -> None:
 @click.option(
     "--to",
     "to",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=2**63 - 1),
     required=True,
     metavar="N",
     help="The version whose value becomes current again.",

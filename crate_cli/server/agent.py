@@ -107,14 +107,28 @@ def status(home: CrateHome) -> dict[str, Any] | None:
 
 def start(session: Session, idle_timeout: float) -> dict[str, Any]:
     """Start the agent for `session.home`; returns its status."""
+    import fcntl
+
+    path = socket_path(session.home, create=True)
+    assert path is not None
+    # Two `agent start` at once: the second waits, then finds the first's agent.
+    # (The agent closes its copy of this descriptor: a lock inherited across
+    # the fork would otherwise be held for the agent's whole life.)
+    lock = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _start_locked(session, idle_timeout, path, lock)
+    finally:
+        os.close(lock)
+
+
+def _start_locked(session: Session, idle_timeout: float, path: Path, lock: int) -> dict[str, Any]:
     import signal
     import sys
 
     running = status(session.home)
     if running is not None:
         return {**running, "already_running": True}
-    path = socket_path(session.home, create=True)
-    assert path is not None
     path.unlink(missing_ok=True)  # a stale socket: nothing answered on it
     session.init()
     # Unlock here, where a passphrase or PIN prompt can still be answered.
@@ -125,6 +139,7 @@ def start(session: Session, idle_timeout: float) -> dict[str, Any]:
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # the agent
+        os.close(lock)
         os.close(read_end)
         code = 0
         try:

@@ -120,8 +120,8 @@ class CrateApp:
         if scope["type"] != "http":
             return
         request_id = os.urandom(8).hex()
-        if self.on_request is not None:
-            self.on_request()
+        if self.on_request is not None and scope["path"] not in self.extra:
+            self.on_request()  # the agent's idle clock; its status does not count
         close = False
         try:
             if self.in_flight >= self.limits.max_in_flight:
@@ -163,6 +163,7 @@ class CrateApp:
             (b"cache-control", b"no-store"),
             (b"x-request-id", request_id.encode()),
         ]
+        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
         if response.status == 503:
             headers.append((b"retry-after", str(self.limits.retry_after).encode()))
         if close:
@@ -174,11 +175,23 @@ class CrateApp:
         method = scope["method"]
         path = scope["path"]
         headers = dict(scope["headers"])  # names are lowercase in ASGI
-        if method == "GET" and path == "/healthz":
-            return Response(200, {"status": "ok"})
-        if method == "GET" and path == "/openapi.json":
-            return Response(200, self.openapi())
-        if method == "GET" and path in self.extra:
+        if path in ("/healthz", "/openapi.json") or path in self.extra:
+            if method != "GET":
+                return Response(
+                    405,
+                    {
+                        "error": {
+                            "code": "method_not_allowed",
+                            "message": f"{method} is not allowed on {path}",
+                            "hint": None,
+                        }
+                    },
+                    (("allow", "GET"),),
+                )
+            if path == "/healthz":
+                return Response(200, {"status": "ok"})
+            if path == "/openapi.json":
+                return Response(200, self.openapi())
             return Response(200, self.extra[path]())
         body = await self._read_body(headers, receive)
         try:

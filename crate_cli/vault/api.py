@@ -95,6 +95,7 @@ class Request(NamedTuple):
 class Response(NamedTuple):
     status: int
     body: dict[str, Any]
+    headers: tuple[tuple[str, str], ...] = ()  # extra HTTP headers (Allow on a 405)
 
 
 class Call(NamedTuple):
@@ -196,17 +197,17 @@ class ApiCore:
     def handle(self, request: Request) -> Response:
         """Route a request; every CrateError becomes its JSON error response."""
         try:
-            path_matched = False
+            allowed: list[str] = []
             segments = request.path.split("/")
             for method, pattern, need, fn in _ROUTES:
                 params = _match(pattern, segments)
                 if params is None:
                     continue
-                path_matched = True
+                allowed.append(method)
                 if method == request.method:
                     principal = self._authorize(request, params.get("org"), need)
                     return fn(self, Call(request, principal, params))
-            if path_matched:
+            if allowed:
                 return Response(
                     405,
                     {
@@ -216,6 +217,7 @@ class ApiCore:
                             "hint": None,
                         }
                     },
+                    (("allow", ", ".join(allowed)),),
                 )
             raise NotFound(f"no such API path: {request.path}")
         except CrateError as e:

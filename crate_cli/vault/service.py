@@ -30,6 +30,8 @@ from crate_cli.vault.names import check_env, check_org, check_secret_name, check
 from crate_cli.vault.store import OrgStore
 
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
+# The largest version number SQLite can hold (a signed 64-bit integer).
+MAX_VERSION = 2**63 - 1
 
 
 class SealedItem(NamedTuple):
@@ -573,6 +575,9 @@ class VaultService:
         keys = self.org(org)
         for n in names:
             check_secret_name(n)
+        for n, v in (versions or {}).items():
+            if not 1 <= v <= MAX_VERSION:
+                raise NotFound(f"secret {n} in {org}/{env} has no version {v}")
         want = set(check_tags(tags))
         versions = versions or {}
         with keys.store.read() as db:

@@ -38,7 +38,7 @@ def test_v1_vault_gains_tokens_table_and_keeps_secrets(session: Session, crate_h
     try:
         (secret,) = fresh.client(org).retrieve("dev", ["KEPT"])
         assert secret.value == "value-1"
-        token, info = tokens.create(
+        token, _ = tokens.create(
             fresh.service.org(org), "ci", "reader", [], [], "", "tester", utc_now()
         )
         assert tokens.authenticate(fresh.service.org(org), token, utc_now()).role == "reader"
