@@ -22,6 +22,15 @@ from crate_cli.transport import Transport
 from crate_cli.vault import jwe
 from crate_cli.vault.names import check_env, check_org, check_secret_name, check_tags
 
+DEFAULT_FALLBACK_MAX_AGE = 7 * 86400.0
+
+
+class FallbackPolicy(NamedTuple):
+    """When a remote client may use its offline copy (crate_cli/remote.py)."""
+
+    mode: str = "auto"  # auto: when unreachable; only: never contact; never: no copy
+    max_age: float = DEFAULT_FALLBACK_MAX_AGE
+
 
 class RetrievedSecret(NamedTuple):
     name: str

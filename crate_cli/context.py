@@ -20,7 +20,8 @@ from crate_cli.vault.names import check_env, check_org
 from crate_cli.vault.slots.base import SecretPrompt
 
 if TYPE_CHECKING:
-    from crate_cli.remote import FallbackPolicy, Remote
+    from crate_cli.client import FallbackPolicy
+    from crate_cli.remote import Remote
     from crate_cli.transport import Transport
     from crate_cli.vault.service import VaultService
 
@@ -163,6 +164,12 @@ class Session:
     @cached_property
     def remote(self) -> Remote | None:
         """The crate server this command talks to (login or CRATE_SERVER), if any."""
+        if not (
+            self.environ.get("CRATE_SERVER")
+            or self.environ.get("CRATE_TOKEN")
+            or (self.home.data_dir / "login.json").exists()
+        ):
+            return None  # local use: one stat, and crate_cli.remote stays unimported
         from crate_cli.remote import resolve_remote
 
         return resolve_remote(self.home, self.environ)

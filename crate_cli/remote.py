@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from crate_cli.client import RetrievedSecret, SecretsClient
+from crate_cli.client import FallbackPolicy, RetrievedSecret, SecretsClient
 from crate_cli.config import CrateHome, ensure_private_dir, write_private_file
 from crate_cli.errors import CrateError, InvalidInput, NotFound, UnsupportedVersion
 
@@ -32,7 +32,6 @@ LOGIN_FILE = "login.json"
 TOKEN_LABEL = "api-token"
 FALLBACK_KEY_LABEL = "fallback-key"
 FALLBACK_PURPOSE = "crate/fallback/v1"
-DEFAULT_FALLBACK_MAX_AGE = 7 * 86400.0
 
 
 class Credentials:
@@ -187,11 +186,6 @@ def token_org(home: CrateHome, remote: Remote) -> str:
 
 
 # -- the offline copy ----------------------------------------------------------
-
-
-class FallbackPolicy(NamedTuple):
-    mode: str = "auto"  # auto: when unreachable; only: never contact; never: no copy
-    max_age: float = DEFAULT_FALLBACK_MAX_AGE
 
 
 def _age_text(seconds: float) -> str:

@@ -21,8 +21,7 @@ from crate_cli.errors import CommandNotExecutable, CommandNotFound, CrateError, 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from crate_cli.client import SecretsClient
-    from crate_cli.remote import FallbackPolicy
+    from crate_cli.client import FallbackPolicy, SecretsClient
 
 # crate's own credentials never reach the child.
 CREDENTIAL_VARIABLES = (
@@ -327,7 +326,7 @@ def run_command_line(args: list[str], command: list[str] | None) -> None:
 
 def fallback_policy(only: bool, never: bool, max_age: str | None) -> FallbackPolicy:
     """The offline-copy policy of `crate run` and `crate secrets fetch`."""
-    from crate_cli.remote import DEFAULT_FALLBACK_MAX_AGE, FallbackPolicy
+    from crate_cli.client import DEFAULT_FALLBACK_MAX_AGE, FallbackPolicy
 
     if only and never:
         raise InvalidInput("--fallback-only and --no-fallback contradict each other")

@@ -17,7 +17,6 @@ on every local command.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
 from pathlib import Path
@@ -73,15 +72,21 @@ def socket_path(home: CrateHome, create: bool = False) -> Path | None:
     folder = runtime_dir(create)
     if folder is None:
         return None
+    import hashlib
+
     digest = hashlib.sha256(str(home.data_dir).encode("utf-8")).hexdigest()[:16]
     return folder / f"agent-{digest}.sock"
 
 
 def running_transport(home: CrateHome) -> HttpTransport | None:
-    """A transport to this home's agent if its socket exists (one stat when not)."""
+    """A transport to this home's agent if its socket exists (a stat or a short
+    listing when not: hashlib, for the socket's name, costs more to import)."""
     try:
+        folder = runtime_dir(create=False)
+        if folder is None or not any(n.endswith(".sock") for n in os.listdir(folder)):
+            return None
         path = socket_path(home)
-    except KeystoreError:
+    except (KeystoreError, OSError):
         return None
     if path is None or not path.exists():
         return None
