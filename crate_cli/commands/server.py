@@ -60,10 +60,10 @@ def server(
         DEFAULT_LISTEN,
         bind_tcp,
         bind_unix,
-        is_loopback,
         parse_listen,
         run_uvicorn,
     )
+    from crate_cli.transport.http import is_loopback_host
     from crate_cli.vault.api import ApiCore
     from crate_cli.vault.names import check_org
     from crate_cli.vault.orgs import list_orgs
@@ -79,7 +79,12 @@ def server(
     if not 1 <= workers <= 64 or not 1 <= max_in_flight <= 10_000:
         raise InvalidInput("--workers must be 1-64 and --max-in-flight 1-10000")
     address = parse_listen(listen or DEFAULT_LISTEN)
-    if not socket_path and not is_loopback(address.host) and not tls_cert and not insecure_http:
+    if (
+        not socket_path
+        and not is_loopback_host(address.host)
+        and not tls_cert
+        and not insecure_http
+    ):
         raise InvalidInput(
             f"refusing plain HTTP on {address.host}: tokens would cross the network in clear",
             "give --tls-cert and --tls-key, or --insecure-http if a TLS proxy sits in front",

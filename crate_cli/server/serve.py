@@ -9,7 +9,6 @@ connections.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
@@ -38,15 +37,6 @@ def parse_listen(text: str) -> Listen:
             f"invalid --listen {text!r}: use HOST:PORT, for example {DEFAULT_LISTEN}"
         )
     return Listen(host, int(port))
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def bind_tcp(listen: Listen) -> socket.socket:
