@@ -6,7 +6,12 @@ from typing import Any
 
 import click
 
-from crate_cli.commands.options import json_option, print_json, slot_creation_options
+from crate_cli.commands.options import (
+    json_option,
+    org_option,
+    print_json,
+    slot_creation_options,
+)
 from crate_cli.context import Session, stdin_is_terminal
 from crate_cli.errors import CrateError, InvalidInput
 from crate_cli.vault.slots import SLOT_TYPES
@@ -101,9 +106,15 @@ def assess(rows: list[dict[str, Any]], keys_dir: str) -> tuple[str, list[str]]:
 @json_option
 def status(as_json: bool) -> None:
     """How the master key is protected: versions, slots and plain warnings."""
+    from crate_cli.vault.orgs import list_orgs
+
     session = Session.for_terminal()
     rows = session.master.slot_report()
     summary, warnings = assess(rows, str(session.home.keys_dir))
+    orgs: list[dict[str, Any]] = [
+        {"org": org, "data_keys": session.service.org_dek_usage(org)}
+        for org in list_orgs(session.home)
+    ]
     if as_json:
         versions: dict[int, dict[str, Any]] = {}
         for v in session.master.versions():
@@ -116,6 +127,7 @@ def status(as_json: bool) -> None:
                 "summary": summary,
                 "warnings": warnings,
                 "master_versions": [versions[k] for k in sorted(versions)],
+                "organizations": orgs,
                 "env_slot": bool(session.environ.get("CRATE_MASTER_KEY")),
             }
         )
@@ -142,10 +154,77 @@ def status(as_json: bool) -> None:
                 )
     if session.environ.get("CRATE_MASTER_KEY"):
         tree.add("env: CRATE_MASTER_KEY is set in this environment (nothing at rest)")
+    for entry in orgs:
+        org_branch = tree.add(escape(f"organization {entry['org']}"))
+        for dek in entry["data_keys"]:
+            org_branch.add(
+                f"data key v{dek['version']}{' (current)' if dek['current'] else ''}, "
+                f"wrapped by master key v{dek['master_version']}: "
+                f"wraps {dek['wrapped_keys']} secret keys"
+            )
     console.print(tree, highlight=False)
     click.echo(summary)
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
+
+
+@keys.group()
+def rotate() -> None:
+    """Replace a key with a new version, without downtime."""
+
+
+@rotate.command("org")
+@org_option
+def rotate_org(org: str | None) -> None:
+    """Make a new data key for the organization and rewrap every secret key under it.
+
+    One transaction: commands reading the vault meanwhile keep working and
+    see either the old keys or the new ones; an interruption changes nothing.
+    """
+    import sys
+
+    session = Session.for_terminal()
+    org_name = session.org(org, local=True)
+    progress = None
+    if sys.stderr.isatty():
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        task = bar.add_task(f"rewrapping the secret keys of {org_name}", total=None)
+        bar.start()
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+    try:
+        version, count = session.service.rotate_org(org_name, progress)
+    finally:
+        if progress is not None:
+            bar.stop()
+    click.echo(
+        f"crate: organization {org_name!r} now uses data key v{version}; "
+        f"{count} secret keys rewrapped (crate keys prune removes unused versions)",
+        err=True,
+    )
+
+
+@keys.command("prune")
+@json_option
+def prune(as_json: bool) -> None:
+    """Delete organization data key versions that no secret key uses any more."""
+    from crate_cli.vault.orgs import list_orgs
+
+    session = Session.for_terminal()
+    removed = {org: session.service.prune_org_deks(org) for org in list_orgs(session.home)}
+    if as_json:
+        print_json({org: versions for org, versions in removed.items()})
+        return
+    for org, versions in removed.items():
+        if versions:
+            shown = ", ".join(f"v{v}" for v in versions)
+            click.echo(f"crate: {org}: removed data key {shown}", err=True)
+    if not any(removed.values()):
+        click.echo("crate: nothing to prune: every data key version is in use", err=True)
 
 
 @slots.command("add")

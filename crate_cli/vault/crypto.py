@@ -174,6 +174,21 @@ def wrap_key(
     return encrypt(wrapping_key, key, associated, nonce=nonce)
 
 
+def rewrap(old: AESGCM, new: AESGCM, blob: object, associated: bytes) -> bytes:
+    """A key wrapped under `old`, wrapped under `new` instead (same associated
+    data): what rotating an org DEK does to every secret DEK."""
+    if not isinstance(blob, bytes) or len(blob) < _OVERHEAD or blob[:1] != FORMAT_V1:
+        raise IntegrityError()
+    try:
+        key = old.decrypt(blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :], associated)
+    except InvalidTag:
+        raise IntegrityError() from None
+    if len(key) != KEY_BYTES:
+        raise IntegrityError()
+    nonce = os.urandom(NONCE_BYTES)
+    return FORMAT_V1 + nonce + new.encrypt(nonce, key, associated)
+
+
 def unwrap_key(wrapping_key: bytes, blob: bytes, associated: bytes) -> bytes:
     key = decrypt(wrapping_key, blob, associated)
     if len(key) != KEY_BYTES:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from crate_cli.config import CrateHome
@@ -718,6 +718,104 @@ class VaultService:
                 }
             )
         return out
+
+    # -- key rotation -----------------------------------------------------------------
+
+    def rotate_org(
+        self, org: str, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[int, int]:
+        """Make org DEK version M+1 and rewrap every secret DEK under it, in one
+        transaction: readers keep their snapshot (WAL) and see either every
+        key under the old versions or every key under the new one; a crash
+        leaves the old state. Returns (new version, keys rewrapped)."""
+        keys = self.org(org)
+        master = self.master.current().version
+        master_key = self.master.unlock(master)
+        now = utc_now()
+        with keys.store.write() as db:
+            new = keys.current_dek_version(db) + 1
+            new_key = crypto.new_key()
+            db.execute(
+                "INSERT INTO org_deks (version, master_version, wrapped, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (
+                    new,
+                    master,
+                    crypto.wrap_key(master_key, new_key, crypto.aad(crypto.ORG_DEK, org, new)),
+                    now,
+                ),
+            )
+            rows = db.execute(
+                "SELECT s.env, s.name, v.version, v.action, v.org_dek_version, v.tags, "
+                "v.created_at, v.actor, v.mac, v.wrapped_dek, v.secret_id "
+                "FROM secret_versions v JOIN secrets s ON s.id = v.secret_id "
+                "WHERE v.wrapped_dek IS NOT NULL"
+            ).fetchall()
+            new_cipher = crypto.cipher(new_key)
+            updates = []
+            total = len(rows)
+            for done, row in enumerate(rows, 1):
+                env, name = row[0], row[1]
+                # The row is authenticated before it is re-MAC'd, so a tampered
+                # row is refused rather than laundered by the rotation.
+                keys.check_version(env, name, row[2:9])
+                version, action, old_dek, tag_text, created_at, actor = row[2:8]
+                dek_aad, _ = crypto.secret_aads(org, env, name, version)
+                wrapped = crypto.rewrap(keys.dek_cipher(old_dek), new_cipher, row[9], dek_aad)
+                mac = keys.version_mac(
+                    env, name, (version, action, new, tag_text, created_at, actor)
+                )
+                updates.append((new, wrapped, mac, row[10], version))
+                if progress is not None and (done % 2000 == 0 or done == total):
+                    progress(done, total)
+            db.executemany(
+                "UPDATE secret_versions SET org_dek_version = ?, wrapped_dek = ?, mac = ? "
+                "WHERE secret_id = ? AND version = ?",
+                updates,
+            )
+        keys._deks[new] = new_key
+        return new, len(updates)
+
+    def org_dek_usage(self, org: str) -> list[dict[str, Any]]:
+        """Each org DEK version: its master key version and how many secret
+        DEKs it wraps (the newest one is the one new writes use)."""
+        keys = self.org(org)
+        with keys.store.read() as db:
+            rows = db.execute(
+                "SELECT d.version, d.master_version, d.created_at, "
+                "(SELECT count(*) FROM secret_versions v WHERE v.org_dek_version = d.version) "
+                "FROM org_deks d ORDER BY d.version"
+            ).fetchall()
+        newest = max((r[0] for r in rows), default=0)
+        return [
+            {
+                "version": r[0],
+                "master_version": r[1],
+                "created_at": r[2],
+                "wrapped_keys": r[3],
+                "current": r[0] == newest,
+            }
+            for r in rows
+        ]
+
+    def prune_org_deks(self, org: str) -> list[int]:
+        """Delete org DEK versions that wrap nothing and are not the newest."""
+        keys = self.org(org)
+        with keys.store.write() as db:
+            newest = keys.current_dek_version(db)
+            unused = [
+                r[0]
+                for r in db.execute(
+                    "SELECT d.version FROM org_deks d WHERE d.version < ? AND NOT EXISTS "
+                    "(SELECT 1 FROM secret_versions v WHERE v.org_dek_version = d.version)",
+                    (newest,),
+                )
+            ]
+            db.executemany("DELETE FROM org_deks WHERE version = ?", [(v,) for v in unused])
+        for v in unused:
+            keys._deks.pop(v, None)
+            keys._ciphers.pop(v, None)
+        return unused
 
     # -- changes without a value from the client ------------------------------------
 
