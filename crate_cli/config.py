@@ -31,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "crypto.ephemeral_rsa_bits": 2048,
     "keys.unlock_order": ["env", "tpm2", "keyring", "pkcs11", "file", "passphrase"],
     "run.mask": False,
+    # Rotate an org's data key on the first write after this long ("90d"); "" is never.
+    "keys.rotate_org_every": "",
 }
 # Bounds of the numeric settings, inclusive.
 RANGES: dict[str, tuple[int, int]] = {

@@ -224,10 +224,24 @@ class Session:
 
     @cached_property
     def service(self) -> VaultService:
+        return self.new_service()
+
+    def new_service(self) -> VaultService:
+        """A VaultService with its own vault connections, configured by the
+        settings (the server and the agent make one per worker thread)."""
         from crate_cli.vault.service import VaultService
 
+        every = str(self.settings.get("keys.rotate_org_every") or "")
+        rotate_every = None
+        if every:
+            from crate_cli.durations import parse_duration
+
+            rotate_every = parse_duration(every, "setting keys.rotate_org_every")
         return VaultService(
-            self.home, self.master, int(self.settings.get("secrets.max_value_bytes"))
+            self.home,
+            self.master,
+            int(self.settings.get("secrets.max_value_bytes")),
+            rotate_org_every=rotate_every,
         )
 
     @property

@@ -112,7 +112,11 @@ def status(as_json: bool) -> None:
     rows = session.master.slot_report()
     summary, warnings = assess(rows, str(session.home.keys_dir))
     orgs: list[dict[str, Any]] = [
-        {"org": org, "data_keys": session.service.org_dek_usage(org)}
+        {
+            "org": org,
+            "data_keys": session.service.org_dek_usage(org),
+            "rotation_due": session.service.rotation_due(org),
+        }
         for org in list_orgs(session.home)
     ]
     if as_json:
@@ -155,7 +159,12 @@ def status(as_json: bool) -> None:
     if session.environ.get("CRATE_MASTER_KEY"):
         tree.add("env: CRATE_MASTER_KEY is set in this environment (nothing at rest)")
     for entry in orgs:
-        org_branch = tree.add(escape(f"organization {entry['org']}"))
+        due = (
+            f" (data key rotation due {_when(entry['rotation_due'])})"
+            if entry["rotation_due"]
+            else ""
+        )
+        org_branch = tree.add(escape(f"organization {entry['org']}{due}"))
         for dek in entry["data_keys"]:
             org_branch.add(
                 f"data key v{dek['version']}{' (current)' if dek['current'] else ''}, "

@@ -67,7 +67,6 @@ def server(
     from crate_cli.vault.api import ApiCore
     from crate_cli.vault.names import check_org
     from crate_cli.vault.orgs import list_orgs
-    from crate_cli.vault.service import VaultService
 
     if bool(tls_cert) != bool(tls_key):
         raise InvalidInput("give both --tls-cert and --tls-key, or neither")
@@ -98,11 +97,10 @@ def server(
             raise NotFound(f"organization {org!r} does not exist")
     # Unlock the master key now, while a prompt can still be answered.
     session.master.unlock(session.master.current().version)
-    max_value = int(session.settings.get("secrets.max_value_bytes"))
     scope = frozenset(served) if served else None
 
     def make_core() -> ApiCore:
-        return ApiCore(VaultService(session.home, session.master, max_value), scope)
+        return ApiCore(session.new_service(), scope)
 
     sock = bind_unix(Path(socket_path)) if socket_path else bind_tcp(address)
     if socket_path:

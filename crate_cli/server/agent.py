@@ -195,9 +195,7 @@ def _serve(session: Session, path: Path, idle_timeout: float, ready_fd: int) -> 
     from crate_cli.server.serve import bind_unix, run_uvicorn
     from crate_cli.vault.api import ApiCore, Principal
     from crate_cli.vault.masterkey import utc_now
-    from crate_cli.vault.service import VaultService
 
-    max_value = int(session.settings.get("secrets.max_value_bytes"))
     last = [time.monotonic()]
     started_at = utc_now()
 
@@ -215,7 +213,7 @@ def _serve(session: Session, path: Path, idle_timeout: float, ready_fd: int) -> 
         }
 
     def make_core() -> ApiCore:
-        return ApiCore(VaultService(session.home, session.master, max_value))
+        return ApiCore(session.new_service())
 
     app = CrateApp(
         make_core,

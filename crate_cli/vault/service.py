@@ -227,11 +227,16 @@ class VaultService:
     """The server role over every org vault of one crate home."""
 
     def __init__(
-        self, home: CrateHome, master: MasterKeys, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+        self,
+        home: CrateHome,
+        master: MasterKeys,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        rotate_org_every: float | None = None,
     ) -> None:
         self.home = home
         self.master = master
         self.max_value_bytes = max_value_bytes
+        self.rotate_org_every = rotate_org_every
         self._orgs: dict[str, OrgKeys] = {}
 
     def close(self) -> None:
@@ -413,6 +418,7 @@ class VaultService:
                 check_tags(item.tags)
         if not values:
             raise InvalidInput("nothing to store")
+        self._rotate_if_due(org)
         now = utc_now()
         out: list[SecretRecord] = []
         with keys.store.write() as db:
@@ -775,6 +781,28 @@ class VaultService:
             )
         keys._deks[new] = new_key
         return new, len(updates)
+
+    def rotation_due(self, org: str) -> str | None:
+        """When the org's data key is due for rotation (keys.rotate_org_every), or None."""
+        if not self.rotate_org_every:
+            return None
+        from datetime import datetime, timedelta
+
+        keys = self.org(org)
+        with keys.store.errors():
+            row = keys.store.conn.execute(
+                "SELECT created_at FROM org_deks ORDER BY version DESC LIMIT 1"
+            ).fetchone()
+        if row is None:
+            return None
+        created = datetime.strptime(row[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+        due = created + timedelta(seconds=self.rotate_org_every)
+        return due.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def _rotate_if_due(self, org: str) -> None:
+        due = self.rotation_due(org)
+        if due is not None and due <= utc_now():
+            self.rotate_org(org)
 
     def org_dek_usage(self, org: str) -> list[dict[str, Any]]:
         """Each org DEK version: its master key version and how many secret
