@@ -182,6 +182,60 @@ def rotate() -> None:
     """Replace a key with a new version, without downtime."""
 
 
+@rotate.command("master")
+def rotate_master() -> None:
+    """Make a new master key version and rewrap every org's keys under it.
+
+    The new version is sealed in a slot like each slot of the current one
+    (asking for a passphrase or PIN where a slot needs one). Each org is
+    rewrapped in one transaction; an interrupted rotation is finished by
+    running the command again. Old versions stay until crate keys prune.
+    """
+    from crate_cli.vault.orgs import list_orgs
+
+    session = Session.for_terminal()
+    master = session.master
+    orgs = list_orgs(session.home)
+    current = master.current().version
+    behind = [o for o in orgs if set(session.service.master_versions_used(o)) - {current}]
+    if behind:
+        click.echo(
+            f"crate: resuming the rotation to master key v{current}: "
+            f"{len(behind)} organization(s) still to rewrap",
+            err=True,
+        )
+    else:
+        record = master.rotate()
+        current = record.version
+        click.echo(
+            f"crate: created master key v{current} in {len(record.slots)} slot(s) "
+            f"({', '.join(s.type for s in record.slots)})",
+            err=True,
+        )
+        behind = orgs
+    for org in behind:
+        count = session.service.rewrap_to_master(org, current)
+        click.echo(f"crate: {org}: {count} keys rewrapped to master key v{current}", err=True)
+    click.echo(
+        f"crate: every organization now uses master key v{current}; crate keys prune removes "
+        "the old version and its slots",
+        err=True,
+    )
+    if session.environ.get("CRATE_MASTER_KEY"):
+        click.echo(
+            "crate: CRATE_MASTER_KEY holds an older version: export the new one with "
+            "crate keys export-env",
+            err=True,
+        )
+    from crate_cli.server.agent import status as agent_status
+
+    if agent_status(session.home) is not None:
+        click.echo(
+            "crate: restart the agent (crate agent stop; crate agent start) to use the new key",
+            err=True,
+        )
+
+
 @rotate.command("org")
 @org_option
 def rotate_org(org: str | None) -> None:
@@ -220,20 +274,47 @@ def rotate_org(org: str | None) -> None:
 @keys.command("prune")
 @json_option
 def prune(as_json: bool) -> None:
-    """Delete organization data key versions that no secret key uses any more."""
+    """Delete key versions nothing uses any more: org data keys, then master keys
+    (with their slots). An old master key version still in use is kept, and
+    the command names what holds it and exits 7."""
+    from crate_cli.errors import Conflict
     from crate_cli.vault.orgs import list_orgs
 
     session = Session.for_terminal()
-    removed = {org: session.service.prune_org_deks(org) for org in list_orgs(session.home)}
+    orgs = list_orgs(session.home)
+    removed = {org: session.service.prune_org_deks(org) for org in orgs}
+    master = session.master
+    current = master.current().version if master.exists() else 0
+    used: dict[int, list[str]] = {}
+    for org in orgs:
+        for version, what in session.service.master_versions_used(org).items():
+            used.setdefault(version, []).append(f"{org} ({', '.join(what)})")
+    pruned_master, held = [], {}
+    for record in master.versions():
+        if record.version == current:
+            continue
+        if record.version in used:
+            held[record.version] = used[record.version]
+        else:
+            master.remove_version(record.version)
+            pruned_master.append(record.version)
     if as_json:
-        print_json({org: versions for org, versions in removed.items()})
-        return
-    for org, versions in removed.items():
-        if versions:
-            shown = ", ".join(f"v{v}" for v in versions)
-            click.echo(f"crate: {org}: removed data key {shown}", err=True)
-    if not any(removed.values()):
-        click.echo("crate: nothing to prune: every data key version is in use", err=True)
+        print_json({"data_keys": removed, "master_keys": pruned_master, "held": held})
+    else:
+        for org, versions in removed.items():
+            if versions:
+                shown = ", ".join(f"v{v}" for v in versions)
+                click.echo(f"crate: {org}: removed data key {shown}", err=True)
+        for version in pruned_master:
+            click.echo(f"crate: removed master key v{version} and its slots", err=True)
+        if not any(removed.values()) and not pruned_master and not held:
+            click.echo("crate: nothing to prune: every key version is in use", err=True)
+    if held:
+        version, holders = min(held.items())
+        raise Conflict(
+            f"master key v{version} is still used by {'; '.join(holders)}",
+            "finish the rotation first: crate keys rotate master",
+        )
 
 
 @slots.command("add")

@@ -202,9 +202,12 @@ class MasterKeys:
         return sorted(slots, key=lambda s: order.get(s.type, len(order)))
 
     def _version(self, version: int) -> MasterVersion:
-        for v in self.versions():
-            if v.version == version:
-                return v
+        for _attempt in range(2):
+            for v in self.versions():
+                if v.version == version:
+                    return v
+            # Another process may have rotated the key since the registry was read.
+            self._versions = None
         raise KeystoreError(
             f"master key v{version} is not in the key registry {self.path}",
             "it was pruned or the registry was replaced; restore keys/ from a backup",
@@ -348,6 +351,44 @@ class MasterKeys:
                 }
             )
         return rows
+
+    def rotate(self) -> MasterVersion:
+        """Create master key version N+1, sealed in a slot like each slot of
+        version N (asking for what each needs); version N stays until pruned."""
+        with file_lock(self.home.keys_dir / ".lock"):
+            self._versions = None
+            record = self.current()
+            self.unlock(record.version)  # the old key must be usable to rewrap
+            key = crypto.new_key()
+            version = record.version + 1
+            slots = tuple(
+                self._seal_slot(key, version, s.type, provider(s.type).reseal_options(s.params))
+                for s in record.slots
+            )
+            new = MasterVersion(
+                version=version, created_at=utc_now(), slots=slots, check=_key_check(key, version)
+            )
+            versions = [*self.versions(), new]
+            write_private_file(self.path, _dump_registry(versions))
+            self._versions = versions
+            self._unlocked[version] = key
+            return new
+
+    def remove_version(self, version: int) -> MasterVersion:
+        """Delete an old version and destroy its slots (the caller checked that
+        nothing refers to it)."""
+        with file_lock(self.home.keys_dir / ".lock"):
+            self._versions = None
+            record = self._version(version)
+            if record.version == self.current().version:
+                raise Conflict(f"master key v{version} is the current one")
+            versions = [v for v in self.versions() if v.version != version]
+            write_private_file(self.path, _dump_registry(versions))
+            self._versions = versions
+            self._unlocked.pop(version, None)
+        for slot in record.slots:
+            provider(slot.type).destroy(self._slot_context(), slot.params)
+        return record
 
     def add_slot(self, keystore: str, options: dict[str, Any] | None = None) -> SlotRecord:
         """Seal the current master key in one more slot (unlocking it first)."""

@@ -782,6 +782,61 @@ class VaultService:
         keys._deks[new] = new_key
         return new, len(updates)
 
+    def master_versions_used(self, org: str) -> dict[int, list[str]]:
+        """Which master key versions wrap this org's keys: version -> what."""
+        keys = self.org(org)
+        used: dict[int, list[str]] = {}
+        with keys.store.read() as db:
+            for table, what in (
+                ("org_deks", "data key"),
+                ("org_rsa_keys", "RSA key"),
+                ("org_audit_keys", "audit key"),
+            ):
+                query = f"SELECT master_version, count(*) FROM {table} GROUP BY master_version"  # noqa: S608
+                for version, count in db.execute(query):
+                    used.setdefault(version, []).append(f"{count} {what}{'s' if count > 1 else ''}")
+        return used
+
+    def rewrap_to_master(self, org: str, version: int) -> int:
+        """Rewrap every key of the org that master key `version` does not wrap
+        yet, in one transaction; returns how many were rewrapped."""
+        keys = self.org(org)
+        new_key = self.master.unlock(version)
+        count = 0
+        with keys.store.write() as db:
+            for table, purpose in (
+                ("org_deks", crypto.ORG_DEK),
+                ("org_audit_keys", crypto.ORG_AUDIT_KEY),
+            ):
+                rows = db.execute(
+                    f"SELECT version, master_version, wrapped FROM {table} "  # noqa: S608
+                    "WHERE master_version != ?",
+                    (version,),
+                ).fetchall()
+                for key_version, old, wrapped in rows:
+                    aad = crypto.aad(purpose, org, key_version)
+                    key = crypto.unwrap_key(self.master.unlock(old), wrapped, aad)
+                    db.execute(
+                        f"UPDATE {table} SET master_version = ?, wrapped = ? "  # noqa: S608
+                        "WHERE version = ?",
+                        (version, crypto.wrap_key(new_key, key, aad), key_version),
+                    )
+                    count += 1
+            rows = db.execute(
+                "SELECT kid, master_version, wrapped_private FROM org_rsa_keys "
+                "WHERE master_version != ?",
+                (version,),
+            ).fetchall()
+            for kid, old, wrapped in rows:
+                aad = crypto.aad(crypto.ORG_RSA_KEY, org, kid)
+                der = crypto.decrypt(self.master.unlock(old), wrapped, aad)
+                db.execute(
+                    "UPDATE org_rsa_keys SET master_version = ?, wrapped_private = ? WHERE kid = ?",
+                    (version, crypto.encrypt(new_key, der, aad), kid),
+                )
+                count += 1
+        return count
+
     def rotation_due(self, org: str) -> str | None:
         """When the org's data key is due for rotation (keys.rotate_org_every), or None."""
         if not self.rotate_org_every:

@@ -64,6 +64,11 @@ class SlotProvider(ABC):
         """What this slot depends on, for `crate keys status`; never a secret."""
         return ""
 
+    def reseal_options(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The creation options that make a slot like this one (a new master key
+        version is sealed in a slot like each slot of the old one)."""
+        return {}
+
 
 def slot_aad(version: int, slot_id: str) -> bytes:
     return crypto.aad(crypto.MASTER_SLOT, version, slot_id)

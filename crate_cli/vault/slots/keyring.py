@@ -438,6 +438,9 @@ class KeyringSlot(SlotProvider):
     def describe(self) -> str:
         return f"keyring (the OS keystore: {_platform_keystore()})"
 
+    def reseal_options(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"allow_insecure_keyring": params.get("insecure") is True}
+
     def details(self, ctx: SlotContext, params: dict[str, Any]) -> str:
         backend = str(params.get("backend")).removeprefix("keyring.backends.")
         text = f"{backend} item {params.get('service')}/{params.get('username')}"

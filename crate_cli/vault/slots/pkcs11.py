@@ -167,5 +167,8 @@ class Pkcs11Slot(SlotProvider):
     def describe(self) -> str:
         return "pkcs11 (a non-extractable key in an HSM token)"
 
+    def reseal_options(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"pkcs11_module": params.get("module"), "pkcs11_token": params.get("token")}
+
     def details(self, ctx: SlotContext, params: dict[str, Any]) -> str:
         return f"token {params.get('token')!r} through {params.get('module')}"

@@ -450,6 +450,14 @@ class Tpm2Slot(SlotProvider):
     def describe(self) -> str:
         return "tpm2 (sealed by a TPM 2.0)"
 
+    def reseal_options(self, params: dict[str, Any]) -> dict[str, Any]:
+        pcrs = params.get("pcrs") or []
+        return {
+            "tpm2_tcti": params.get("tcti"),
+            "tpm2_pin": bool(params.get("pin")),
+            "tpm2_pcrs": ",".join(map(str, pcrs)) if pcrs else None,
+        }
+
     def details(self, ctx: SlotContext, params: dict[str, Any]) -> str:
         try:
             parts = [f"TPM at {resolve_tcti(ctx, params.get('tcti'))}"]
