@@ -589,6 +589,10 @@ class VaultService:
         with keys.store.read() as db:
             self._require_env(db, org, env)
             rows = self._select_rows(db, env, names, versions)
+            # The data keys those rows name, from the same snapshot: a rotation
+            # and prune committed meanwhile must not make them vanish.
+            for dek_version in {r[8] for r in rows if r[8] is not None}:
+                keys.dek_cipher(dek_version)
         out: list[SecretValue] = []
         found: set[str] = set()
         for row in rows:
