@@ -231,7 +231,8 @@ def rotate_master() -> None:
 
     if agent_status(session.home) is not None:
         click.echo(
-            "crate: restart the agent (crate agent stop; crate agent start) to use the new key",
+            "crate: restart the agent (crate agent stop; crate agent start) and any crate "
+            "server to use the new key",
             err=True,
         )
 
