@@ -191,9 +191,17 @@ def rotate_master() -> None:
     rewrapped in one transaction; an interrupted rotation is finished by
     running the command again. Old versions stay until crate keys prune.
     """
-    from crate_cli.vault.orgs import list_orgs
+    from crate_cli.config import file_lock
 
     session = Session.for_terminal()
+    # One rotation at a time: a slow one must not undo a later one.
+    with file_lock(session.home.keys_dir / ".rotate.lock"):
+        _rotate_master(session)
+
+
+def _rotate_master(session: Session) -> None:
+    from crate_cli.vault.orgs import list_orgs
+
     master = session.master
     orgs = list_orgs(session.home)
     current = master.current().version

@@ -155,6 +155,10 @@ class MasterKeys:
         return bool(self.versions())
 
     def current(self) -> MasterVersion:
+        """The newest version, from the registry as it is now: a long-lived
+        process (the agent, a server) must not wrap new keys under a version
+        that another process rotated away (and maybe pruned)."""
+        self._versions = None
         versions = self.versions()
         if not versions:
             raise KeystoreError("crate has no master key yet", "run: crate init")
@@ -361,10 +365,18 @@ class MasterKeys:
             self.unlock(record.version)  # the old key must be usable to rewrap
             key = crypto.new_key()
             version = record.version + 1
-            slots = tuple(
-                self._seal_slot(key, version, s.type, provider(s.type).reseal_options(s.params))
-                for s in record.slots
-            )
+            sealed: list[SlotRecord] = []
+            try:
+                for s in record.slots:
+                    options = provider(s.type).reseal_options(s.params)
+                    sealed.append(self._seal_slot(key, version, s.type, options))
+            except BaseException:
+                # The version is not registered: nothing may keep its slots.
+                for slot in sealed:
+                    with contextlib.suppress(Exception):
+                        provider(slot.type).destroy(self._slot_context(), slot.params)
+                raise
+            slots = tuple(sealed)
             new = MasterVersion(
                 version=version, created_at=utc_now(), slots=slots, check=_key_check(key, version)
             )
@@ -388,6 +400,7 @@ class MasterKeys:
             self._unlocked.pop(version, None)
         for slot in record.slots:
             provider(slot.type).destroy(self._slot_context(), slot.params)
+            self._used_marker(slot.id).unlink(missing_ok=True)
         return record
 
     def add_slot(self, keystore: str, options: dict[str, Any] | None = None) -> SlotRecord:
@@ -430,6 +443,7 @@ class MasterKeys:
                     ) from None
                 self._replace(record._replace(slots=tuple(others)))
                 provider(doomed[0].type).destroy(self._slot_context(), doomed[0].params)
+                self._used_marker(slot_id).unlink(missing_ok=True)
                 return doomed[0]
         raise NotFound(f"no key slot {slot_id!r}", "list them with: crate keys slots list")
 

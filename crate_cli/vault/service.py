@@ -739,10 +739,12 @@ class VaultService:
         key under the old versions or every key under the new one; a crash
         leaves the old state. Returns (new version, keys rewrapped)."""
         keys = self.org(org)
-        master = self.master.current().version
-        master_key = self.master.unlock(master)
         now = utc_now()
         with keys.store.write() as db:
+            # The master version is read inside the transaction: a master
+            # rotation's rewrap of this org comes wholly before or after it.
+            master = self.master.current().version
+            master_key = self.master.unlock(master)
             new = keys.current_dek_version(db) + 1
             new_key = crypto.new_key()
             db.execute(
@@ -812,9 +814,10 @@ class VaultService:
                 ("org_deks", crypto.ORG_DEK),
                 ("org_audit_keys", crypto.ORG_AUDIT_KEY),
             ):
+                # `<`: keys already on a newer version (a later rotation) stay.
                 rows = db.execute(
                     f"SELECT version, master_version, wrapped FROM {table} "  # noqa: S608
-                    "WHERE master_version != ?",
+                    "WHERE master_version < ?",
                     (version,),
                 ).fetchall()
                 for key_version, old, wrapped in rows:
@@ -828,7 +831,7 @@ class VaultService:
                     count += 1
             rows = db.execute(
                 "SELECT kid, master_version, wrapped_private FROM org_rsa_keys "
-                "WHERE master_version != ?",
+                "WHERE master_version < ?",
                 (version,),
             ).fetchall()
             for kid, old, wrapped in rows:
