@@ -280,14 +280,13 @@ class FallbackClient(SecretsClient):
         try:
             blob = path.read_bytes()
         except FileNotFoundError:
-            missing = NotFound(
-                f"no offline copy of {where} is kept here",
-                "run the command once while the server is reachable",
-            )
             if error is not None:
                 error.hint = f"and no offline copy of {where} is kept here"
                 raise error from None
-            raise missing from None
+            raise NotFound(
+                f"no offline copy of {where} is kept here",
+                "run the command once while the server is reachable",
+            ) from None
         key = self._key(create=False)
         if key is None:
             raise NotFound(f"the key of the offline copy of {where} is missing")

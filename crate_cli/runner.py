@@ -340,7 +340,9 @@ def fallback_policy(only: bool, never: bool, max_age: str | None) -> FallbackPol
 
 def check_run_args(run: RunArgs) -> RunArgs:
     """Checks that need more than one option at a time."""
-    run.fallback  # noqa: B018 - raises on contradictory fallback options
+    fallback_policy(
+        run.fallback_only, run.no_fallback, run.fallback_max_age
+    )  # raises if contradictory
     if run.shell_command is not None:
         if run.command:
             raise InvalidInput(

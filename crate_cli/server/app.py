@@ -177,17 +177,8 @@ class CrateApp:
         headers = dict(scope["headers"])  # names are lowercase in ASGI
         if path in ("/healthz", "/openapi.json") or path in self.extra:
             if method != "GET":
-                return Response(
-                    405,
-                    {
-                        "error": {
-                            "code": "method_not_allowed",
-                            "message": f"{method} is not allowed on {path}",
-                            "hint": None,
-                        }
-                    },
-                    (("allow", "GET"),),
-                )
+                refused = _error(405, "method_not_allowed", f"{method} is not allowed on {path}")
+                return refused._replace(headers=(("allow", "GET"),))
             if path == "/healthz":
                 return Response(200, {"status": "ok"})
             if path == "/openapi.json":

@@ -52,12 +52,61 @@ def peer_uid(sock: socket.socket) -> int | None:
     return int(uid)
 
 
-def _connect_without_delay(conn: Any) -> None:
-    """Connect an http.client connection with TCP_NODELAY: it sends headers and
-    body in two writes, and Nagle would hold the body back until the server's
-    delayed ACK, 40 ms on Linux, on every request."""
-    conn.connect()
-    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+class _TcpConnection:
+    """One keep-alive connection through http.client (TCP or TLS)."""
+
+    def __init__(self, base_url: str, ca_file: str | None, timeout: float) -> None:
+        import http.client
+
+        parts = urlsplit(base_url)
+        if parts.scheme == "https":
+            import ssl
+
+            context = ssl.create_default_context(cafile=ca_file)
+            self.conn: Any = http.client.HTTPSConnection(
+                parts.hostname or "", parts.port, timeout=timeout, context=context
+            )
+        else:
+            self.conn = http.client.HTTPConnection(
+                parts.hostname or "", parts.port, timeout=timeout
+            )
+        try:
+            self.conn.connect()
+        except OSError as e:
+            self.conn.close()
+            _raise_if_untrusted(e, base_url)
+            raise
+        # http.client sends headers and body in two writes: without this, Nagle
+        # holds the body back until the server's delayed ACK (40 ms on Linux).
+        self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def exchange(
+        self, method: str, target: str, data: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        import http.client
+
+        try:
+            self.conn.request(method, target, body=data, headers=headers)
+            response = self.conn.getresponse()
+            raw = response.read()
+        except http.client.RemoteDisconnected as e:
+            raise ConnectionResetError(str(e)) from None  # a closed keep-alive connection
+        except http.client.HTTPException as e:
+            raise ValueError(type(e).__name__) from None
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, raw
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _raise_if_untrusted(error: OSError, where: str) -> None:
+    import ssl
+
+    if isinstance(error, ssl.SSLCertVerificationError):
+        raise TlsFailure(
+            f"the TLS certificate of {where} did not verify ({error.verify_message})",
+            "if it uses a private CA, log in with --ca-file FILE",
+        ) from None
 
 
 class _UnixConnection:
@@ -77,14 +126,20 @@ class _UnixConnection:
         self.sock = sock
         self.reader = sock.makefile("rb")
 
-    def exchange(self, message: bytes) -> tuple[int, dict[str, str], bytes]:
+    def exchange(
+        self, method: str, target: str, data: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
         """Send one request; the status, lower-cased headers and body of the answer."""
-        self.sock.sendall(message)
+        body = data or b""
+        lines = [f"{method} {target} HTTP/1.1", "Host: localhost"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines.append(f"Content-Length: {len(body)}")
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         status_line = self.reader.readline(65537)
         parts = status_line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise ValueError("not an HTTP response")
-        headers: dict[str, str] = {}
+        reply: dict[str, str] = {}
         while True:
             line = self.reader.readline(65537)
             if line in (b"\r\n", b"\n"):
@@ -92,14 +147,14 @@ class _UnixConnection:
             if not line:
                 raise ValueError("the response ended inside its headers")
             name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = headers.get("content-length", "")
+            reply[name.strip().lower()] = value.strip()
+        length = reply.get("content-length", "")
         if not length.isdigit():
             raise ValueError("the response has no Content-Length")
-        body = self.reader.read(int(length))
-        if len(body) != int(length):
+        answer = self.reader.read(int(length))
+        if len(answer) != int(length):
             raise ValueError("the response ended early")
-        return int(parts[1]), headers, body
+        return int(parts[1]), reply, answer
 
     def close(self) -> None:
         self.reader.close()
@@ -121,11 +176,12 @@ def check_server_url(url: str) -> str:
     """A server URL without its trailing slash; plain http only for loopback."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
+        # The text is not repeated: a token pasted in its place must not be echoed.
         raise InvalidInput(
-            f"invalid server URL {url!r}: use https://HOST[:PORT] (http:// only for loopback)"
+            "invalid server URL: use https://HOST[:PORT] (http:// only for loopback)"
         )
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise InvalidInput(f"invalid server URL {url!r}: give only scheme, host and port")
+        raise InvalidInput("invalid server URL: give only https://HOST[:PORT], nothing more")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise InvalidInput(
             f"refusing to send a token over plain HTTP to {parts.hostname}",
@@ -153,19 +209,6 @@ class HttpTransport:
     def describe(self) -> str:
         return f"the crate agent at {self.unix_socket}" if self.unix_socket else self.base_url
 
-    def _connect(self) -> Any:
-        import http.client
-
-        parts = urlsplit(self.base_url)
-        if parts.scheme == "https":
-            import ssl
-
-            context = ssl.create_default_context(cafile=self.ca_file)
-            return http.client.HTTPSConnection(
-                parts.hostname or "", parts.port, timeout=self.timeout, context=context
-            )
-        return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=self.timeout)
-
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -185,9 +228,8 @@ class HttpTransport:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        exchange = self._unix_exchange if self.unix_socket else self._exchange
         for attempt in range(RETRIES_WHEN_BUSY + 1):
-            status, raw, retry_after = exchange(method, target, data, headers)
+            status, raw, retry_after = self._exchange(method, target, data, headers)
             if status != 503 or retry_after is None or attempt == RETRIES_WHEN_BUSY:
                 break
             time.sleep(min(retry_after, 5.0))
@@ -211,69 +253,29 @@ class HttpTransport:
             raise raised
         return payload
 
+    def _open(self) -> _TcpConnection | _UnixConnection:
+        if self.unix_socket:
+            return _UnixConnection(self.unix_socket, self.timeout)
+        return _TcpConnection(self.base_url, self.ca_file, self.timeout)
+
     def _exchange(
         self, method: str, target: str, data: bytes | None, headers: dict[str, str]
     ) -> tuple[int, bytes, float | None]:
-        import http.client
-        import ssl
-
         # A kept-alive connection the server has closed fails on first use:
         # one retry on a fresh connection, only when nothing was answered.
         for fresh in (self._conn is None, True):
-            if fresh:
-                self.close()
-                self._conn = self._connect()
             try:
-                if self._conn.sock is None:
-                    _connect_without_delay(self._conn)
-                self._conn.request(method, target, body=data, headers=headers)
-                response = self._conn.getresponse()
-                raw = response.read()
-            except ssl.SSLCertVerificationError as e:
-                self.close()
-                raise TlsFailure(
-                    f"the TLS certificate of {self.describe()} did not verify ({e.verify_message})",
-                    "if it uses a private CA, log in with --ca-file FILE",
-                ) from None
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
+                if fresh:
+                    self.close()
+                    self._conn = self._open()
+                status, reply_headers, raw = self._conn.exchange(method, target, data, headers)
+            except (BrokenPipeError, ConnectionResetError, ValueError) as e:
                 self.close()
                 if not fresh:
                     continue
                 raise self._unreachable(e) from None
-            except (OSError, http.client.HTTPException) as e:
+            except OSError as e:
                 self.close()
-                raise self._unreachable(e) from None
-            if response.getheader("Connection", "").lower() == "close":
-                self.close()
-            retry = response.getheader("Retry-After")
-            return (
-                response.status,
-                raw,
-                float(retry) if retry and retry.isdigit() else None,
-            )
-        raise AssertionError("unreachable")
-
-    def _unix_exchange(
-        self, method: str, target: str, data: bytes | None, headers: dict[str, str]
-    ) -> tuple[int, bytes, float | None]:
-        body = data or b""
-        lines = [f"{method} {target} HTTP/1.1", "Host: localhost"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        lines.append(f"Content-Length: {len(body)}")
-        message = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-        for fresh in (self._conn is None, True):
-            if fresh:
-                self.close()
-                try:
-                    self._conn = _UnixConnection(str(self.unix_socket), self.timeout)
-                except OSError as e:
-                    raise self._unreachable(e) from None
-            try:
-                status, reply_headers, raw = self._conn.exchange(message)
-            except (OSError, ValueError) as e:
-                self.close()
-                if not fresh:
-                    continue
                 raise self._unreachable(e) from None
             if reply_headers.get("connection", "").lower() == "close":
                 self.close()

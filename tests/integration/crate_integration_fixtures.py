@@ -36,7 +36,7 @@ ACME_SECRETS: dict[str, dict[str, list[str]]] = {
 
 
 @contextlib.contextmanager
-def _fresh_session(home: Path) -> Iterator[Session]:
+def session_at(home: Path) -> Iterator[Session]:
     """A Session with no cached keys or connections, as a new crate process has."""
     s = Session(environ={"CRATE_HOME": str(home), "CRATE_KEYSTORE": "file"})
     try:
@@ -49,7 +49,7 @@ def _fresh_session(home: Path) -> Iterator[Session]:
 @pytest.fixture(scope="session")
 def acme_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("acme-template") / "crate-home"
-    with _fresh_session(home) as s:
+    with session_at(home) as s:
         s.init()
         create_org(s.home, s.master, "acme")
         client = s.client("acme")
@@ -66,7 +66,7 @@ def acme_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def personal_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home after implicit first use: master key v1, org `personal` selected, no secrets."""
     home = tmp_path_factory.mktemp("personal-template") / "crate-home"
-    with _fresh_session(home) as s:
+    with session_at(home) as s:
         assert s.org() == "personal"
     return home
 
@@ -114,7 +114,7 @@ def acme_secrets() -> dict[str, dict[str, list[str]]]:
 @pytest.fixture
 def fresh_session(crate_home: Path) -> Callable[[], contextlib.AbstractContextManager[Session]]:
     """`with fresh_session() as s:` opens CRATE_HOME as a new crate process would."""
-    return lambda: _fresh_session(crate_home)
+    return lambda: session_at(crate_home)
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def retrieve(crate_home: Path) -> Callable[..., dict[str, str]]:
     """Read values through the real client in a fresh Session: {name: value}."""
 
     def run(org: str, env: str, names: list[str]) -> dict[str, str]:
-        with _fresh_session(crate_home) as s:
+        with session_at(crate_home) as s:
             return {r.name: r.value for r in s.client(org).retrieve(env, names)}
 
     return run

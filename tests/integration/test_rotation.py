@@ -12,7 +12,6 @@ versions that wrap nothing and never the current one.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -22,14 +21,13 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import CrateRunner, assert_clean_error
+from crate_integration_fixtures import session_at
 
-from crate_cli.context import Session
 from crate_cli.errors import ExitCode
 from crate_cli.vault import service as vault_service
 
@@ -40,17 +38,6 @@ DataKeys = list[tuple[int, int, bool]]
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def fresh_session(home: Path) -> Iterator[Session]:
-    """An in-process Session with no cached keys, as a new crate process has."""
-    s = Session(environ={"CRATE_HOME": str(home), "CRATE_KEYSTORE": "file"})
-    try:
-        yield s
-    finally:
-        if "service" in s.__dict__:
-            s.service.close()
 
 
 def vault_path(home: Path, org: str) -> Path:
@@ -160,7 +147,7 @@ def value_versions(model: Model) -> int:
 
 def seed(home: Path, org: str, model: Model) -> None:
     """Store the model in-process: each version level of each env in one batch."""
-    with fresh_session(home) as s:
+    with session_at(home) as s:
         client = s.client(org)
         for env, names in model.items():
             for k in range(max(len(vs) for vs in names.values())):
@@ -174,7 +161,7 @@ def seed(home: Path, org: str, model: Model) -> None:
 
 def check_values(home: Path, org: str, model: Model) -> None:
     """Every current value and every older version's value reads back, in a fresh Session."""
-    with fresh_session(home) as s:
+    with session_at(home) as s:
         client = s.client(org)
         for env, names in model.items():
             current = {n: (vs[-1], len(vs)) for n, vs in names.items() if vs[-1] is not None}
@@ -255,7 +242,7 @@ def test_rotation_of_ten_thousand_secrets_in_three_orgs(
     got = crate("secrets", "get", "NORTH_00005", "--org", "north", "--version", "1")
     assert (got.returncode, got.stdout) == (0, north["dev"]["NORTH_00005"][0]), got
     # The history's rows were re-MAC'd correctly: it still authenticates.
-    with fresh_session(crate_home) as s:
+    with session_at(crate_home) as s:
         history = s.client("north").history("dev", "NORTH_00005")
     assert [(h["version"], h["action"], h["deleted"]) for h in history] == [
         (1, "set", False),
@@ -269,7 +256,7 @@ def test_rotation_of_ten_thousand_secrets_in_three_orgs(
     check_values(crate_home, "north", north)
 
     # New writes use the newest data key: v3 in north, v2 in south.
-    with fresh_session(crate_home) as s:
+    with session_at(crate_home) as s:
         s.client("north").store("dev", [("NORTH_NEW", f"north-new-{tag}")])
         s.client("south").store("dev", [("SOUTH_NEW", f"south-new-{tag}")])
     set_result = crate("secrets", "set", "NORTH_00001", f"north-update-{tag}", "--org", "north")
@@ -377,7 +364,7 @@ def test_rotation_killed_at_random_moments_leaves_a_whole_vault(
     tag = pysecrets.token_hex(4)
     crate("org", "create", org, check=True)
     expected = {f"CRASH_{i:05d}": f"crash-{i}-{tag}" for i in range(count)}
-    with fresh_session(crate_home) as s:
+    with session_at(crate_home) as s:
         s.client(org).store("dev", list(expected.items()))
     path = vault_path(crate_home, org)
 
@@ -420,7 +407,7 @@ def test_rotation_killed_at_random_moments_leaves_a_whole_vault(
         assert all(k[1] == 0 for k in keys if not k[2]), (context, keys)
 
         # A full read, in a new Session, returns every value.
-        with fresh_session(crate_home) as s:
+        with session_at(crate_home) as s:
             got = {r.name: r.value for r in s.client(org).retrieve("dev", [])}
         assert not mismatches(got, expected), (context, mismatches(got, expected))
 
@@ -531,7 +518,7 @@ def test_prune_removes_only_versions_that_wrap_nothing(
     assert f"crate: {org}: removed data key v2, v3" in text.stderr
     assert data_keys(crate)[org] == [(4, 50, True)]
     assert not mismatches(fetch(crate, org), values)
-    with fresh_session(crate_home) as s:
+    with session_at(crate_home) as s:
         got = s.client(org).retrieve("dev", ["PRUNE_07"])
     assert [(r.name, r.value) for r in got] == [("PRUNE_07", values["PRUNE_07"])]
 
@@ -593,7 +580,7 @@ def test_read_racing_rotation_and_prune_is_not_an_integrity_failure(
     """Another process rotates and prunes just after this reader took its snapshot
     (the rows still name DEK v1) and before it loads DEK v1: the reader must
     still get its values, as the rotation promises readers keep their snapshot."""
-    with fresh_session(crate_home) as s:
+    with session_at(crate_home) as s:
         s.init()
         from crate_cli.vault.orgs import create_org
 
@@ -607,13 +594,13 @@ def test_read_racing_rotation_and_prune_is_not_an_integrity_failure(
     def dek(self: vault_service.OrgKeys, version: int) -> bytes:
         if not started:  # the first DEK load: the reader's, after its snapshot
             started.append(True)
-            with fresh_session(crate_home) as other:
+            with session_at(crate_home) as other:
                 new, _ = other.service.rotate_org("acme")
                 interleaved.append((new, other.service.prune_org_deks("acme")))
         return load(self, version)
 
     monkeypatch.setattr(vault_service.OrgKeys, "dek", dek)
-    with fresh_session(crate_home) as reader:
+    with session_at(crate_home) as reader:
         got = {r.name: r.value for r in reader.client("acme").retrieve("dev", [])}
     assert interleaved == [(2, [1])]
     assert got == {"A": "a-value", "B": "b-value"}
