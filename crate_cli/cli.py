@@ -24,6 +24,7 @@ COMMANDS = {
     "login": ("crate_cli.commands.login", "login"),
     "logout": ("crate_cli.commands.login", "logout"),
     "agent": ("crate_cli.commands.agent", "agent"),
+    "audit": ("crate_cli.commands.audit", "audit"),
 }
 
 # Set by main() for `crate run`, picked up by the run command: the argv after

@@ -197,3 +197,20 @@ class SecretsClient:
     def delete_environment(self, name: str) -> int:
         reply = self.transport.request("DELETE", self._path("environments", check_env(name)))
         return int(reply["secrets_deleted"])
+
+    # -- the audit module -----------------------------------------------------
+
+    def audit_entries(self, query: dict[str, str]) -> tuple[list[dict[str, Any]], bool]:
+        """One page of the org's audit log (see ApiCore._audit_log for `query`)."""
+        reply = self.transport.request("GET", self._path("audit"), query=query)
+        return list(reply["entries"]), bool(reply["more"])
+
+    def audit_verify(self) -> dict[str, Any]:
+        return dict(self.transport.request("GET", self._path("audit", "verify")))
+
+    def audit_module(self, enabled: bool) -> bool:
+        """Switch the org's audit module; returns whether that changed it."""
+        reply = self.transport.request(
+            "PUT", self._path("audit", "module"), body={"enabled": enabled}
+        )
+        return bool(reply["changed"])

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from crate_cli.client import FallbackPolicy
     from crate_cli.remote import Remote
     from crate_cli.transport import Transport
+    from crate_cli.vault.audit import Caller
     from crate_cli.vault.service import VaultService
 
 DEFAULT_ORG = "personal"
@@ -205,7 +206,7 @@ class Session:
         orgs = list_orgs(self.home)
         if not orgs:
             try:
-                create_org(self.home, self.master, DEFAULT_ORG)
+                create_org(self.home, self.master, DEFAULT_ORG, self.caller())
                 self.notify(f"crate: created organization {DEFAULT_ORG!r} and selected it")
             except Conflict:
                 pass  # another crate process created it first
@@ -226,9 +227,16 @@ class Session:
     def service(self) -> VaultService:
         return self.new_service()
 
-    def new_service(self) -> VaultService:
+    def caller(self, client: str = "cli") -> Caller:
+        """This process as the audit log records it (no request behind it)."""
+        from crate_cli.vault.audit import Caller
+
+        return Caller(local_actor(), client)
+
+    def new_service(self, client: str = "cli") -> VaultService:
         """A VaultService with its own vault connections, configured by the
-        settings (the server and the agent make one per worker thread)."""
+        settings (the server and the agent make one per worker thread);
+        `client` is what its audit entries name (cli, server, agent)."""
         from crate_cli.vault.service import VaultService
 
         every = str(self.settings.get("keys.rotate_org_every") or "")
@@ -242,6 +250,7 @@ class Session:
             self.master,
             int(self.settings.get("secrets.max_value_bytes")),
             rotate_org_every=rotate_every,
+            caller=self.caller(client),
         )
 
     @property

@@ -113,6 +113,13 @@ class VaultCorrupted(IntegrityError):
     """The vault file is not a readable crate vault (truncated, not SQLite)."""
 
 
+class AuditChainBroken(IntegrityError):
+    """The audit log's chain does not hold; the message names the first entry
+    that breaks it (what an auditor needs, and nothing a forger can use)."""
+
+    api_code = "audit_chain_broken"
+
+
 class KeystoreError(CrateError):
     """The master key could not be unlocked or a key slot is unavailable."""
 

@@ -307,6 +307,8 @@ def prune(as_json: bool) -> None:
         else:
             master.remove_version(record.version)
             pruned_master.append(record.version)
+    if pruned_master:
+        _record(session, "prune", {"master_versions": pruned_master})
     if as_json:
         print_json({"data_keys": removed, "master_keys": pruned_master, "held": held})
     else:
@@ -334,6 +336,7 @@ def slots_add(slot_type: str, slot_options: dict[str, Any]) -> None:
     session = Session.for_terminal()
     slot = session.master.add_slot(slot_type, slot_options)
     click.echo(f"added {slot.type} slot {slot.id}", err=True)
+    _record(session, "slot-add", {"slot": slot.id, "type": slot.type})
 
 
 @slots.command("remove")
@@ -343,6 +346,18 @@ def slots_remove(slot_id: str) -> None:
     session = Session.for_terminal()
     slot = session.master.remove_slot(slot_id)
     click.echo(f"removed {slot.type} slot {slot.id}", err=True)
+    _record(session, "slot-remove", {"slot": slot.id, "type": slot.type})
+
+
+def _record(session: Session, action: str, details: dict[str, Any]) -> None:
+    """Record a master key change in every org's audit log; the change itself
+    is done, so an org whose log cannot take it gets a warning, not a failure."""
+    for org in session.service.record_key_change(action, details):
+        click.echo(
+            f"crate: warning: could not record {action} in the audit log of {org!r}; "
+            f"check it with: crate audit verify --org {org}",
+            err=True,
+        )
 
 
 @keys.command("export-env")
@@ -364,4 +379,6 @@ def export_env(yes: bool) -> None:
         ):
             raise CrateError("nothing was printed")
     session = Session.for_terminal()
-    click.echo(session.master.export_env())
+    value = session.master.export_env()
+    _record(session, "key-export", {"master_version": session.master.current().version})
+    click.echo(value)

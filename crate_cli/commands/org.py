@@ -23,7 +23,7 @@ def create(name: str) -> None:
 
     session = Session.for_terminal()
     session.init()
-    create_org(session.home, session.master, name)
+    create_org(session.home, session.master, name, session.caller())
     click.echo(f"created organization {name!r}", err=True)
 
 

@@ -100,7 +100,7 @@ def server(
     scope = frozenset(served) if served else None
 
     def make_core() -> ApiCore:
-        return ApiCore(session.new_service(), scope)
+        return ApiCore(session.new_service("server"), scope)
 
     sock = bind_unix(Path(socket_path)) if socket_path else bind_tcp(address)
     if socket_path:

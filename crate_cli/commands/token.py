@@ -120,5 +120,5 @@ def revoke(name: str, org: str | None) -> None:
 
     session = Session.for_terminal()
     org_name = session.org(org, local=True)  # tokens live in the local vault
-    tokens.revoke(session.service.org(org_name), name)
+    tokens.revoke(session.service.org(org_name), name, session.service.caller)
     click.echo(f"crate: revoked token {name!r} of {org_name!r}", err=True)

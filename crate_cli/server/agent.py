@@ -213,7 +213,7 @@ def _serve(session: Session, path: Path, idle_timeout: float, ready_fd: int) -> 
         }
 
     def make_core() -> ApiCore:
-        return ApiCore(session.new_service())
+        return ApiCore(session.new_service("agent"))
 
     app = CrateApp(
         make_core,

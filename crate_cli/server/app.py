@@ -119,7 +119,7 @@ class CrateApp:
             return
         if scope["type"] != "http":
             return
-        request_id = os.urandom(8).hex()
+        request_id = _request_id(scope)
         if self.on_request is not None and scope["path"] not in self.extra:
             self.on_request()  # the agent's idle clock; its status does not count
         close = False
@@ -131,7 +131,7 @@ class CrateApp:
             else:
                 self.in_flight += 1
                 try:
-                    response = await self._respond(scope, receive)
+                    response = await self._respond(scope, receive, request_id)
                 finally:
                     self.in_flight -= 1
         except _BodyTimeout:
@@ -171,7 +171,7 @@ class CrateApp:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _respond(self, scope: Scope, receive: Receive) -> Response:
+    async def _respond(self, scope: Scope, receive: Receive, request_id: str) -> Response:
         method = scope["method"]
         path = scope["path"]
         headers = dict(scope["headers"])  # names are lowercase in ASGI
@@ -200,6 +200,7 @@ class CrateApp:
             query=query,
             body=body,
             token=token,
+            request_id=request_id,
         )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, self._handle, request)
@@ -245,3 +246,18 @@ class CrateApp:
             self._openapi = OPENAPI_PATH.read_bytes()
         document: dict[str, Any] = json.loads(self._openapi)
         return document
+
+
+def _request_id(scope: Scope) -> str:
+    """The client's X-Request-Id when it is a plain token of at most 64
+    characters (a proxy's or a SIEM's correlation id), else a new one. It is
+    recorded in the audit log and sent back."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if 0 < len(value) <= 64 and all(c in _ID_BYTES for c in value):
+                return str(value.decode("ascii"))
+            break
+    return os.urandom(8).hex()
+
+
+_ID_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")

@@ -17,6 +17,9 @@ Routes (DESIGN §4; the ones marked * are crate's extensions):
   * GET    /organization/{org}/environments
   * POST   /organization/{org}/environments               {"name"}
   * DELETE /organization/{org}/environments/{env}
+    GET    /organization/{org}/audit?since=&actor=&action=&env=&name=&limit=&before=&after=
+  * GET    /organization/{org}/audit/verify
+  * PUT    /organization/{org}/audit/module               {"enabled"}
   * GET    /whoami                                      who the caller is
 
 Each route needs a permission (`read`, `write` or `admin`); a principal has a
@@ -27,10 +30,17 @@ in the path.
 
 Errors are `{"error": {"code", "message", "hint"}}` with the status and
 stable code of the `CrateError` raised.
+
+Every call on an org lands in its audit log (crate_cli/vault/audit.py): the
+service records what succeeded, inside the change's own transaction or right
+after a read; the core records what was denied or failed, with the request's
+id. Successful reads of the public key, the environments and the audit log
+itself are not recorded.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -39,11 +49,15 @@ from crate_cli.errors import (
     CrateError,
     Forbidden,
     InvalidInput,
+    KeystoreError,
     NotFound,
     SealedTransportRequired,
     TokenExpired,
     Unauthorized,
 )
+from crate_cli.vault import audit
+from crate_cli.vault.audit import Caller
+from crate_cli.vault.names import ENV_RE, SECRET_RE
 from crate_cli.vault.service import SealedItem, VaultService
 
 MAX_RETRIEVE_NAMES = 1000
@@ -72,6 +86,9 @@ class Principal(NamedTuple):
     token: str | None = None  # the token's name, for a token principal
     org: str | None = None  # the org a token belongs to
 
+    def caller(self, request_id: str) -> Caller:
+        return Caller(self.actor, self.client, request_id)
+
     def allow_env(self, env: str) -> None:
         if self.envs and env not in self.envs:
             raise Forbidden(
@@ -90,6 +107,7 @@ class Request(NamedTuple):
     query: Mapping[str, str] = MappingProxyType({})
     body: Any = None
     token: str | None = None
+    request_id: str = ""  # made up by the core when the transport has none
 
 
 class Response(NamedTuple):
@@ -99,11 +117,14 @@ class Response(NamedTuple):
 
 
 class Call(NamedTuple):
-    """A routed request: its authenticated principal and path parameters."""
+    """A routed request: its authenticated principal and path parameters.
+    Handlers note the environment and names they act on in `noted`, for the
+    audit entry of a denial or failure."""
 
     request: Request
     principal: Principal
     params: dict[str, str]
+    noted: dict[str, Any]
 
     @property
     def body(self) -> Any:
@@ -113,16 +134,36 @@ class Call(NamedTuple):
     def query(self) -> Mapping[str, str]:
         return self.request.query
 
+    @property
+    def caller(self) -> Caller:
+        return self.principal.caller(self.request.request_id)
+
+    def env(self, env: str) -> str:
+        """Note the environment acted on and check the principal may use it."""
+        self.noted["env"] = env
+        self.principal.allow_env(env)
+        return env
+
 
 Handler = Callable[["ApiCore", Call], Response]
-# (method, path segments, permission, handler); a segment `{x}` matches any
-# one segment; permission None means any authenticated caller.
-_ROUTES: list[tuple[str, tuple[str, ...], str | None, Handler]] = []
 
 
-def route(method: str, pattern: str, need: str | None) -> Callable[[Handler], Handler]:
+class Route(NamedTuple):
+    method: str
+    pattern: tuple[str, ...]  # a segment `{x}` matches any one segment
+    need: str | None  # the permission; None: any authenticated caller
+    action: str | None  # its audit action (None: not an org operation)
+    handler: Handler
+
+
+_ROUTES: list[Route] = []
+
+
+def route(
+    method: str, pattern: str, need: str | None, action: str | None = None
+) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
-        _ROUTES.append((method, tuple(pattern.split("/")), need, fn))
+        _ROUTES.append(Route(method, tuple(pattern.split("/")), need, action, fn))
         return fn
 
     return register
@@ -130,7 +171,7 @@ def route(method: str, pattern: str, need: str | None) -> Callable[[Handler], Ha
 
 def routes() -> list[tuple[str, str]]:
     """(method, path pattern) of every route, for the OpenAPI check."""
-    return [(method, "/".join(pattern)) for method, pattern, _, _ in _ROUTES]
+    return [(r.method, "/".join(r.pattern)) for r in _ROUTES]
 
 
 def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
@@ -196,17 +237,18 @@ class ApiCore:
 
     def handle(self, request: Request) -> Response:
         """Route a request; every CrateError becomes its JSON error response."""
+        if not request.request_id:
+            request = request._replace(request_id=os.urandom(8).hex())
         try:
             allowed: list[str] = []
             segments = request.path.split("/")
-            for method, pattern, need, fn in _ROUTES:
-                params = _match(pattern, segments)
+            for r in _ROUTES:
+                params = _match(r.pattern, segments)
                 if params is None:
                     continue
-                allowed.append(method)
-                if method == request.method:
-                    principal = self._authorize(request, params.get("org"), need)
-                    return fn(self, Call(request, principal, params))
+                allowed.append(r.method)
+                if r.method == request.method:
+                    return self._call(request, r, params)
             if allowed:
                 return Response(
                     405,
@@ -223,25 +265,79 @@ class ApiCore:
         except CrateError as e:
             return error_response(e)
 
+    def _call(self, request: Request, r: Route, params: dict[str, str]) -> Response:
+        principal: Principal | None = None
+        noted: dict[str, Any] = {}
+        try:
+            principal = self._principal(request, params.get("org"))
+            self._authorize(principal, params.get("org"), r.need, r.action)
+            return r.handler(self, Call(request, principal, params, noted))
+        except CrateError as e:
+            if r.action is not None and "org" in params:
+                self._record_refusal(request, params["org"], r.action, principal, noted, e)
+            raise
+
+    def _record_refusal(
+        self,
+        request: Request,
+        org: str,
+        action: str,
+        principal: Principal | None,
+        noted: dict[str, Any],
+        error: CrateError,
+    ) -> None:
+        """Record a denied or failed call in the org's log, when the org is
+        served here and exists. A failed unlock is recorded where it happens;
+        a log that cannot be written does not hide the call's own error."""
+        if isinstance(error, KeystoreError) or (self.orgs is not None and org not in self.orgs):
+            return
+        if principal is None:
+            known = request.principal
+            principal = Principal("anonymous", known.client if known else "server")
+        env = noted.get("env", "")
+        names = [n for n in noted.get("names", ()) if isinstance(n, str) and SECRET_RE.fullmatch(n)]
+        outcome = "denied" if isinstance(error, (Unauthorized, Forbidden)) else "failed"
+        try:
+            keys = self.service.org(org)
+            audit.record(
+                keys,
+                principal.caller(request.request_id),
+                action,
+                env=env if isinstance(env, str) and ENV_RE.fullmatch(env) else "",
+                names=names[:MAX_RETRIEVE_NAMES],
+                outcome=outcome,
+                details={"error": error.api_code},
+            )
+        except CrateError:
+            pass
+
     def _served(self, org: str) -> None:
         if self.orgs is not None and org not in self.orgs:
             raise NotFound(f"organization {org!r} is not served here")
 
-    def _authorize(self, request: Request, org: str | None, need: str | None) -> Principal:
-        """The caller, checked against the route's permission and org."""
-        principal = request.principal
-        if principal is None:
-            principal = self._authenticate(request.token, org)
-        elif org is not None:
+    def _principal(self, request: Request, org: str | None) -> Principal:
+        """The caller: the transport's, or the owner of the request's token."""
+        if request.principal is None:
+            return self._authenticate(request.token, org)
+        if org is not None:
             self._served(org)
+        return request.principal
+
+    def _authorize(
+        self, principal: Principal, org: str | None, need: str | None, action: str | None
+    ) -> None:
+        """Check the caller against the route's permission and org."""
         if principal.org is not None and org is not None and principal.org != org:
             raise Forbidden(f"token {principal.token!r} belongs to organization {principal.org!r}")
         if need is not None and need not in GRANTS.get(principal.role, frozenset()):
             raise Forbidden(
                 f"token {principal.token!r} has the role {principal.role}, which cannot "
-                f"{_NEEDS_TEXT[need]}"
+                + (
+                    "read or manage the audit log"
+                    if action and action.startswith("audit")
+                    else _NEEDS_TEXT[need]
+                )
             )
-        return principal
 
     def _authenticate(self, token: str | None, org: str | None) -> Principal:
         from crate_cli.vault import tokens
@@ -306,11 +402,11 @@ class ApiCore:
         }
         return Response(200, body)
 
-    @route("GET", "/organization/{org}/secrets/public-key", None)
+    @route("GET", "/organization/{org}/secrets/public-key", None, "public-key")
     def _public_key(self, call: Call) -> Response:
         return Response(200, self.service.public_key(call.params["org"]))
 
-    @route("PUT", "/organization/{org}/secrets", "write")
+    @route("PUT", "/organization/{org}/secrets", "write", "store")
     def _store(self, call: Call) -> Response:
         p, body = call.params, call.body
         if not isinstance(body, dict):
@@ -324,8 +420,7 @@ class ApiCore:
                 "secrets must be stored sealed: encrypt the value to the organization's public "
                 "key (JWE RSA-OAEP-256/A256GCM) and send sealed=true; plaintext is rejected",
             )
-        env = _field(body, "environment", str)
-        call.principal.allow_env(env)
+        env = call.env(_field(body, "environment", str))
         scope = call.principal.tags
         if "encrypted_values" in body:
             entries = _field(body, "secrets", list)
@@ -334,12 +429,13 @@ class ApiCore:
                 name = _field(entry, "name", str)
                 tags = entry.get("tags")
                 items.append(SealedItem(name, None if tags is None else _str_list(tags, "tags")))
+            call.noted["names"] = [i.name for i in items]
             records = self.service.store_sealed(
                 p["org"],
                 env,
                 None,
                 (items, _field(body, "encrypted_values", str)),
-                call.principal.actor,
+                call.caller,
                 tag_scope=scope,
             )
             return Response(200, {"secrets": [r.to_wire() for r in records]})
@@ -347,33 +443,33 @@ class ApiCore:
         item = SealedItem(
             _field(body, "name", str), None if tags is None else _str_list(tags, "tags")
         )
+        call.noted["names"] = [item.name]
         (record,) = self.service.store_sealed(
             p["org"],
             env,
             [(item, body["encrypted_value"])],
             None,
-            call.principal.actor,
+            call.caller,
             tag_scope=scope,
         )
         return Response(200, record.to_wire())
 
-    @route("GET", "/organization/{org}/secrets", "read")
+    @route("GET", "/organization/{org}/secrets", "read", "list")
     def _list(self, call: Call) -> Response:
-        env = _query_env(call.query)
-        call.principal.allow_env(env)
+        env = call.env(_query_env(call.query))
         records = self.service.list_secrets(
-            call.params["org"], env, _query_tags(call.query), call.principal.tags
+            call.params["org"], env, _query_tags(call.query), call.principal.tags, call.caller
         )
         return Response(200, {"secrets": [r.to_wire() for r in records]})
 
-    @route("POST", "/organization/{org}/secrets/retrieve", "read")
+    @route("POST", "/organization/{org}/secrets/retrieve", "read", "retrieve")
     def _retrieve(self, call: Call) -> Response:
         body = call.body
-        env = _field(body, "environment", str)
-        call.principal.allow_env(env)
+        env = call.env(_field(body, "environment", str))
         names = _str_list(body.get("names"), "names")
         if len(names) > MAX_RETRIEVE_NAMES:
             raise InvalidInput(f"at most {MAX_RETRIEVE_NAMES} names per retrieval")
+        call.noted["names"] = names
         versions_raw = _field(body, "versions", dict, required=False) or {}
         versions: dict[str, int] = {}
         for name, v in versions_raw.items():
@@ -392,65 +488,161 @@ class ApiCore:
             _field(body, "public_key", dict),
             nonce,
             call.principal.tags,
+            call.caller,
         )
         return Response(200, {"bundle": bundle})
 
-    @route("DELETE", "/organization/{org}/secrets/{name}", "write")
+    @route("DELETE", "/organization/{org}/secrets/{name}", "write", "delete")
     def _delete(self, call: Call) -> Response:
-        env = _query_env(call.query)
-        call.principal.allow_env(env)
+        env = call.env(_query_env(call.query))
+        call.noted["names"] = [call.params["name"]]
         r = self.service.delete(
             call.params["org"],
             env,
             call.params["name"],
-            call.principal.actor,
+            call.caller,
             call.principal.tags,
         )
         return Response(200, {"name": r.name, "environment": r.env, "version": r.version})
 
-    @route("GET", "/organization/{org}/secrets/{name}/versions", "read")
+    @route("GET", "/organization/{org}/secrets/{name}/versions", "read", "history")
     def _history(self, call: Call) -> Response:
-        env = _query_env(call.query)
-        call.principal.allow_env(env)
+        env = call.env(_query_env(call.query))
         name = call.params["name"]
-        versions = self.service.history(call.params["org"], env, name, call.principal.tags)
+        call.noted["names"] = [name]
+        versions = self.service.history(
+            call.params["org"], env, name, call.principal.tags, call.caller
+        )
         return Response(200, {"name": name, "environment": env, "versions": versions})
 
-    @route("POST", "/organization/{org}/secrets/{name}/rollback", "write")
+    @route("POST", "/organization/{org}/secrets/{name}/rollback", "write", "rollback")
     def _rollback(self, call: Call) -> Response:
+        call.noted["names"] = [call.params["name"]]
         to = _field(call.body, "to", int)
-        env = _field(call.body, "environment", str)
-        call.principal.allow_env(env)
+        env = call.env(_field(call.body, "environment", str))
         r = self.service.rollback(
             call.params["org"],
             env,
             call.params["name"],
             to,
-            call.principal.actor,
+            call.caller,
             call.principal.tags,
         )
         return Response(200, r.to_wire())
 
-    @route("GET", "/organization/{org}/environments", "read")
+    @route("GET", "/organization/{org}/environments", "read", "env-list")
     def _envs(self, call: Call) -> Response:
         envs = self.service.list_envs(call.params["org"])
         allowed = call.principal.envs
         return Response(200, {"environments": [e for e in envs if not allowed or e in allowed]})
 
-    @route("POST", "/organization/{org}/environments", "admin")
+    @route("POST", "/organization/{org}/environments", "admin", "env-create")
     def _create_env(self, call: Call) -> Response:
-        name = _field(call.body, "name", str)
-        call.principal.allow_env(name)
-        self.service.create_env(call.params["org"], name)
+        name = call.env(_field(call.body, "name", str))
+        self.service.create_env(call.params["org"], name, call.caller)
         return Response(201, {"name": name})
 
-    @route("DELETE", "/organization/{org}/environments/{env}", "admin")
+    @route("DELETE", "/organization/{org}/environments/{env}", "admin", "env-delete")
     def _delete_env(self, call: Call) -> Response:
-        call.principal.allow_env(call.params["env"])
+        env = call.env(call.params["env"])
         if call.principal.tags:
             raise Forbidden(
                 f"token {call.principal.token!r} is limited to tags and cannot delete a whole "
                 "environment"
             )
-        removed = self.service.delete_env(call.params["org"], call.params["env"])
-        return Response(200, {"name": call.params["env"], "secrets_deleted": removed})
+        removed = self.service.delete_env(call.params["org"], env, call.caller)
+        return Response(200, {"name": env, "secrets_deleted": removed})
+
+    # -- the audit module -----------------------------------------------------
+
+    def _audit_keys(self, call: Call) -> Any:
+        """The org's keys, for a principal that may see its whole audit log."""
+        p = call.principal
+        if p.envs or p.tags:
+            raise Forbidden(
+                f"token {p.token!r} is limited to environments or tags and cannot see the "
+                "organization's audit log"
+            )
+        return self.service.org(call.params["org"])
+
+    @route("GET", "/organization/{org}/audit", "admin", "audit-log")
+    def _audit_log(self, call: Call) -> Response:
+        keys = self._audit_keys(call)
+        q = call.query
+        filters = audit.Filters(
+            since=_query_time(q, "since"),
+            actor=q.get("actor") or None,
+            action=q.get("action") or None,
+            env=q.get("env") or None,
+            name=q.get("name") or None,
+        )
+        limit = _query_int(q, "limit", 100, 1, MAX_AUDIT_PAGE) or 100
+        before = _query_int(q, "before", None, 1, None)
+        after = _query_int(q, "after", None, 0, None)
+        if before is not None and after is not None:
+            raise InvalidInput("give before= or after=, not both")
+        if not audit.is_enabled(keys):
+            raise Forbidden(
+                f"the audit module of organization {keys.org!r} is disabled; entries are "
+                "recorded, but reading them needs the module",
+                f"an admin enables it with: crate audit enable --org {keys.org}",
+            )
+        entries, more = audit.query(keys, filters, limit=limit, before=before, after=after)
+        return Response(200, {"entries": [e.to_wire() for e in entries], "more": more})
+
+    @route("GET", "/organization/{org}/audit/verify", "admin", "audit-verify")
+    def _audit_verify(self, call: Call) -> Response:
+        result = audit.verify(self._audit_keys(call))
+        return Response(
+            200,
+            {
+                "entries": result.entries,
+                "head_mac": result.head_mac.hex(),
+                "pending": result.pending,
+            },
+        )
+
+    @route("PUT", "/organization/{org}/audit/module", "admin", "audit-module")
+    def _audit_module(self, call: Call) -> Response:
+        keys = self._audit_keys(call)
+        enabled = _field(call.body, "enabled", bool)
+        with keys.store.write() as db:
+            changed = audit.read_anchor(db, keys).enabled != enabled
+            if changed:
+                action = "audit-enable" if enabled else "audit-disable"
+                audit.append(db, keys, call.caller, action, enabled=enabled)
+        return Response(200, {"enabled": enabled, "changed": changed})
+
+
+MAX_AUDIT_PAGE = 10_000
+
+
+def _query_int(
+    query: Mapping[str, str], name: str, default: int | None, low: int, high: int | None
+) -> int | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise InvalidInput(f"{name}= must be a whole number")
+    value = int(raw)
+    if value < low or (high is not None and value > high):
+        bound = f" and at most {high}" if high is not None else ""
+        raise InvalidInput(f"{name}= must be at least {low}{bound}")
+    return value
+
+
+def _query_time(query: Mapping[str, str], name: str) -> str | None:
+    """A UTC time (ISO 8601) from the query, in the audit log's own format."""
+    raw = query.get(name)
+    if not raw:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"{name}= must be an ISO 8601 time, e.g. 2026-11-29T10:00:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -32,6 +32,10 @@ SECRET_DEK = "crate/secret-dek/v1"
 ORG_DEK = "crate/org-dek/v1"
 ORG_RSA_KEY = "crate/org-rsa-key/v1"
 ORG_AUDIT_KEY = "crate/org-audit-key/v1"
+# The same key once the org's audit log has begun: resetting a log to empty
+# would need the key wrapped back under the plain label, which takes the
+# master key.
+ORG_AUDIT_KEY_CHAINED = "crate/org-audit-key-chained/v1"
 MASTER_SLOT = "crate/master-slot/v1"
 MASTER_CHECK = "crate/master-check/v1"
 # Subkey of the org audit key that authenticates the clear row metadata.
@@ -39,6 +43,10 @@ ROW_MAC_KEY = "crate/row-mac-key/v1"
 SECRET_HEAD = "crate/secret-head/v1"
 SECRET_VERSION = "crate/secret-version/v1"
 API_TOKEN = "crate/api-token/v1"
+# Subkey of the org audit key that chains the audit log, and what it MACs.
+AUDIT_CHAIN_KEY = "crate/audit-chain-key/v1"
+AUDIT_ENTRY = "crate/audit-entry/v1"
+AUDIT_ANCHOR = "crate/audit-anchor/v1"
 MAC_BYTES = 32
 
 

@@ -14,7 +14,8 @@ import secrets
 
 from crate_cli.config import CrateHome, ensure_private_dir, fsync_dir
 from crate_cli.errors import Conflict, NotFound
-from crate_cli.vault import crypto, jwe
+from crate_cli.vault import audit, crypto, jwe
+from crate_cli.vault.audit import Caller
 from crate_cli.vault.masterkey import MasterKeys, utc_now
 from crate_cli.vault.names import check_org
 from crate_cli.vault.store import OrgStore
@@ -35,8 +36,9 @@ def org_exists(home: CrateHome, org: str) -> bool:
     return home.vault_path(check_org(org)).exists()
 
 
-def create_org(home: CrateHome, master: MasterKeys, org: str) -> None:
-    """Create org `org` with fresh keys wrapped by the current master key."""
+def create_org(home: CrateHome, master: MasterKeys, org: str, caller: Caller | None = None) -> None:
+    """Create org `org` with fresh keys wrapped by the current master key; its
+    audit log starts with the creation."""
     check_org(org)
     ensure_private_dir(home.orgs_dir)
     final = home.vault_path(org)
@@ -48,7 +50,7 @@ def create_org(home: CrateHome, master: MasterKeys, org: str) -> None:
     try:
         store = OrgStore.create(tmp)
         try:
-            _initialise(store, org, master_key, master_version)
+            _initialise(store, org, master, master_key, master_version, caller or Caller("crate"))
         finally:
             store.close()
         try:
@@ -62,9 +64,18 @@ def create_org(home: CrateHome, master: MasterKeys, org: str) -> None:
                 leftover.unlink()
 
 
-def _initialise(store: OrgStore, org: str, master_key: bytes, master_version: int) -> None:
+def _initialise(
+    store: OrgStore,
+    org: str,
+    master: MasterKeys,
+    master_key: bytes,
+    master_version: int,
+    caller: Caller,
+) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from crate_cli.vault.service import OrgKeys
 
     now = utc_now()
     private = rsa.generate_private_key(public_exponent=65537, key_size=ORG_RSA_BITS)
@@ -114,6 +125,7 @@ def _initialise(store: OrgStore, org: str, master_key: bytes, master_version: in
             "INSERT INTO environments (name, created_at) VALUES (?, ?)",
             [(env, now) for env in DEFAULT_ENVIRONMENTS],
         )
+        audit.append(db, OrgKeys(org, store, master, caller), caller, "org-create")
 
 
 def delete_org(home: CrateHome, org: str) -> None:

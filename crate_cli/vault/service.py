@@ -22,9 +22,11 @@ from crate_cli.errors import (
     IntegrityError,
     InvalidInput,
     InvalidSealedValue,
+    KeystoreError,
     NotFound,
 )
-from crate_cli.vault import crypto, jwe
+from crate_cli.vault import audit, crypto, jwe
+from crate_cli.vault.audit import Caller
 from crate_cli.vault.masterkey import MasterKeys, utc_now
 from crate_cli.vault.names import check_env, check_org, check_secret_name, check_tags, check_value
 from crate_cli.vault.store import OrgStore
@@ -72,6 +74,13 @@ class SecretValue(NamedTuple):
 # The columns of a `secrets` row, in the order OrgKeys.check_head expects. The
 # queries that splice it in (noqa: S608) take every value as a parameter.
 HEAD_COLUMNS = "s.name, s.version, s.deleted, s.tags, s.updated_at, s.actor, s.mac"
+# Every secret version that has a wrapped DEK, as a rotation reads it.
+_ROTATION_ROWS = (
+    "SELECT s.env, s.name, v.version, v.action, v.org_dek_version, v.tags, "
+    "v.created_at, v.actor, v.mac, v.wrapped_dek, v.secret_id "
+    "FROM secret_versions v JOIN secrets s ON s.id = v.secret_id "
+    "WHERE v.wrapped_dek IS NOT NULL"
+)
 # The newest version a secret's history holds: an authentic but older head row
 # copied back in points below it.
 NEWEST_VERSION = "(SELECT max(n.version) FROM secret_versions n WHERE n.secret_id = s.id)"
@@ -105,14 +114,35 @@ def _record(row: tuple[Any, ...], env: str) -> SecretRecord:
 class OrgKeys:
     """An org's vault with its keys unwrapped on first use."""
 
-    def __init__(self, org: str, store: OrgStore, master: MasterKeys) -> None:
+    def __init__(
+        self, org: str, store: OrgStore, master: MasterKeys, caller: Caller | None = None
+    ) -> None:
         self.org = org
         self.store = store
         self.master = master
+        # Who a failed unlock is recorded for: the process, not a request.
+        self.caller = caller or Caller("crate")
         self._deks: dict[int, bytes] = {}
         self._ciphers: dict[int, Any] = {}
         self._private: dict[str, Any] = {}
-        self._row_key: bytes | None = None
+        self._audit_keys: tuple[bytes, bytes] | None = None  # (row MAC key, chain key)
+        self._unlock_failed = False
+
+    def unlock(self, version: int) -> bytes:
+        """Master key `version`; a failure is recorded in the org's audit log
+        (unauthenticated, since the key is what is missing) once per process."""
+        try:
+            return self.master.unlock(version)
+        except KeystoreError as e:
+            if not self._unlock_failed:
+                self._unlock_failed = True
+                audit.record_pending(
+                    self.store,
+                    self.caller,
+                    "unlock",
+                    details={"error": e.api_code, "master_version": version},
+                )
+            raise
 
     def dek(self, version: int) -> bytes:
         key = self._deks.get(version)
@@ -124,7 +154,7 @@ class OrgKeys:
             if row is None:
                 # Referenced by a secret but gone: the vault was tampered with.
                 raise IntegrityError()
-            master_key = self.master.unlock(row[0])
+            master_key = self.unlock(row[0])
             key = crypto.unwrap_key(
                 master_key, row[1], crypto.aad(crypto.ORG_DEK, self.org, version)
             )
@@ -144,9 +174,8 @@ class OrgKeys:
             raise IntegrityError(f"organization {self.org!r} has no data key")
         return int(row[0])
 
-    def row_key(self) -> bytes:
-        """The key that authenticates clear row metadata (a subkey of the audit key)."""
-        if self._row_key is None:
+    def _audit_subkeys(self) -> tuple[bytes, bytes]:
+        if self._audit_keys is None:
             with self.store.errors():
                 row = self.store.conn.execute(
                     "SELECT version, master_version, wrapped FROM org_audit_keys "
@@ -154,13 +183,51 @@ class OrgKeys:
                 ).fetchone()
             if row is None:
                 raise IntegrityError()
-            audit_key = crypto.unwrap_key(
-                self.master.unlock(row[1]),
-                row[2],
-                crypto.aad(crypto.ORG_AUDIT_KEY, self.org, row[0]),
+            audit_key, _ = self.unwrap_audit_key(self.unlock(row[1]), row[2], row[0])
+            self._audit_keys = (
+                crypto.derive_subkey(audit_key, crypto.ROW_MAC_KEY),
+                crypto.derive_subkey(audit_key, crypto.AUDIT_CHAIN_KEY),
             )
-            self._row_key = crypto.derive_subkey(audit_key, crypto.ROW_MAC_KEY)
-        return self._row_key
+        return self._audit_keys
+
+    def unwrap_audit_key(
+        self, master_key: bytes, wrapped: bytes, version: int
+    ) -> tuple[bytes, bool]:
+        """The org audit key, and whether it is wrapped under the label that says
+        the org's audit log has begun (crypto.ORG_AUDIT_KEY_CHAINED)."""
+        try:
+            chained = crypto.aad(crypto.ORG_AUDIT_KEY_CHAINED, self.org, version)
+            return crypto.unwrap_key(master_key, wrapped, chained), True
+        except IntegrityError:
+            plain = crypto.aad(crypto.ORG_AUDIT_KEY, self.org, version)
+            return crypto.unwrap_key(master_key, wrapped, plain), False
+
+    def audit_log_begun(self, db: sqlite3.Connection, mark: bool = False) -> bool:
+        """Whether the audit key says the org's log has begun; with `mark`,
+        make it say so (inside the caller's write transaction)."""
+        row = db.execute(
+            "SELECT version, master_version, wrapped FROM org_audit_keys "
+            "ORDER BY version DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            raise IntegrityError()
+        master_key = self.unlock(row[1])
+        key, begun = self.unwrap_audit_key(master_key, row[2], row[0])
+        if mark and not begun:
+            chained = crypto.aad(crypto.ORG_AUDIT_KEY_CHAINED, self.org, row[0])
+            db.execute(
+                "UPDATE org_audit_keys SET wrapped = ? WHERE version = ?",
+                (crypto.wrap_key(master_key, key, chained), row[0]),
+            )
+        return begun
+
+    def row_key(self) -> bytes:
+        """The key that authenticates clear row metadata (a subkey of the audit key)."""
+        return self._audit_subkeys()[0]
+
+    def chain_key(self) -> bytes:
+        """The key of the audit log's HMAC chain (another subkey of the audit key)."""
+        return self._audit_subkeys()[1]
 
     def _row_message(self, purpose: str, env: str, *fields: Any) -> bytes:
         return crypto.mac_message(purpose, self.org, env, *fields)
@@ -215,7 +282,7 @@ class OrgKeys:
             from cryptography.hazmat.primitives.serialization import load_der_private_key
 
             der = crypto.decrypt(
-                self.master.unlock(row[0]), row[1], crypto.aad(crypto.ORG_RSA_KEY, self.org, kid)
+                self.unlock(row[0]), row[1], crypto.aad(crypto.ORG_RSA_KEY, self.org, kid)
             )
             # Generated and validated by crate itself: skip the costly re-validation.
             key = load_der_private_key(der, None, unsafe_skip_rsa_key_validation=True)
@@ -232,11 +299,15 @@ class VaultService:
         master: MasterKeys,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         rotate_org_every: float | None = None,
+        caller: Caller | None = None,
     ) -> None:
         self.home = home
         self.master = master
         self.max_value_bytes = max_value_bytes
         self.rotate_org_every = rotate_org_every
+        # Recorded in the audit log for what no request asked for (a rotation
+        # from `crate keys`, a failed unlock): the process's user and client.
+        self.caller = caller or Caller("crate")
         self._orgs: dict[str, OrgKeys] = {}
 
     def close(self) -> None:
@@ -255,7 +326,7 @@ class VaultService:
                     f"organization {org!r} does not exist",
                     "list them with: crate org list, or create it with: crate org create " + org,
                 ) from None
-            keys = OrgKeys(org, store, self.master)
+            keys = OrgKeys(org, store, self.master, self.caller)
             self._orgs[org] = keys
         return keys
 
@@ -295,7 +366,7 @@ class VaultService:
                 f"list them with: crate env list; create it with: crate env create {env}",
             )
 
-    def create_env(self, org: str, env: str) -> None:
+    def create_env(self, org: str, env: str, caller: Caller | None = None) -> None:
         check_env(env)
         keys = self.org(org)
         with keys.store.write() as db:
@@ -304,14 +375,23 @@ class VaultService:
             db.execute(
                 "INSERT INTO environments (name, created_at) VALUES (?, ?)", (env, utc_now())
             )
+            audit.append(db, keys, caller or self.caller, "env-create", env=env)
 
-    def delete_env(self, org: str, env: str) -> int:
+    def delete_env(self, org: str, env: str, caller: Caller | None = None) -> int:
         """Delete an environment and all its secrets; returns how many secrets went."""
         keys = self.org(org)
         with keys.store.write() as db:
             self._require_env(db, org, env)
             count = db.execute("SELECT count(*) FROM secrets WHERE env = ?", (env,)).fetchone()[0]
             db.execute("DELETE FROM environments WHERE name = ?", (env,))
+            audit.append(
+                db,
+                keys,
+                caller or self.caller,
+                "env-delete",
+                env=env,
+                details={"secrets_deleted": count},
+            )
         return int(count)
 
     # -- sealed store ---------------------------------------------------------
@@ -372,7 +452,7 @@ class VaultService:
         env: str,
         items: list[tuple[SealedItem, str]] | None,
         batch: tuple[list[SealedItem], str] | None,
-        actor: str,
+        caller: Caller,
         action: str = "set",
         tag_scope: frozenset[str] = frozenset(),
     ) -> list[SecretRecord]:
@@ -418,7 +498,7 @@ class VaultService:
                 check_tags(item.tags)
         if not values:
             raise InvalidInput("nothing to store")
-        self._rotate_if_due(org)
+        self._rotate_if_due(org, caller)
         now = utc_now()
         out: list[SecretRecord] = []
         with keys.store.write() as db:
@@ -436,12 +516,21 @@ class VaultService:
                         item.tags,
                         org_dek,
                         dek_version,
-                        actor,
+                        caller.actor,
                         action,
                         now,
                         tag_scope,
                     )
                 )
+            audit.append(
+                db,
+                keys,
+                caller,
+                "store",
+                env=env,
+                names=[r.name for r in out],
+                details={"versions": [r.version for r in out]},
+            )
         return out
 
     def _head(self, db: sqlite3.Connection, keys: OrgKeys, env: str, name: str) -> Any:
@@ -535,7 +624,12 @@ class VaultService:
     # -- reads ----------------------------------------------------------------
 
     def list_secrets(
-        self, org: str, env: str, tags: list[str], tag_scope: frozenset[str] = frozenset()
+        self,
+        org: str,
+        env: str,
+        tags: list[str],
+        tag_scope: frozenset[str] = frozenset(),
+        caller: Caller | None = None,
     ) -> list[SecretRecord]:
         keys = self.org(org)
         want = set(check_tags(tags))
@@ -559,6 +653,13 @@ class VaultService:
                 and not _outside(tag_scope, record.tags)
             ):
                 out.append(record)
+        audit.record(
+            keys,
+            caller or self.caller,
+            "list",
+            env=env,
+            details={"tags": sorted(want), "count": len(out)} if want else {"count": len(out)},
+        )
         return out
 
     def read_values(
@@ -673,13 +774,28 @@ class VaultService:
         client_jwk: object,
         nonce: str,
         tag_scope: frozenset[str] = frozenset(),
+        caller: Caller | None = None,
     ) -> str:
-        """The ephemeral retrieval: selected values, encrypted to the client's key."""
+        """The ephemeral retrieval: selected values, encrypted to the client's key.
+        The audit entry (with the names returned) commits before the answer leaves."""
         try:
             public = jwe.public_key_from_jwk(client_jwk)
         except IntegrityError as e:  # a bad request, not a damaged vault
             raise InvalidInput(e.message) from None
         selected = self.read_values(org, env, names, tags, versions, tag_scope)
+        details: dict[str, Any] = {}
+        if tags:
+            details["tags"] = sorted(tags)
+        if versions:
+            details["versions"] = {s.name: s.version for s in selected if s.name in versions}
+        audit.record(
+            self.org(org),
+            caller or self.caller,
+            "retrieve",
+            env=env,
+            names=[s.name for s in selected],
+            details=details,
+        )
         bundle = {
             "org": org,
             "environment": env,
@@ -690,7 +806,12 @@ class VaultService:
         return jwe.encrypt(public, plaintext)
 
     def history(
-        self, org: str, env: str, name: str, tag_scope: frozenset[str] = frozenset()
+        self,
+        org: str,
+        env: str,
+        name: str,
+        tag_scope: frozenset[str] = frozenset(),
+        caller: Caller | None = None,
     ) -> list[dict[str, Any]]:
         """Every version's metadata (no values), each row authenticated; a removed
         version shows as a gap and fails with IntegrityError."""
@@ -727,26 +848,60 @@ class VaultService:
                     "actor": actor,
                 }
             )
+        audit.record(keys, caller or self.caller, "history", env=env, names=[name])
         return out
+
+    def record_key_change(self, action: str, details: dict[str, Any]) -> list[str]:
+        """Record a change to the master key (a slot, a version) in every org's
+        audit log, since each org's keys hang from it; returns the orgs whose
+        log could not take the entry."""
+        from crate_cli.vault.orgs import list_orgs
+
+        missed = []
+        for org in list_orgs(self.home):
+            try:
+                audit.record(self.org(org), self.caller, action, details=details)
+            except CrateError:
+                missed.append(org)
+        return missed
 
     # -- key rotation -----------------------------------------------------------------
 
     def rotate_org(
-        self, org: str, progress: Callable[[int, int], None] | None = None
+        self,
+        org: str,
+        progress: Callable[[int, int], None] | None = None,
+        caller: Caller | None = None,
+        scheduled: bool = False,
     ) -> tuple[int, int]:
-        """Make org DEK version M+1 and rewrap every secret DEK under it, in one
-        transaction: readers keep their snapshot (WAL) and see either every
-        key under the old versions or every key under the new one; a crash
-        leaves the old state. Returns (new version, keys rewrapped)."""
+        """Make org DEK version M+1 and rewrap every secret DEK under it.
+
+        The rewraps are computed from a read snapshot, so that writers (and
+        readers, whose audit entries are writes) are not held up meanwhile;
+        then one short transaction inserts the new version and applies them,
+        redoing any row that changed since. Readers see every key under the
+        old versions or every key under the new one; a crash leaves the old
+        state. Returns (new version, keys rewrapped)."""
         keys = self.org(org)
-        now = utc_now()
+        new_key = crypto.new_key()
+        new_cipher = crypto.cipher(new_key)
+        with keys.store.read() as db:
+            planned = keys.current_dek_version(db) + 1
+            rows = db.execute(_ROTATION_ROWS).fetchall()
+        prepared: dict[tuple[int, int], tuple[Any, ...]] = {}
+        total = len(rows)
+        for done, row in enumerate(rows, 1):
+            prepared[(row[10], row[2])] = self._rewrap_row(keys, row, new_cipher, planned)
+            if progress is not None and (done % 2000 == 0 or done == total):
+                progress(done, total)
         with keys.store.write() as db:
             # The master version is read inside the transaction: a master
             # rotation's rewrap of this org comes wholly before or after it.
             master = self.master.current().version
-            master_key = self.master.unlock(master)
+            master_key = keys.unlock(master)
             new = keys.current_dek_version(db) + 1
-            new_key = crypto.new_key()
+            if new != planned:
+                prepared.clear()  # another rotation came first: redo every row
             db.execute(
                 "INSERT INTO org_deks (version, master_version, wrapped, created_at) "
                 "VALUES (?, ?, ?, ?)",
@@ -754,39 +909,42 @@ class VaultService:
                     new,
                     master,
                     crypto.wrap_key(master_key, new_key, crypto.aad(crypto.ORG_DEK, org, new)),
-                    now,
+                    utc_now(),
                 ),
             )
-            rows = db.execute(
-                "SELECT s.env, s.name, v.version, v.action, v.org_dek_version, v.tags, "
-                "v.created_at, v.actor, v.mac, v.wrapped_dek, v.secret_id "
-                "FROM secret_versions v JOIN secrets s ON s.id = v.secret_id "
-                "WHERE v.wrapped_dek IS NOT NULL"
-            ).fetchall()
-            new_cipher = crypto.cipher(new_key)
             updates = []
-            total = len(rows)
-            for done, row in enumerate(rows, 1):
-                env, name = row[0], row[1]
-                # The row is authenticated before it is re-MAC'd, so a tampered
-                # row is refused rather than laundered by the rotation.
-                keys.check_version(env, name, row[2:9])
-                version, action, old_dek, tag_text, created_at, actor = row[2:8]
-                dek_aad, _ = crypto.secret_aads(org, env, name, version)
-                wrapped = crypto.rewrap(keys.dek_cipher(old_dek), new_cipher, row[9], dek_aad)
-                mac = keys.version_mac(
-                    env, name, (version, action, new, tag_text, created_at, actor)
-                )
-                updates.append((new, wrapped, mac, row[10], version))
-                if progress is not None and (done % 2000 == 0 or done == total):
-                    progress(done, total)
+            for row in db.execute(_ROTATION_ROWS).fetchall():
+                ready = prepared.get((row[10], row[2]))
+                # A row written or changed since the snapshot is done now.
+                if ready is None or ready[-2:] != (row[8], row[9]):
+                    ready = self._rewrap_row(keys, row, new_cipher, new)
+                updates.append(ready[:5])
             db.executemany(
                 "UPDATE secret_versions SET org_dek_version = ?, wrapped_dek = ?, mac = ? "
                 "WHERE secret_id = ? AND version = ?",
                 updates,
             )
+            details: dict[str, Any] = {"data_key_version": new, "rewrapped": len(updates)}
+            if scheduled:
+                details["scheduled"] = True
+            audit.append(db, keys, caller or self.caller, "rotate-org", details=details)
         keys._deks[new] = new_key
         return new, len(updates)
+
+    def _rewrap_row(
+        self, keys: OrgKeys, row: tuple[Any, ...], new_cipher: Any, new: int
+    ) -> tuple[Any, ...]:
+        """The UPDATE parameters that move one `_ROTATION_ROWS` row to org DEK
+        `new`, followed by the row's MAC and wrapped DEK as they were read.
+        The row is authenticated before it is re-MAC'd, so a tampered row is
+        refused rather than laundered by the rotation."""
+        env, name = row[0], row[1]
+        keys.check_version(env, name, row[2:9])
+        version, action, old_dek, tag_text, created_at, actor = row[2:8]
+        dek_aad, _ = crypto.secret_aads(keys.org, env, name, version)
+        wrapped = crypto.rewrap(keys.dek_cipher(old_dek), new_cipher, row[9], dek_aad)
+        mac = keys.version_mac(env, name, (version, action, new, tag_text, created_at, actor))
+        return (new, wrapped, mac, row[10], version, row[8], row[9])
 
     def master_versions_used(self, org: str) -> dict[int, list[str]]:
         """Which master key versions wrap this org's keys: version -> what."""
@@ -803,17 +961,14 @@ class VaultService:
                     used.setdefault(version, []).append(f"{count} {what}{'s' if count > 1 else ''}")
         return used
 
-    def rewrap_to_master(self, org: str, version: int) -> int:
+    def rewrap_to_master(self, org: str, version: int, caller: Caller | None = None) -> int:
         """Rewrap every key of the org that master key `version` does not wrap
         yet, in one transaction; returns how many were rewrapped."""
         keys = self.org(org)
-        new_key = self.master.unlock(version)
+        new_key = keys.unlock(version)
         count = 0
         with keys.store.write() as db:
-            for table, purpose in (
-                ("org_deks", crypto.ORG_DEK),
-                ("org_audit_keys", crypto.ORG_AUDIT_KEY),
-            ):
+            for table in ("org_deks", "org_audit_keys"):
                 # `<`: keys already on a newer version (a later rotation) stay.
                 rows = db.execute(
                     f"SELECT version, master_version, wrapped FROM {table} "  # noqa: S608
@@ -821,8 +976,13 @@ class VaultService:
                     (version,),
                 ).fetchall()
                 for key_version, old, wrapped in rows:
-                    aad = crypto.aad(purpose, org, key_version)
-                    key = crypto.unwrap_key(self.master.unlock(old), wrapped, aad)
+                    if table == "org_deks":
+                        aad = crypto.aad(crypto.ORG_DEK, org, key_version)
+                        key = crypto.unwrap_key(keys.unlock(old), wrapped, aad)
+                    else:  # keeps the label that says whether the log has begun
+                        key, begun = keys.unwrap_audit_key(keys.unlock(old), wrapped, key_version)
+                        label = crypto.ORG_AUDIT_KEY_CHAINED if begun else crypto.ORG_AUDIT_KEY
+                        aad = crypto.aad(label, org, key_version)
                     db.execute(
                         f"UPDATE {table} SET master_version = ?, wrapped = ? "  # noqa: S608
                         "WHERE version = ?",
@@ -836,12 +996,20 @@ class VaultService:
             ).fetchall()
             for kid, old, wrapped in rows:
                 aad = crypto.aad(crypto.ORG_RSA_KEY, org, kid)
-                der = crypto.decrypt(self.master.unlock(old), wrapped, aad)
+                der = crypto.decrypt(keys.unlock(old), wrapped, aad)
                 db.execute(
                     "UPDATE org_rsa_keys SET master_version = ?, wrapped_private = ? WHERE kid = ?",
                     (version, crypto.encrypt(new_key, der, aad), kid),
                 )
                 count += 1
+            if count:
+                audit.append(
+                    db,
+                    keys,
+                    caller or self.caller,
+                    "rotate-master",
+                    details={"master_version": version, "rewrapped": count},
+                )
         return count
 
     def rotation_due(self, org: str) -> str | None:
@@ -861,10 +1029,10 @@ class VaultService:
         due = created + timedelta(seconds=self.rotate_org_every)
         return due.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
-    def _rotate_if_due(self, org: str) -> None:
+    def _rotate_if_due(self, org: str, caller: Caller) -> None:
         due = self.rotation_due(org)
         if due is not None and due <= utc_now():
-            self.rotate_org(org)
+            self.rotate_org(org, caller=caller, scheduled=True)
 
     def org_dek_usage(self, org: str) -> list[dict[str, Any]]:
         """Each org DEK version: its master key version and how many secret
@@ -888,7 +1056,7 @@ class VaultService:
             for r in rows
         ]
 
-    def prune_org_deks(self, org: str) -> list[int]:
+    def prune_org_deks(self, org: str, caller: Caller | None = None) -> list[int]:
         """Delete org DEK versions that wrap nothing and are not the newest."""
         keys = self.org(org)
         with keys.store.write() as db:
@@ -902,6 +1070,14 @@ class VaultService:
                 )
             ]
             db.executemany("DELETE FROM org_deks WHERE version = ?", [(v,) for v in unused])
+            if unused:
+                audit.append(
+                    db,
+                    keys,
+                    caller or self.caller,
+                    "prune",
+                    details={"data_key_versions": unused},
+                )
         for v in unused:
             keys._deks.pop(v, None)
             keys._ciphers.pop(v, None)
@@ -910,7 +1086,12 @@ class VaultService:
     # -- changes without a value from the client ------------------------------------
 
     def delete(
-        self, org: str, env: str, name: str, actor: str, tag_scope: frozenset[str] = frozenset()
+        self,
+        org: str,
+        env: str,
+        name: str,
+        caller: Caller,
+        tag_scope: frozenset[str] = frozenset(),
     ) -> SecretRecord:
         keys = self.org(org)
         check_secret_name(name)
@@ -919,7 +1100,7 @@ class VaultService:
             head = self._head(db, keys, env, name)
             if head is None or head[2]:
                 raise NotFound(f"no secret {name} in {org}/{env}")
-            return self._write_version(
+            record = self._write_version(
                 db,
                 keys,
                 env,
@@ -928,11 +1109,21 @@ class VaultService:
                 None,
                 None,
                 None,
-                actor,
+                caller.actor,
                 "delete",
                 utc_now(),
                 tag_scope,
             )
+            audit.append(
+                db,
+                keys,
+                caller,
+                "delete",
+                env=env,
+                names=[name],
+                details={"version": record.version},
+            )
+        return record
 
     def rollback(
         self,
@@ -940,7 +1131,7 @@ class VaultService:
         env: str,
         name: str,
         to: int,
-        actor: str,
+        caller: Caller,
         tag_scope: frozenset[str] = frozenset(),
     ) -> SecretRecord:
         """Write the value of version `to` as a new version (history is kept)."""
@@ -949,7 +1140,7 @@ class VaultService:
         (old,) = self.read_values(org, env, [name], [], {name: to}, tag_scope)
         with keys.store.write() as db:
             dek_version = keys.current_dek_version(db)
-            return self._write_version(
+            record = self._write_version(
                 db,
                 keys,
                 env,
@@ -958,11 +1149,21 @@ class VaultService:
                 None,
                 keys.dek(dek_version),
                 dek_version,
-                actor,
+                caller.actor,
                 "rollback",
                 utc_now(),
                 tag_scope,
             )
+            audit.append(
+                db,
+                keys,
+                caller,
+                "rollback",
+                env=env,
+                names=[name],
+                details={"to": to, "version": record.version},
+            )
+        return record
 
 
 def _target_text(target: dict[str, Any]) -> str:

@@ -19,12 +19,12 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from crate_cli.errors import Conflict, CrateError, NotFound, UnsupportedVersion, VaultCorrupted
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 # The first 16 bytes of every SQLite 3 file.
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -102,13 +102,69 @@ CREATE TABLE tokens (
 ) STRICT;
 """
 
+# The audit log (crate_cli/vault/audit.py): an HMAC chain of entries that
+# triggers keep append-only (INSERT OR REPLACE deletes without firing DELETE
+# triggers, hence the INSERT one), an anchor row holding the newest sequence number
+# and MAC (authenticated, with the module's on/off switch), and entries
+# recorded while the master key was locked (a failed unlock), which the next
+# unlocked writer chains in. A vault migrated from schema 2 gets an anchor
+# with no tag, which its first entry authenticates.
+_AUDIT_TABLES = """
+CREATE TABLE audit_log (
+    seq INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    env TEXT NOT NULL,
+    names TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    client TEXT NOT NULL,
+    details TEXT NOT NULL,
+    mac BLOB NOT NULL
+) STRICT;
+CREATE TRIGGER audit_log_append_only_replace BEFORE INSERT ON audit_log
+WHEN EXISTS (SELECT 1 FROM audit_log WHERE seq = NEW.seq)
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
+CREATE TRIGGER audit_log_append_only_update BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
+CREATE TRIGGER audit_log_append_only_delete BEFORE DELETE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
+CREATE TABLE audit_anchor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    mac BLOB NOT NULL,
+    enabled INTEGER NOT NULL,
+    tag BLOB NOT NULL
+) STRICT;
+INSERT INTO audit_anchor (id, seq, mac, enabled, tag) VALUES (1, 0, X'', 0, X'');
+CREATE TABLE audit_pending (
+    id INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    env TEXT NOT NULL,
+    names TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    client TEXT NOT NULL,
+    details TEXT NOT NULL
+) STRICT;
+"""
+
 # How many connections this process has open per vault path, and the lock
 # that serialises opening and closing (see OrgStore._open).
 _OPEN: dict[str, int] = {}
 _OPENING = threading.Lock()
 
 # Forward migrations: MIGRATIONS[n] turns schema n into n + 1.
-MIGRATIONS: dict[int, str] = {1: _TOKENS_TABLE}
+MIGRATIONS: dict[int, str] = {1: _TOKENS_TABLE, 2: _AUDIT_TABLES}
 
 
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
@@ -139,6 +195,7 @@ class OrgStore:
         self.path = path
         self.conn = conn
         self._key: str | None = None  # counted in _OPEN while open
+        self._after: list[Callable[[], None]] = []
 
     @classmethod
     def open(cls, path: Path) -> OrgStore:
@@ -201,7 +258,7 @@ class OrgStore:
             store._key = str(path.absolute())
             _OPEN[store._key] = _OPEN.get(store._key, 0) + 1
         with store.write():
-            for statement in _split_script(_SCHEMA_V1 + _TOKENS_TABLE):
+            for statement in _split_script(_SCHEMA_V1 + _TOKENS_TABLE + _AUDIT_TABLES):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return store
@@ -218,24 +275,48 @@ class OrgStore:
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: all of the block's changes, or none."""
-        with self.errors():
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
+        try:
+            with self.errors():
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                self.conn.execute("COMMIT")
+        finally:
+            self._run_after()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A consistent snapshot for several reads."""
-        with self.errors():
-            self.conn.execute("BEGIN")
-            try:
-                yield self.conn
-            finally:
-                self.conn.execute("COMMIT")
+        try:
+            with self.errors():
+                self.conn.execute("BEGIN")
+                try:
+                    yield self.conn
+                finally:
+                    self.conn.execute("COMMIT")
+        finally:
+            self._run_after()
+
+    def after_transaction(self, action: Callable[[], None]) -> None:
+        """Run `action` once this connection's transaction has ended (committed
+        or rolled back), or now if there is none: what must be written even
+        when the transaction that met it fails (a failed unlock's audit
+        entry). A CrateError from it is dropped."""
+        if self.conn.in_transaction:
+            self._after.append(action)
+        else:
+            with contextlib.suppress(CrateError):
+                action()
+
+    def _run_after(self) -> None:
+        if self.conn.in_transaction:
+            return
+        while self._after:
+            with contextlib.suppress(CrateError):
+                self._after.pop(0)()
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
@@ -268,4 +349,15 @@ class OrgStore:
 
 
 def _split_script(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The statements of a schema script (a trigger's body holds `;` too)."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip())
+    return statements

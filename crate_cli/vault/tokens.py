@@ -25,7 +25,8 @@ from crate_cli.errors import (
     TokenExpired,
     Unauthorized,
 )
-from crate_cli.vault import crypto
+from crate_cli.vault import audit, crypto
+from crate_cli.vault.audit import Caller
 from crate_cli.vault.names import check_env, check_tags, check_token_name
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ def create(
     expires_at: str,
     actor: str,
     now: str,
+    client: str = "cli",
 ) -> tuple[str, TokenInfo]:
     """A new token for `keys.org`: (the token, shown once, and what it may do)."""
     check_token_name(name)
@@ -138,6 +140,10 @@ def create(
             f"INSERT INTO tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
             (*fields, digest, _mac(keys, fields, digest)),
         )
+        details: dict[str, Any] = {"token": name, "role": role, "environments": envs, "tags": tags}
+        if expires_at:
+            details["expires_at"] = expires_at
+        audit.append(db, keys, Caller(actor, client), "token-create", details=details)
     return token, TokenInfo(name, keys.org, role, envs, tags, now, expires_at, actor)
 
 
@@ -149,7 +155,7 @@ def list_tokens(keys: OrgKeys) -> list[TokenInfo]:
     return [_info(keys, row) for row in rows]
 
 
-def revoke(keys: OrgKeys, name: str) -> None:
+def revoke(keys: OrgKeys, name: str, caller: Caller) -> None:
     check_token_name(name)
     with keys.store.write() as db:
         if db.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount == 0:
@@ -157,6 +163,7 @@ def revoke(keys: OrgKeys, name: str) -> None:
                 f"organization {keys.org!r} has no token named {name!r}",
                 "list them with: crate token list",
             )
+        audit.append(db, keys, caller, "token-revoke", details={"token": name})
 
 
 def authenticate(keys: OrgKeys, token: str, now: str) -> TokenInfo:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
+from vault_state import home_state
 
 from crate_cli.errors import ExitCode
 
@@ -27,9 +29,21 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def snapshot(home: Path) -> dict[str, str]:
-    """Hashes of every file under the home, by relative path."""
-    return {str(p.relative_to(home)): sha256(p) for p in sorted(home.rglob("*")) if p.is_file()}
+def snapshot(home: Path) -> dict[str, object]:
+    """Every file under the home, with vaults compared by their rows outside the
+    audit log: a failed unlock is recorded there, and nothing else may change."""
+    return home_state(home)
+
+
+def pending_unlocks(home: Path) -> list[tuple[object, ...]]:
+    """Failed unlocks recorded, still unauthenticated, in the default org's vault."""
+    conn = sqlite3.connect(home / "orgs" / "personal.vault")
+    try:
+        return conn.execute(
+            "SELECT action, outcome, details FROM audit_pending ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
 
 
 def assert_keystore_error(result, *phrases: str) -> None:

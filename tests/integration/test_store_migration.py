@@ -6,15 +6,28 @@ import sqlite3
 from pathlib import Path
 
 from crate_cli.context import Session
-from crate_cli.vault import tokens
+from crate_cli.vault import crypto, tokens
 from crate_cli.vault.masterkey import utc_now
 from crate_cli.vault.store import SCHEMA_VERSION, OrgStore
 
 
-def _downgrade_to_v1(path: Path) -> None:
-    """What a vault written by schema 1 looks like: no tokens table."""
+def _downgrade_to_v1(path: Path, session: Session, org: str) -> None:
+    """What a vault written by schema 1 looks like: no tokens or audit tables,
+    and the audit key under its first label (no log had begun)."""
     db = sqlite3.connect(path)
-    db.execute("DROP TABLE tokens")
+    version, master_version, wrapped = db.execute(
+        "SELECT version, master_version, wrapped FROM org_audit_keys"
+    ).fetchone()
+    master = session.master.unlock(master_version)
+    chained = crypto.aad(crypto.ORG_AUDIT_KEY_CHAINED, org, version)
+    plain = crypto.aad(crypto.ORG_AUDIT_KEY, org, version)
+    key = crypto.unwrap_key(master, wrapped, chained)
+    db.execute(
+        "UPDATE org_audit_keys SET wrapped = ? WHERE version = ?",
+        (crypto.wrap_key(master, key, plain), version),
+    )
+    for table in ("tokens", "audit_log", "audit_anchor", "audit_pending"):
+        db.execute(f"DROP TABLE {table}")
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
@@ -25,12 +38,18 @@ def test_v1_vault_gains_tokens_table_and_keeps_secrets(session: Session, crate_h
     session.client(org).store("dev", [("KEPT", "value-1")])
     session.close()
     vault = crate_home / "orgs" / f"{org}.vault"
-    _downgrade_to_v1(vault)
+    _downgrade_to_v1(vault, session, org)
 
     store = OrgStore.open(vault)
     try:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert store.conn.execute("SELECT count(*) FROM tokens").fetchone()[0] == 0
+        assert store.conn.execute("SELECT count(*) FROM audit_log").fetchone()[0] == 0
+        triggers = {
+            r[0]
+            for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
+        assert len(triggers) == 3
     finally:
         store.close()
 

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from conftest import CrateRunner, Result, assert_clean_error, require_tool
 from tpm_simulator import Swtpm
+from vault_state import vault_rows
 
 from crate_cli.config import Settings, resolve_home
 from crate_cli.errors import ExitCode
@@ -224,12 +225,12 @@ def test_the_right_pin_unseals(pin_sealed: CrateRunner, swtpm: Swtpm) -> None:
 
 def test_a_wrong_pin_is_exit_6_and_changes_nothing(pin_sealed: CrateRunner, swtpm: Swtpm) -> None:
     vault = pin_sealed.home / "orgs" / "personal.vault"
-    before = vault.read_bytes()
+    before = vault_rows(vault)
     result = pin_sealed("secrets", "set", "API_KEY", "other", env=with_pin(swtpm, WRONG_PIN))
     assert_clean_error(result, ExitCode.KEYSTORE, hidden=(WRONG_PIN, PIN))
     assert "wrong TPM PIN" in result.stderr
     assert "CRATE_TPM2_PIN" in result.stderr
-    assert vault.read_bytes() == before
+    assert vault_rows(vault) == before  # only the audit log took the failed unlock
     # The TPM counted it, and crate left nothing loaded.
     assert lockout_counter(swtpm) == 1
     assert_no_handles(swtpm)

@@ -25,6 +25,7 @@ from crate_cli.errors import (
     UnsupportedVersion,
     VaultCorrupted,
 )
+from crate_cli.vault.store import SCHEMA_VERSION
 
 pytest_plugins = ["crate_integration_fixtures"]
 
@@ -187,7 +188,7 @@ def test_cli_newer_schema_says_upgrade(vault: Path, crate) -> None:
     assert result.returncode == ExitCode.ERROR
     assert result.stderr.splitlines() == [
         f"crate: error: vault {vault} has schema version 99, newer than this crate "
-        "understands (2); it was left untouched",
+        f"understands ({SCHEMA_VERSION}); it was left untouched",
         "crate: upgrade crate to use this vault",
     ]
     assert_untouched(vault, digest)

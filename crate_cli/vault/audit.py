@@ -1,0 +1,500 @@
+"""The tamper-evident audit log of an org (DESIGN §5).
+
+Every operation on an org appends one entry to its vault's `audit_log`
+table: sequence number, UTC time, actor, action, environment, the secret
+names concerned, outcome, request id, client (cli, server, agent) and a few
+details (an error code, a key version). Never a value and never a token.
+
+The entries form an HMAC-SHA256 chain under a subkey of the org audit key:
+entry n's MAC covers its own fields and entry n-1's MAC. SQLite triggers
+refuse UPDATE and DELETE on the table, and the newest sequence number and
+MAC are kept in the `audit_anchor` row, MAC'd under the same key together
+with the audit module's on/off switch. So `verify()` detects an entry that
+was changed, removed, reordered or added, and newest entries cut off, even by
+someone who dropped the triggers, as long as they do not hold the key.
+
+Appends run inside the caller's write transaction: a change and its entry
+commit together, or neither does. Reads append after their snapshot, before
+their answer leaves. An unlock that fails has no key to MAC with, so it is
+written to `audit_pending` and chained in (marked `deferred`) by the next
+writer that holds the key.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from crate_cli.errors import AuditChainBroken, IntegrityError
+from crate_cli.vault import crypto
+
+if TYPE_CHECKING:
+    from crate_cli.vault.service import OrgKeys
+    from crate_cli.vault.store import OrgStore
+
+# The columns of an entry, in MAC order (the MAC itself last).
+FIELDS = "seq, time, actor, action, env, names, outcome, request_id, client, details"
+_PENDING_FIELDS = "time, actor, action, env, names, outcome, request_id, client, details"
+OUTCOMES = ("ok", "denied", "failed")
+HINT = "see what changed with: crate audit verify; restore the vault from a backup"
+
+
+class Caller(NamedTuple):
+    """Who an entry is recorded for: the actor, through which client, and the
+    id of the request (empty outside the API)."""
+
+    actor: str
+    client: str = "cli"
+    request_id: str = ""
+
+
+class Entry(NamedTuple):
+    seq: int
+    time: str
+    actor: str
+    action: str
+    org: str
+    env: str
+    names: list[str]
+    outcome: str
+    request_id: str
+    client: str
+    details: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "actor": self.actor,
+            "action": self.action,
+            "organization": self.org,
+            "environment": self.env or None,
+            "names": self.names,
+            "outcome": self.outcome,
+            "request_id": self.request_id or None,
+            "client": self.client,
+            "details": self.details,
+        }
+
+
+class Anchor(NamedTuple):
+    seq: int
+    mac: bytes
+    enabled: bool
+
+
+class Filters(NamedTuple):
+    since: str | None = None  # UTC time, as utc_now() writes it
+    actor: str | None = None
+    action: str | None = None
+    env: str | None = None
+    name: str | None = None
+
+
+class Verified(NamedTuple):
+    entries: int
+    head_mac: bytes
+    pending: int  # entries recorded while locked, not chained yet
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def entry_mac(chain_key: bytes, org: str, fields: tuple[Any, ...], prev: bytes) -> bytes:
+    """The MAC of an entry whose fields are `fields` (seq first), after `prev`.
+    A field holding NUL (which crate never writes) raises ValueError."""
+    return crypto.mac(chain_key, crypto.mac_message(crypto.AUDIT_ENTRY, org, *fields, prev.hex()))
+
+
+def _matches(chain_key: bytes, org: str, row: tuple[Any, ...], prev: bytes) -> bool:
+    """Whether a stored row (ten fields, then its MAC) chains from `prev`."""
+    try:
+        crypto.verify_mac(
+            chain_key, crypto.mac_message(crypto.AUDIT_ENTRY, org, *row[:10], prev.hex()), row[10]
+        )
+    except (IntegrityError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _clean(text: object) -> str:
+    """A field of a pending row (written without a key, so untrusted) as text
+    that can be MAC'd."""
+    return str(text).replace("\x00", "\ufffd")
+
+
+def _anchor_tag(chain_key: bytes, org: str, anchor: Anchor) -> bytes:
+    return crypto.mac(
+        chain_key,
+        crypto.mac_message(
+            crypto.AUDIT_ANCHOR, org, anchor.seq, anchor.mac.hex(), int(anchor.enabled)
+        ),
+    )
+
+
+def read_anchor(db: sqlite3.Connection, keys: OrgKeys) -> Anchor:
+    """The newest sequence number and MAC, authenticated. A vault migrated from
+    schema 2 that has no entry yet has an anchor with no tag."""
+    row = db.execute("SELECT seq, mac, enabled, tag FROM audit_anchor WHERE id = 1").fetchone()
+    if row is None:
+        raise AuditChainBroken(
+            f"the audit log of organization {keys.org!r} has lost its anchor "
+            "(the record of its newest entry)",
+            HINT,
+        )
+    seq, mac, enabled, tag = row
+    anchor = Anchor(seq, mac, bool(enabled))
+    if anchor == Anchor(0, b"", False) and tag == b"":
+        # Migrated from schema 2 with nothing recorded yet, unless the audit
+        # key says the log had begun: then the log was reset outside crate.
+        if keys.audit_log_begun(db):
+            raise AuditChainBroken(
+                f"the audit log of organization {keys.org!r} was emptied and its anchor "
+                "reset outside crate",
+                HINT,
+            )
+        return anchor
+    try:
+        crypto.verify_mac(
+            keys.chain_key(),
+            crypto.mac_message(crypto.AUDIT_ANCHOR, keys.org, seq, mac.hex(), int(enabled)),
+            tag,
+        )
+    except (IntegrityError, AttributeError):
+        raise AuditChainBroken(
+            f"the anchor of organization {keys.org!r}'s audit log (its newest entry) "
+            "was changed outside crate",
+            HINT,
+        ) from None
+    return anchor
+
+
+def write_anchor(db: sqlite3.Connection, keys: OrgKeys, anchor: Anchor) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO audit_anchor (id, seq, mac, enabled, tag) VALUES (1, ?, ?, ?, ?)",
+        (
+            anchor.seq,
+            anchor.mac,
+            int(anchor.enabled),
+            _anchor_tag(keys.chain_key(), keys.org, anchor),
+        ),
+    )
+
+
+def _fields(
+    seq: int,
+    time: str,
+    caller: Caller,
+    action: str,
+    env: str,
+    names: Iterable[str],
+    outcome: str,
+    details: dict[str, Any] | None,
+) -> tuple[Any, ...]:
+    return (
+        seq,
+        time,
+        caller.actor,
+        action,
+        env,
+        _json(list(names)),
+        outcome,
+        caller.request_id,
+        caller.client,
+        _json(details or {}),
+    )
+
+
+def append(
+    db: sqlite3.Connection,
+    keys: OrgKeys,
+    caller: Caller,
+    action: str,
+    *,
+    env: str = "",
+    names: Iterable[str] = (),
+    outcome: str = "ok",
+    details: dict[str, Any] | None = None,
+    enabled: bool | None = None,
+) -> int:
+    """Append one entry inside the caller's write transaction (`store.write()`);
+    entries recorded while locked are chained in first. `enabled` switches the
+    audit module. Returns the entry's sequence number."""
+    from crate_cli.vault.masterkey import utc_now
+
+    anchor = read_anchor(db, keys)
+    seq, prev = anchor.seq, anchor.mac
+    chain_key = keys.chain_key()
+    pending = db.execute(
+        f"SELECT id, {_PENDING_FIELDS} FROM audit_pending ORDER BY id"  # noqa: S608
+    ).fetchall()
+    rows = []
+    for row in pending:
+        details_text = row[9]
+        try:
+            loaded = json.loads(details_text)
+        except ValueError:
+            loaded = {}
+        marked = {**(loaded if isinstance(loaded, dict) else {}), "deferred": True}
+        rows.append((*(_clean(f) for f in row[1:9]), _clean(_json(marked))))
+    rows.append(_fields(0, utc_now(), caller, action, env, names, outcome, details)[1:])
+    for fields in rows:
+        seq += 1
+        full = (seq, *fields)
+        mac = entry_mac(chain_key, keys.org, full, prev)
+        try:
+            db.execute(
+                f"INSERT INTO audit_log ({FIELDS}, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (*full, mac),
+            )
+        except sqlite3.IntegrityError:
+            raise AuditChainBroken(
+                f"the audit log of organization {keys.org!r} holds an entry {seq} that its "
+                "anchor does not cover: it was added outside crate",
+                HINT,
+            ) from None
+        prev = mac
+    if pending:
+        db.execute("DELETE FROM audit_pending")
+    if anchor.seq == 0:
+        keys.audit_log_begun(db, mark=True)  # from now on, an empty log is a reset one
+    write_anchor(db, keys, Anchor(seq, prev, anchor.enabled if enabled is None else enabled))
+    return seq
+
+
+def record(keys: OrgKeys, caller: Caller, action: str, **kwargs: Any) -> int:
+    """Append one entry in a transaction of its own (after a read)."""
+    with keys.store.write() as db:
+        return append(db, keys, caller, action, **kwargs)
+
+
+def record_pending(
+    store: OrgStore,
+    caller: Caller,
+    action: str,
+    *,
+    env: str = "",
+    outcome: str = "failed",
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Record an entry without the audit key (a failed unlock): the next
+    writer that holds the key chains it in. Met inside a transaction (which
+    the failure will end), it is written once that transaction is over."""
+    from crate_cli.vault.masterkey import utc_now
+
+    fields = _fields(0, utc_now(), caller, action, env, (), outcome, details)[1:]
+
+    def write() -> None:
+        with store.write() as db:
+            db.execute(
+                f"INSERT INTO audit_pending ({_PENDING_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                fields,
+            )
+
+    store.after_transaction(write)
+
+
+def is_enabled(keys: OrgKeys) -> bool:
+    with keys.store.read() as db:
+        return read_anchor(db, keys).enabled
+
+
+def _entry(org: str, row: tuple[Any, ...]) -> Entry:
+    seq, time, actor, action, env, names, outcome, request_id, client, details = row[:10]
+    return Entry(
+        seq,
+        time,
+        actor,
+        action,
+        org,
+        env,
+        json.loads(names),
+        outcome,
+        request_id,
+        client,
+        json.loads(details),
+    )
+
+
+def query(
+    keys: OrgKeys,
+    filters: Filters,
+    *,
+    limit: int,
+    before: int | None = None,
+    after: int | None = None,
+) -> tuple[list[Entry], bool]:
+    """Entries matching `filters`: the newest `limit` below `before`, or with
+    `after`, the oldest `limit` above it; always in ascending order. Each one
+    is authenticated against the MAC before it. Returns (entries, more)."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("a.actor", filters.actor),
+        ("a.action", filters.action),
+        ("a.env", filters.env),
+    ):
+        if value is not None:
+            conditions.append(f"{column} = ?")
+            params.append(value)
+    if filters.since is not None:
+        conditions.append("a.time >= ?")
+        params.append(filters.since)
+    if filters.name is not None:
+        conditions.append("EXISTS (SELECT 1 FROM json_each(a.names) j WHERE j.value = ?)")
+        params.append(filters.name)
+    if after is not None:
+        conditions.append("a.seq > ?")
+        params.append(after)
+        order = "ASC"
+    else:
+        if before is not None:
+            conditions.append("a.seq < ?")
+            params.append(before)
+        order = "DESC"
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    columns = ", ".join(f"a.{c.strip()}" for c in FIELDS.split(","))
+    sql = (
+        f"SELECT {columns}, a.mac, p.mac FROM audit_log a "  # noqa: S608
+        f"LEFT JOIN audit_log p ON p.seq = a.seq - 1 {where} ORDER BY a.seq {order} LIMIT ?"
+    )
+    with keys.store.read() as db:
+        rows = db.execute(sql, (*params, limit + 1)).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    chain_key = keys.chain_key()
+    for row in rows:
+        prev = row[11] if row[0] > 1 else b""
+        if prev is None or not _matches(chain_key, keys.org, row, prev):
+            raise AuditChainBroken(
+                f"entry {row[0]} of organization {keys.org!r}'s audit log does not match its "
+                "chain: it or the entry before it was changed outside crate",
+                HINT,
+            )
+    if order == "DESC":
+        rows.reverse()
+    return [_entry(keys.org, row) for row in rows], more
+
+
+def _rows(db: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
+    yield from db.execute(f"SELECT {FIELDS}, mac FROM audit_log ORDER BY seq")  # noqa: S608
+
+
+def _note_versions(latest: dict[tuple[str, str], tuple[int, int]], row: tuple[Any, ...]) -> None:
+    """Track, from an authenticated entry, the version each secret should be at."""
+    seq, action, env = row[0], row[3], row[4]
+    try:
+        names, details = json.loads(row[5]), json.loads(row[9])
+    except ValueError:
+        return
+    if not isinstance(names, list) or not isinstance(details, dict):
+        return
+    if action == "env-delete":
+        for key in [k for k in latest if k[0] == env]:
+            del latest[key]
+    elif action == "store":
+        versions = details.get("versions")
+        if isinstance(versions, list):
+            for name, version in zip(names, versions, strict=False):
+                latest[(env, str(name))] = (version, seq)
+    elif names and isinstance(details.get("version"), int):  # delete, rollback
+        latest[(env, str(names[0]))] = (details["version"], seq)
+
+
+def _check_heads(
+    db: sqlite3.Connection, org: str, latest: dict[tuple[str, str], tuple[int, int]]
+) -> None:
+    """Each secret the log saw written must be at the version its newest entry
+    recorded: an older (authentic) head restored, with the later versions
+    deleted, is caught here."""
+    heads = {(r[0], r[1]): r[2] for r in db.execute("SELECT env, name, version FROM secrets")}
+    for (env, name), (version, seq) in sorted(latest.items(), key=lambda item: item[1][1]):
+        head = heads.get((env, name))
+        if head != version:
+            now = "is gone" if head is None else f"is at version {head}"
+            raise AuditChainBroken(
+                f"secret {name} in {org}/{env} {now}, but entry {seq} of the audit log "
+                f"recorded version {version}: the secret was rolled back or removed outside "
+                "crate",
+                HINT,
+            )
+
+
+def verify(keys: OrgKeys) -> Verified:
+    """Walk the whole chain against the anchor; AuditChainBroken names the first
+    entry that was changed, removed, reordered, added or cut off. Then check
+    that every secret is at the version the log last recorded for it."""
+    org = keys.org
+    chain_key = keys.chain_key()
+    latest: dict[tuple[str, str], tuple[int, int]] = {}
+    with keys.store.read() as db:
+        anchor = read_anchor(db, keys)
+        pending = db.execute("SELECT count(*) FROM audit_pending").fetchone()[0]
+        expected = 1
+        prev = b""
+        for row in _rows(db):
+            seq = row[0]
+            if seq > anchor.seq:
+                raise AuditChainBroken(
+                    f"entry {seq} of organization {org!r}'s audit log comes after the newest "
+                    f"authenticated entry ({anchor.seq}): it was added outside crate",
+                    HINT,
+                )
+            if seq < expected:
+                raise AuditChainBroken(
+                    f"entry {seq} of organization {org!r}'s audit log comes before its first "
+                    "entry: it was added outside crate",
+                    HINT,
+                )
+            if seq != expected:
+                gone = (
+                    f"entry {expected}"
+                    if seq == expected + 1
+                    else (f"entries {expected} to {seq - 1}")
+                )
+                raise AuditChainBroken(
+                    f"{gone} of organization {org!r}'s audit log "
+                    f"{'was' if seq == expected + 1 else 'were'} removed",
+                    HINT,
+                )
+            if not _matches(chain_key, org, row, prev):
+                raise AuditChainBroken(
+                    f"entry {seq} of organization {org!r}'s audit log was changed or "
+                    "moved outside crate",
+                    HINT,
+                )
+            if row[3] in _VERSIONED and row[6] == "ok":
+                _note_versions(latest, row)
+            prev = row[10]
+            expected += 1
+        _check_anchor_reached(org, anchor, expected - 1, prev)
+        _check_heads(db, org, latest)
+    return Verified(expected - 1, prev, pending)
+
+
+# The actions whose entries say which version a secret is at.
+_VERSIONED = frozenset({"store", "delete", "rollback", "env-delete"})
+
+
+def _check_anchor_reached(org: str, anchor: Anchor, last: int, prev: bytes) -> None:
+    """The walk must end at the anchor: no newest entry cut off or replaced."""
+    if last < anchor.seq:
+        gone = (
+            f"entry {anchor.seq}"
+            if last + 1 == anchor.seq
+            else (f"entries {last + 1} to {anchor.seq}")
+        )
+        raise AuditChainBroken(
+            f"the newest entries of organization {org!r}'s audit log were cut off: "
+            f"{gone} {'is' if last + 1 == anchor.seq else 'are'} missing",
+            HINT,
+        )
+    if prev != anchor.mac:
+        raise AuditChainBroken(
+            f"entry {last} of organization {org!r}'s audit log is not the one its anchor "
+            "recorded: it was replaced outside crate",
+            HINT,
+        )

@@ -1,0 +1,47 @@
+"""What a vault holds apart from its audit log, for tests that check a failed
+command changed nothing.
+
+A refused or failed command may append to the org's audit log (a failed
+unlock, a denied request): that is the log doing its job. Everything else in
+the file must stay exactly as it was, which these helpers compare row by row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+AUDIT_TABLES = frozenset({"audit_log", "audit_anchor", "audit_pending"})
+
+
+def vault_rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table but the audit tables, sorted, by table."""
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        tables = [
+            r[0]
+            for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if r[0] not in AUDIT_TABLES
+        ]
+        return {
+            t: sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables
+        }
+    finally:
+        conn.close()
+
+
+def home_state(home: Path) -> dict[str, object]:
+    """Hashes of every file under a crate home by relative path, with each
+    vault compared by its rows outside the audit log, and SQLite's WAL and
+    shared-memory files left out (their contents are the vault's)."""
+    state: dict[str, object] = {}
+    for p in sorted(home.rglob("*")):
+        if not p.is_file() or p.name.endswith(("-wal", "-shm")):
+            continue
+        key = str(p.relative_to(home))
+        if p.suffix == ".vault":
+            state[key] = vault_rows(p)
+        else:
+            state[key] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return state
