@@ -913,10 +913,18 @@ class VaultService:
                 ),
             )
             updates = []
-            for row in db.execute(_ROTATION_ROWS).fetchall():
-                ready = prepared.get((row[10], row[2]))
-                # A row written or changed since the snapshot is done now.
-                if ready is None or ready[-2:] != (row[8], row[9]):
+            # Only ids and MACs are read under the lock: a row's wrapped DEK
+            # changes only in a rotation, which changes its MAC too. A row
+            # written or changed since the snapshot is done now.
+            for secret_id, version, mac in db.execute(
+                "SELECT secret_id, version, mac FROM secret_versions WHERE wrapped_dek IS NOT NULL"
+            ).fetchall():
+                ready = prepared.get((secret_id, version))
+                if ready is None or ready[-1] != mac:
+                    row = db.execute(
+                        _ROTATION_ROWS + " AND v.secret_id = ? AND v.version = ?",
+                        (secret_id, version),
+                    ).fetchone()
                     ready = self._rewrap_row(keys, row, new_cipher, new)
                 updates.append(ready[:5])
             db.executemany(
@@ -935,7 +943,7 @@ class VaultService:
         self, keys: OrgKeys, row: tuple[Any, ...], new_cipher: Any, new: int
     ) -> tuple[Any, ...]:
         """The UPDATE parameters that move one `_ROTATION_ROWS` row to org DEK
-        `new`, followed by the row's MAC and wrapped DEK as they were read.
+        `new`, followed by the row's MAC as it was read.
         The row is authenticated before it is re-MAC'd, so a tampered row is
         refused rather than laundered by the rotation."""
         env, name = row[0], row[1]
@@ -944,7 +952,7 @@ class VaultService:
         dek_aad, _ = crypto.secret_aads(keys.org, env, name, version)
         wrapped = crypto.rewrap(keys.dek_cipher(old_dek), new_cipher, row[9], dek_aad)
         mac = keys.version_mac(env, name, (version, action, new, tag_text, created_at, actor))
-        return (new, wrapped, mac, row[10], version, row[8], row[9])
+        return (new, wrapped, mac, row[10], version, row[8])
 
     def master_versions_used(self, org: str) -> dict[int, list[str]]:
         """Which master key versions wrap this org's keys: version -> what."""

@@ -162,6 +162,11 @@ CREATE TABLE audit_pending (
 # that serialises opening and closing (see OrgStore._open).
 _OPEN: dict[str, int] = {}
 _OPENING = threading.Lock()
+# One lock per vault path for the write transactions of this process's
+# threads (a server's workers): they queue on it and take over at once,
+# where SQLite's busy handler would have them sleep and poll (1, 2, 5, 10 …
+# ms). Other processes still meet SQLite's lock and its busy timeout.
+_WRITERS: dict[str, threading.Lock] = {}
 
 # Forward migrations: MIGRATIONS[n] turns schema n into n + 1.
 MIGRATIONS: dict[int, str] = {1: _TOKENS_TABLE, 2: _AUDIT_TABLES}
@@ -276,7 +281,7 @@ class OrgStore:
     def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: all of the block's changes, or none."""
         try:
-            with self.errors():
+            with self._writer(), self.errors():
                 self.conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield self.conn
@@ -286,6 +291,15 @@ class OrgStore:
                 self.conn.execute("COMMIT")
         finally:
             self._run_after()
+
+    def _writer(self) -> threading.Lock:
+        key = self._key or str(self.path.absolute())
+        lock = _WRITERS.get(key)
+        if lock is None:
+            # setdefault is atomic: racing threads end up with the same lock.
+            # (Not under _OPENING: open() migrates, and so writes, holding it.)
+            lock = _WRITERS.setdefault(key, threading.Lock())
+        return lock
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -385,7 +385,17 @@ def test_rotation_killed_at_random_moments_leaves_a_whole_vault(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        delay = rng.uniform(0, duration)
+        if i % 2:
+            # The rotation holds the write lock only for its last, short
+            # phase: half the kills wait for it, so that some land inside.
+            deadline = time.monotonic() + 2 * duration + 5
+            while proc.poll() is None and time.monotonic() < deadline:
+                if write_locked(path):
+                    break
+                time.sleep(0.002)
+            delay = rng.uniform(0, 0.05)
+        else:
+            delay = rng.uniform(0, duration)
         time.sleep(delay)
         locked = write_locked(path)
         # Not reaped yet: the pid is still this child's, even if it has exited.

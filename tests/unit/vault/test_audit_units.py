@@ -102,17 +102,18 @@ def test_a_nul_in_a_field_is_refused_not_encoded() -> None:
 def test_verify_replays_the_versions_entries_record() -> None:
     latest: dict[tuple[str, str], tuple[int, int]] = {}
 
-    def row(seq: int, action: str, env: str, names: str, details: str) -> tuple[object, ...]:
-        return (seq, "t", "a", action, env, names, "ok", "", "cli", details)
+    def note(seq: int, action: str, env: str, names: str, details: str) -> None:
+        fields = [str(seq), "t", "a", action, env, names, "ok", "", "cli", details]
+        audit._note_versions(latest, seq, fields)
 
-    audit._note_versions(latest, row(1, "store", "dev", '["A","B"]', '{"versions":[1,4]}'))
-    audit._note_versions(latest, row(2, "store", "prod", '["A"]', '{"versions":[2]}'))
-    audit._note_versions(latest, row(3, "delete", "dev", '["B"]', '{"version":5}'))
-    audit._note_versions(latest, row(4, "rollback", "dev", '["A"]', '{"to":1,"version":2}'))
+    note(1, "store", "dev", '["A","B"]', '{"versions":[1,4]}')
+    note(2, "store", "prod", '["A"]', '{"versions":[2]}')
+    note(3, "delete", "dev", '["B"]', '{"version":5}')
+    note(4, "rollback", "dev", '["A"]', '{"to":1,"version":2}')
     assert latest == {("dev", "A"): (2, 4), ("dev", "B"): (5, 3), ("prod", "A"): (2, 2)}
-    audit._note_versions(latest, row(5, "env-delete", "dev", "[]", '{"secrets_deleted":2}'))
+    note(5, "env-delete", "dev", "[]", '{"secrets_deleted":2}')
     assert latest == {("prod", "A"): (2, 2)}
-    audit._note_versions(latest, row(6, "store", "prod", "not json", "{}"))
+    note(6, "store", "prod", "not json", "{}")
     assert latest == {("prod", "A"): (2, 2)}
 
 
@@ -134,3 +135,19 @@ def test_wire_form_has_the_documented_keys() -> None:
     }
     assert wire["environment"] is None
     assert wire["request_id"] is None
+
+
+def test_the_checker_accepts_exactly_what_entry_mac_makes() -> None:
+    key = os.urandom(32)
+    prev = os.urandom(32)
+    fields = (9, "t", "a@h", "retrieve", "dev", '["A"]', "ok", "r1", "agent", '{"x":1}')
+    checker = audit.Checker(key, "acme")
+    assert checker.matches((*fields, audit.entry_mac(key, "acme", fields, prev)), prev)
+    assert not checker.matches((*fields, audit.entry_mac(key, "acme", fields, b"")), prev)
+    assert not checker.matches((*fields, audit.entry_mac(key, "other", fields, prev)), prev)
+    assert not checker.matches(
+        (*fields[:9], "{}", audit.entry_mac(key, "acme", fields, prev)), prev
+    )
+    assert not checker.matches((*fields, "not bytes"), prev)
+    nul = (*fields[:2], "a\x00h", *fields[3:])
+    assert not checker.matches((*nul, os.urandom(32)), prev)
