@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 AUDIT_TABLES = frozenset({"audit_log", "audit_anchor", "audit_pending"})
 
@@ -45,3 +46,16 @@ def home_state(home: Path) -> dict[str, object]:
         else:
             state[key] = hashlib.sha256(p.read_bytes()).hexdigest()
     return state
+
+
+def run_sql(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """One statement run directly on a vault file and committed, as someone
+    with access to the file could (the triggers stay in place)."""
+    assert path.exists(), path
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        rows = db.execute(sql, params).fetchall()
+        db.commit()
+    finally:
+        db.close()
+    return rows

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from vault_state import run_sql
 
 from crate_cli.context import Session
 from crate_cli.vault.orgs import create_org
@@ -92,15 +92,7 @@ def vault_sql(acme_home: Path) -> Callable[..., list[tuple[object, ...]]]:
     def run(
         sql: str, params: tuple[object, ...] = (), org: str = "acme"
     ) -> list[tuple[object, ...]]:
-        path = acme_home / "orgs" / f"{org}.vault"
-        assert path.exists(), path
-        db = sqlite3.connect(path)
-        try:
-            rows = db.execute(sql, params).fetchall()
-            db.commit()
-        finally:
-            db.close()
-        return rows
+        return run_sql(acme_home / "orgs" / f"{org}.vault", sql, params)
 
     return run
 

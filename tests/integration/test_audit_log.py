@@ -41,6 +41,7 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 from conftest import CrateRunner, Result
 from crate_server import CrateServer
+from vault_state import run_sql
 
 from crate_cli.context import local_actor
 from crate_cli.errors import ExitCode, IntegrityError
@@ -125,13 +126,7 @@ def vault_path(home: Path, org: str = ORG) -> Path:
 
 def vault_sql(home: Path, sql: str, org: str = ORG) -> list[Any]:
     """SQL on the vault file directly, as someone with access to the file could."""
-    db = sqlite3.connect(vault_path(home, org), timeout=30)
-    try:
-        rows = db.execute(sql).fetchall()
-        db.commit()
-        return rows
-    finally:
-        db.close()
+    return run_sql(vault_path(home, org), sql)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 from conftest import CrateRunner, Result, assert_clean_error
+from vault_state import run_sql
 
 from crate_cli.errors import ExitCode
 from crate_cli.vault import crypto
@@ -90,13 +91,7 @@ def vault_path(home: Path) -> Path:
 
 def vault_sql(home: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """One statement on the org's vault file, committed; the triggers stay in place."""
-    db = sqlite3.connect(vault_path(home))
-    try:
-        rows = db.execute(sql, params).fetchall()
-        db.commit()
-    finally:
-        db.close()
-    return rows
+    return run_sql(vault_path(home), sql, params)
 
 
 def tamper(home: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:

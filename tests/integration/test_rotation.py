@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from conftest import CrateRunner, assert_clean_error
 from crate_integration_fixtures import session_at
+from vault_state import run_sql
 
 from crate_cli.errors import ExitCode
 from crate_cli.vault import service as vault_service
@@ -46,15 +47,7 @@ def vault_path(home: Path, org: str) -> Path:
 
 def vault_sql(home: Path, org: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
     """One statement run directly on an org's vault file (committed)."""
-    path = vault_path(home, org)
-    assert path.exists(), path
-    db = sqlite3.connect(path)
-    try:
-        rows = db.execute(sql, params).fetchall()
-        db.commit()
-    finally:
-        db.close()
-    return rows
+    return run_sql(vault_path(home, org), sql, params)
 
 
 def write_locked(path: Path) -> bool:
