@@ -8,6 +8,7 @@ releases the GIL.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from typing import Any
@@ -16,6 +17,23 @@ from crate_cli.threads import start_thread
 
 DEFAULT_EPHEMERAL_BITS = 2048
 MAX_SEARCHES = 3
+# Searches still running. A daemon thread inside cryptography's (Rust) key
+# generation when the interpreter finalizes is unwound by pthread_exit, which
+# Rust turns into "FATAL: exception not rethrown" and an abort (exit 134): so
+# the process waits for them at exit. Only an early exit (a usage error) or a
+# lost race leaves one running; `crate run` execs and never gets here.
+_running: set[threading.Thread] = set()
+_running_lock = threading.Lock()
+
+
+def _wait_for_searches() -> None:
+    with _running_lock:
+        running = list(_running)
+    for thread in running:
+        thread.join(timeout=5)
+
+
+atexit.register(_wait_for_searches)
 
 
 class EphemeralKey:
@@ -43,9 +61,18 @@ class EphemeralKey:
     def _start_search(self) -> None:
         with self._lock:
             self._started += 1
-        start_thread(self._search, name="crate-ephemeral-key")
+        with _running_lock:  # registered before it runs, removed by itself
+            thread = start_thread(self._search, name="crate-ephemeral-key")
+            _running.add(thread)
 
     def _search(self) -> None:
+        try:
+            self._generate()
+        finally:
+            with _running_lock:
+                _running.discard(threading.current_thread())
+
+    def _generate(self) -> None:
         try:
             from cryptography.hazmat.primitives.asymmetric import rsa
 
