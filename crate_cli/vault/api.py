@@ -58,7 +58,7 @@ from crate_cli.errors import (
 from crate_cli.vault import audit
 from crate_cli.vault.audit import Caller
 from crate_cli.vault.names import ENV_RE, SECRET_RE
-from crate_cli.vault.service import SealedItem, VaultService
+from crate_cli.vault.service import OrgKeys, SealedItem, VaultService
 
 MAX_RETRIEVE_NAMES = 1000
 # What each role may do.
@@ -555,7 +555,7 @@ class ApiCore:
 
     # -- the audit module -----------------------------------------------------
 
-    def _audit_keys(self, call: Call) -> Any:
+    def _audit_keys(self, call: Call) -> OrgKeys:
         """The org's keys, for a principal that may see its whole audit log."""
         p = call.principal
         if p.envs or p.tags:
@@ -606,11 +606,7 @@ class ApiCore:
     def _audit_module(self, call: Call) -> Response:
         keys = self._audit_keys(call)
         enabled = _field(call.body, "enabled", bool)
-        with keys.store.write() as db:
-            changed = audit.read_anchor(db, keys).enabled != enabled
-            if changed:
-                action = "audit-enable" if enabled else "audit-disable"
-                audit.append(db, keys, call.caller, action, enabled=enabled)
+        changed = audit.set_enabled(keys, call.caller, enabled)
         return Response(200, {"enabled": enabled, "changed": changed})
 
 

@@ -322,6 +322,16 @@ def is_enabled(keys: OrgKeys) -> bool:
         return read_anchor(db, keys).enabled
 
 
+def set_enabled(keys: OrgKeys, caller: Caller, enabled: bool) -> bool:
+    """Switch the audit module, recording the switch; returns whether it changed."""
+    with keys.store.write() as db:
+        if read_anchor(db, keys).enabled == enabled:
+            return False
+        action = "audit-enable" if enabled else "audit-disable"
+        append(db, keys, caller, action, enabled=enabled)
+    return True
+
+
 def _entry(org: str, row: tuple[Any, ...]) -> Entry:
     seq, time, actor, action, env, names, outcome, request_id, client, details = row[:10]
     return Entry(
