@@ -25,6 +25,8 @@ COMMANDS = {
     "logout": ("crate_cli.commands.login", "logout"),
     "agent": ("crate_cli.commands.agent", "agent"),
     "audit": ("crate_cli.commands.audit", "audit"),
+    "version": ("crate_cli.commands.version", "version"),
+    "completion": ("crate_cli.commands.completion", "completion"),
 }
 
 # Set by main() for `crate run`, picked up by the run command: the argv after
@@ -34,12 +36,29 @@ run_command: list[str] | None = None
 RETRIEVING = (["run"], ["secrets", "get"], ["secrets", "fetch"])
 
 
+def _show_version(ctx: Any, param: Any, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from crate_cli.version import version_line
+
+        sys.stdout.write(version_line() + "\n")
+        ctx.exit()
+
+
+_root: Any = None
+
+
+def root_command() -> Any:
+    """The root click group (built once: `crate completion` needs it too)."""
+    global _root
+    if _root is None:
+        _root = _build_root()
+    return _root
+
+
 def _build_root() -> Any:
     import importlib
 
     import click
-
-    from crate_cli import __version__
 
     class LazyGroup(click.Group):
         def list_commands(self, ctx: click.Context) -> list[str]:
@@ -53,7 +72,14 @@ def _build_root() -> Any:
             return command
 
     @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-    @click.version_option(__version__, "--version", prog_name="crate")
+    @click.option(
+        "--version",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_show_version,
+        help="Show the version and exit.",
+    )
     @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
     @click.pass_context
     def crate(ctx: click.Context, debug: bool) -> None:
@@ -68,10 +94,37 @@ def _build_root() -> Any:
     return crate
 
 
+def restore_environment(environ: Any) -> None:
+    """Undo what the frozen binary's bootloader added to the environment.
+
+    PyInstaller's bootloader puts the bundle's library folder first in
+    LD_LIBRARY_PATH (keeping the user's value in LD_LIBRARY_PATH_ORIG) and
+    sets _PYI_* variables, then re-executes itself. This process has loaded
+    with them already; the commands crate starts must not see them: the
+    bundle's libraries would shadow the system's (bash, git, a nested crate).
+    """
+    original = environ.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original is not None:
+        environ["LD_LIBRARY_PATH"] = original
+    else:
+        environ.pop("LD_LIBRARY_PATH", None)
+    for name in [n for n in environ if n.startswith("_PYI_") or n == "_MEIPASS2"]:
+        del environ[name]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn CrateErrors into exit codes."""
     global run_command
+    if getattr(sys, "frozen", False):
+        import os
+
+        restore_environment(os.environ)
     args = sys.argv[1:] if argv is None else list(argv)
+    if args == ["--version"]:  # before click: `crate --version` is a start-up probe
+        from crate_cli.version import version_line
+
+        sys.stdout.write(version_line() + "\n")
+        return
     own = args[: args.index("--")] if "--" in args else args  # crate's, not a command's
     debug = "--debug" in own
     from crate_cli.errors import CrateError, ExitCode
@@ -146,7 +199,7 @@ def _click_main(args: list[str]) -> None:
     from crate_cli.errors import ExitCode
 
     try:
-        _build_root().main(args=args, prog_name="crate", standalone_mode=False)
+        root_command().main(args=args, prog_name="crate", standalone_mode=False)
     except click.exceptions.Abort:
         sys.stderr.write("crate: aborted\n")
         sys.exit(130)

@@ -39,6 +39,17 @@ def require_tool(name: str) -> str:
     return path
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests of the frozen binary itself run only in the pass against it
+    (CRATE_BIN, see scripts/test): deselected, not skipped, elsewhere."""
+    if os.environ.get("CRATE_BIN"):
+        return
+    frozen = [item for item in items if item.get_closest_marker("frozen")]
+    if frozen:
+        config.hook.pytest_deselected(items=frozen)
+        items[:] = [item for item in items if not item.get_closest_marker("frozen")]
+
+
 @pytest.fixture
 def crate_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "crate-home"

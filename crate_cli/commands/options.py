@@ -11,10 +11,23 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def complete_org(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of --org: the home's vault files, nothing unlocked."""
+    from crate_cli.config import resolve_home
+    from crate_cli.vault.orgs import list_orgs
+
+    try:
+        return [org for org in list_orgs(resolve_home()) if org.startswith(incomplete)]
+    except Exception:  # a completion must never print an error into the prompt
+        return []
+
+
 org_option = click.option(
     "--org",
     envvar="CRATE_ORG",
     metavar="ORG",
+    shell_complete=complete_org,
     help="Organization (default: the session's; env CRATE_ORG).",
 )
 env_option = click.option(

@@ -20,6 +20,8 @@ import pytest
 from conftest import CrateRunner, Result, assert_clean_error, require_tool
 from dotenv import dotenv_values
 
+import crate_cli
+
 pytestmark = pytest.mark.e2e
 
 LIST_FIELDS = {"name", "environment", "version", "tags", "updated_at", "actor"}
@@ -112,7 +114,7 @@ def test_only_the_process_that_creates_the_master_key_says_so(crate: CrateRunner
 def test_version_and_help(crate: CrateRunner) -> None:
     version = crate("--version")
     assert version.returncode == 0, version
-    assert version.stdout.startswith("crate, version ")
+    assert version.stdout.startswith(f"crate {crate_cli.__version__}")
     assert not crate.home.exists()
     helped = crate("--help")
     assert helped.returncode == 0
