@@ -161,6 +161,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         # The reader went away (`crate secrets list | head`): not an error.
+        # What is still buffered goes to /dev/null: the flush at exit must not
+        # fail again (the frozen binary turns that into exit status 1).
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.stderr.close()
         sys.exit(0)
     except SystemExit:
@@ -194,13 +199,22 @@ def _usage_message(error: Any) -> str:
 
 
 def _click_main(args: list[str]) -> None:
+    import os
+
     import click
 
     from crate_cli.errors import ExitCode
 
+    root = root_command()
+    if "_CRATE_COMPLETE" in os.environ:
+        # A shell asking for completions (`crate completion`): click answers and exits.
+        root.main(args=args, prog_name="crate", standalone_mode=False)
     try:
-        root_command().main(args=args, prog_name="crate", standalone_mode=False)
-    except click.exceptions.Abort:
+        # Not click's main(): it turns a reader that went away (EPIPE) into
+        # exit status 1, where crate's is 0 (see main). The rest is the same.
+        with root.make_context("crate", args) as ctx:
+            root.invoke(ctx)
+    except (click.exceptions.Abort, EOFError, KeyboardInterrupt):
         sys.stderr.write("crate: aborted\n")
         sys.exit(130)
     except click.UsageError as e:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from crate_cli.commands.options import json_option, org_option, print_json
+from crate_cli.commands.options import console, json_option, org_option, print_json
 from crate_cli.context import Session
 from crate_cli.errors import InvalidInput
 
@@ -147,7 +147,6 @@ def _names(names: list[str]) -> str:
 
 
 def _table(entries: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -174,7 +173,7 @@ def _table(entries: list[dict[str, Any]]) -> None:
             _names(e["names"]),
             f"[{colours.get(e['outcome'], 'white')}]{escape(outcome)}[/]",
         )
-    Console(soft_wrap=True).print(table)
+    console(soft_wrap=True).print(table)
 
 
 @audit.command("verify")

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from crate_cli.commands.options import (
+    console,
     json_option,
     org_option,
     print_json,
@@ -40,7 +41,6 @@ def slots_list(as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="key slots", title_justify="left")
@@ -55,7 +55,7 @@ def slots_list(as_json: bool) -> None:
             _when(r["last_used"]),
             r["details"],
         )
-    Console().print(table)
+    console().print(table)
     if not rows:
         click.echo("crate has no master key yet; create it with: crate init", err=True)
 
@@ -136,11 +136,10 @@ def status(as_json: bool) -> None:
             }
         )
         return
-    from rich.console import Console
     from rich.markup import escape
     from rich.tree import Tree
 
-    console = Console()
+    out = console()
     tree = Tree(f"crate home {session.home.describe()}")
     for v in sorted(session.master.versions(), key=lambda v: v.version):
         current = (
@@ -171,7 +170,7 @@ def status(as_json: bool) -> None:
                 f"wrapped by master key v{dek['master_version']}: "
                 f"wraps {dek['wrapped_keys']} secret keys"
             )
-    console.print(tree, highlight=False)
+    out.print(tree, highlight=False)
     click.echo(summary)
     for w in warnings:
         click.echo(f"warning: {w}", err=True)

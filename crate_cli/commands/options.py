@@ -40,6 +40,19 @@ env_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
+def console(soft_wrap: bool = False) -> Any:
+    """A rich Console for tables. A reader that went away (`crate secrets list
+    | head`) ends crate with exit 0 in cli.main, as for any other output;
+    rich's own handling would exit 1."""
+    from rich.console import Console
+
+    class PipeAwareConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return PipeAwareConsole(soft_wrap=soft_wrap)
+
+
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 

@@ -8,6 +8,7 @@ import click
 
 from crate_cli.client import SecretsClient
 from crate_cli.commands.options import (
+    console,
     env_option,
     json_option,
     org_option,
@@ -159,7 +160,6 @@ def list_(org: str | None, env: str | None, tags: tuple[str, ...], as_json: bool
     if as_json:
         print_json(rows)
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{client.org}/{env_name}", title_justify="left")
@@ -173,7 +173,7 @@ def list_(org: str | None, env: str | None, tags: tuple[str, ...], as_json: bool
             _short_time(r["updated_at"]),
             r["actor"],
         )
-    Console().print(table)
+    console().print(table)
 
 
 @secrets.command("fetch")
@@ -280,7 +280,6 @@ def history(name: str, org: str | None, env: str | None, as_json: bool) -> None:
     if as_json:
         print_json(versions)
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{name} in {client.org}/{env_name}", title_justify="left")
@@ -294,7 +293,7 @@ def history(name: str, org: str | None, env: str | None, as_json: bool) -> None:
             v["actor"],
             ", ".join(v["tags"]),
         )
-    Console().print(table)
+    console().print(table)
 
 
 @secrets.command("rollback")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from crate_cli.commands.options import json_option, org_option, print_json, split_tags
+from crate_cli.commands.options import (
+    console,
+    json_option,
+    org_option,
+    print_json,
+    split_tags,
+)
 from crate_cli.context import Session
 
 
@@ -95,7 +101,6 @@ def list_(org: str | None, as_json: bool) -> None:
     if not found:
         click.echo(f"no tokens in {org_name!r}; create one with: crate token create NAME", err=True)
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
@@ -108,7 +113,7 @@ def list_(org: str | None, as_json: bool) -> None:
         table.add_row(
             t.name, t.role, ",".join(t.envs) or "all", ",".join(t.tags) or "all", expiry, t.actor
         )
-    Console(soft_wrap=True).print(table)
+    console(soft_wrap=True).print(table)
 
 
 @token.command("revoke")

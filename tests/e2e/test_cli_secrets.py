@@ -411,6 +411,40 @@ def test_fetch_into_a_closed_pipe_is_not_an_error(crate: CrateRunner, tmp_path: 
         assert done.stderr == b"", (fmt, done.stderr)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["secrets", "fetch", "--format", "json"],
+        ["secrets", "list"],
+        ["secrets", "history", "MANY_001"],
+        ["keys", "slots", "list"],
+        ["keys", "status"],
+        ["secrets", "get", "MANY_001"],
+        ["version", "--json"],
+    ],
+)
+def test_output_to_a_pipe_nobody_reads_is_not_an_error(
+    crate: CrateRunner, tmp_path: Path, args: list[str]
+) -> None:
+    """The reader is gone before crate writes (its end of the pipe closed):
+    every write fails with EPIPE, deterministically."""
+    crate("secrets", "set", "MANY_001", "v" * 100, check=True)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [*crate.argv0, *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=crate.env(),
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, b""), done
+
+
 # -- delete, history, rollback ----------------------------------------------------
 
 
