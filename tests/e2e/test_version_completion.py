@@ -241,6 +241,20 @@ def test_bash_completes_orgs_of_the_home(crate: CrateRunner, tmp_path: Path) -> 
     assert bash_words(crate, tmp_path, "crate", "secrets", "list", "--org", "ac") == ["acme"]
 
 
+def test_bash_completes_the_options_of_run(crate: CrateRunner, tmp_path: Path) -> None:
+    """`crate run` parses its own options; completion offers them, the orgs
+    after `--org`, and nothing among the command's words after `--`."""
+    from crate_cli.runner import RUN_OPTIONS
+
+    found = bash_words(crate, tmp_path, "crate", "run", "--")
+    assert set(found) == {flag for flag, *_ in RUN_OPTIONS}, found
+    assert bash_words(crate, tmp_path, "crate", "run", "--ma") == ["--mask"]
+    assert bash_words(crate, tmp_path, "crate", "run", "--mask", "--", "ls", "--ma") == []
+    crate("org", "create", "acme", check=True)
+    assert bash_words(crate, tmp_path, "crate", "run", "--mask", "--org", "a") == ["acme"]
+    assert bash_words(crate, tmp_path, "crate", "run", "--", "ls", "--org", "a") == []
+
+
 def test_bash_org_completion_on_an_empty_home(crate: CrateRunner, tmp_path: Path) -> None:
     assert bash_words(crate, tmp_path, "crate", "secrets", "list", "--org", "") == []
     assert not crate.home.exists(), "completing a word must not create the home"
