@@ -36,11 +36,15 @@ run_command: list[str] | None = None
 RETRIEVING = (["run"], ["secrets", "get"], ["secrets", "fetch"])
 
 
+def _print_version() -> None:
+    from crate_cli.version import version_line
+
+    sys.stdout.write(version_line() + "\n")
+
+
 def _show_version(ctx: Any, param: Any, value: bool) -> None:
     if value and not ctx.resilient_parsing:
-        from crate_cli.version import version_line
-
-        sys.stdout.write(version_line() + "\n")
+        _print_version()
         ctx.exit()
 
 
@@ -121,9 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         restore_environment(os.environ)
     args = sys.argv[1:] if argv is None else list(argv)
     if args == ["--version"]:  # before click: `crate --version` is a start-up probe
-        from crate_cli.version import version_line
-
-        sys.stdout.write(version_line() + "\n")
+        _print_version()
         return
     own = args[: args.index("--")] if "--" in args else args  # crate's, not a command's
     debug = "--debug" in own
