@@ -1,3 +1,11 @@
-from crate_cli.cli import main
+import sys
 
-main()
+if sys.argv[1:] == ["__refill-key-reserve"]:
+    # The key reserve's refill, started by crate itself in the background.
+    from crate_cli.keyreserve import main
+
+    main()
+else:
+    from crate_cli.cli import main
+
+    main()

@@ -134,7 +134,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         words = [a for a in own if not a.startswith("-")]
         if any(words[: len(c)] == c for c in RETRIEVING):
+            import gc
+
             from crate_cli import ephemeral
+
+            # Short-lived (`crate run` execs): collecting reference cycles
+            # among the imports and the secrets would only cost time. A
+            # process that stays (supervise) turns it back on.
+            gc.disable()
 
             # Key generation releases the GIL: it overlaps everything below.
             ephemeral.prestart()

@@ -17,10 +17,16 @@ import os
 from typing import Any, NamedTuple
 
 from crate_cli.ephemeral import DEFAULT_EPHEMERAL_BITS, EphemeralKey, take
-from crate_cli.errors import IntegrityError, InvalidInput
+from crate_cli.errors import IntegrityError
 from crate_cli.transport import Transport
 from crate_cli.vault import jwe
-from crate_cli.vault.names import check_env, check_org, check_secret_name, check_tags
+from crate_cli.vault.names import (
+    all_secret_names,
+    check_env,
+    check_org,
+    check_secret_name,
+    check_tags,
+)
 
 DEFAULT_FALLBACK_MAX_AGE = 7 * 86400.0
 
@@ -142,9 +148,10 @@ class SecretsClient:
         try:
             bundle = json.loads(jwe.decrypt(key, str(reply["bundle"])).plaintext)
             found = [
-                RetrievedSecret(str(s["name"]), str(s["value"]), int(s["version"]))
-                for s in bundle["secrets"]
+                RetrievedSecret(s["name"], s["value"], s["version"]) for s in bundle["secrets"]
             ]
+            returned = [s.name for s in found]
+            unique = set(returned)  # a name that cannot be hashed is malformed too
             answers = (
                 bundle["nonce"] == nonce
                 and bundle["org"] == self.org
@@ -152,20 +159,18 @@ class SecretsClient:
             )
         except (KeyError, TypeError, ValueError):
             raise IntegrityError("the retrieval bundle is malformed") from None
-        returned = [s.name for s in found]
+        if any(type(s.value) is not str or type(s.version) is not int for s in found):
+            raise IntegrityError("the retrieval bundle is malformed")
         if (
             not answers
             # Only what was asked for: no extra names (LD_PRELOAD …), no repeats.
-            or len(set(returned)) != len(returned)
-            or (names and set(returned) != set(names))
+            or len(unique) != len(returned)
+            or (names and unique != set(names))
             or any(s.version != versions[s.name] for s in found if versions and s.name in versions)
         ):
             raise IntegrityError("the retrieval bundle does not answer this request")
-        try:
-            for name in returned:
-                check_secret_name(name)
-        except InvalidInput:
-            raise IntegrityError("the retrieval bundle holds an invalid name") from None
+        if not all_secret_names(returned):
+            raise IntegrityError("the retrieval bundle holds an invalid name")
         return found
 
     def delete(self, env: str, name: str) -> dict[str, Any]:

@@ -297,10 +297,11 @@ class Session:
         transport = LoopbackTransport(ApiCore(self.service), Principal(actor=local_actor()))
         return SecretsClient(transport, org, ephemeral_bits=bits)
 
-    def warm(self, org: str) -> None:
-        """Unlock what the in-process server role needs ahead of a request."""
+    def warm(self, org: str, prefetch: bool = True) -> None:
+        """Unlock what the in-process server role needs ahead of a request
+        (`prefetch`: and read the values' pages, see VaultService.warm)."""
         if self.mode == "local":
-            self.service.warm(org)
+            self.service.warm(org, prefetch)
 
     def close(self) -> None:
         """Close the in-process vault connections, if any were opened."""

@@ -48,13 +48,17 @@ class EphemeralKey:
     search joins. The losers' results are dropped.
     """
 
-    def __init__(self, bits: int = DEFAULT_EPHEMERAL_BITS) -> None:
+    def __init__(self, bits: int = DEFAULT_EPHEMERAL_BITS, key: Any = None) -> None:
+        """`key`: one made ahead (crate_cli.keyreserve); no search starts."""
         self.bits = bits
-        self._key: Any = None
+        self._key: Any = key
         self._errors: list[BaseException] = []
         self._started = 0
         self._lock = threading.Lock()
         self._done = threading.Event()
+        if key is not None:
+            self._done.set()
+            return
         for _ in range(2 if (os.cpu_count() or 1) >= 4 else 1):
             self._start_search()
 
@@ -105,14 +109,31 @@ _prestarted: EphemeralKey | None = None
 
 
 def prestart(bits: int = DEFAULT_EPHEMERAL_BITS) -> None:
+    """Take a key made ahead (and start a refill of the reserve), or start
+    searching one."""
     global _prestarted
-    _prestarted = EphemeralKey(bits)
+    from crate_cli import keyreserve
+
+    # Any size: the home's setting (crypto.ephemeral_rsa_bits) is not read
+    # yet, and the refill makes keys of that size. `take` checks the size.
+    reserved = keyreserve.take(None)
+    keyreserve.refill_in_background()
+    _prestarted = EphemeralKey(reserved.key_size if reserved else bits, reserved)
+
+
+def searching() -> bool:
+    """Whether the prestarted key is still being searched (time to do other work)."""
+    key = _prestarted
+    return key is not None and not key._done.is_set()
 
 
 def take(bits: int) -> EphemeralKey:
-    """The prestarted key if it has the wanted size and is unused, else a new one."""
+    """The prestarted key if it has the wanted size and is unused, else one
+    from the reserve, else a new search."""
     global _prestarted
     key, _prestarted = _prestarted, None
     if key is not None and key.bits == bits:
         return key
-    return EphemeralKey(bits)
+    from crate_cli import keyreserve
+
+    return EphemeralKey(bits, keyreserve.take(bits))

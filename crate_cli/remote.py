@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from crate_cli.client import FallbackPolicy, RetrievedSecret, SecretsClient
 from crate_cli.config import CrateHome, ensure_private_dir, write_private_file
 from crate_cli.errors import CrateError, InvalidInput, NotFound, UnsupportedVersion
+from crate_cli.vault.crypto import sha256_hex
 
 if TYPE_CHECKING:
     from crate_cli.transport.http import HttpTransport
@@ -46,7 +46,7 @@ class Credentials:
         return self.home.data_dir / "credentials"
 
     def _username(self, label: str) -> str:
-        digest = hashlib.sha256(str(self.home.data_dir).encode("utf-8")).hexdigest()[:12]
+        digest = sha256_hex(str(self.home.data_dir).encode("utf-8"))[:12]
         return f"{label}:{digest}"
 
     def get(self, label: str) -> str | None:
@@ -166,7 +166,7 @@ def token_org(home: CrateHome, remote: Remote) -> str:
     `/whoami` is kept (by a hash of server and token): later commands, and
     the offline copy when the server is down, do not need to ask again.
     """
-    digest = hashlib.sha256(f"{remote.server}|{remote.token}".encode()).hexdigest()[:32]
+    digest = sha256_hex(f"{remote.server}|{remote.token}".encode())[:32]
     path = home.data_dir / "fallback" / "token-orgs.json"
     try:
         known = json.loads(path.read_text("utf-8"))
@@ -217,7 +217,7 @@ class FallbackClient(SecretsClient):
 
     def _copy_path(self, env: str, selection: str) -> tuple[Path, bytes]:
         ident = "|".join([self.server, self.org, env, selection])
-        digest = hashlib.sha256(ident.encode("utf-8")).hexdigest()[:40]
+        digest = sha256_hex(ident.encode("utf-8"))[:40]
         return self.home.data_dir / "fallback" / f"{digest}.copy", ident.encode("utf-8")
 
     def _key(self, create: bool) -> bytes | None:

@@ -392,7 +392,9 @@ def run_with_secrets(run: RunArgs) -> None:
             "run it where the vault is, or without --watch",
         )
     client = session.client(org, run.fallback)
-    session.warm(org)
+    from crate_cli import ephemeral
+
+    session.warm(org, prefetch=ephemeral.searching())
     env = session.env(run.env)
     mask = run.mask if run.mask is not None else bool(session.settings.get("run.mask"))
 
@@ -405,6 +407,12 @@ def run_with_secrets(run: RunArgs) -> None:
     first = launch()
     if not (mask or run.mount or run.watch):
         exec_command(run.command, first.env)
+    import gc
+
+    from crate_cli import keyreserve
+
+    gc.enable()  # crate stays, as the command's supervisor (see cli.main)
+    keyreserve.reap()  # its only child is to be the command
     from crate_cli.supervise import Watch, supervise
 
     mount = None
@@ -492,6 +500,9 @@ def exec_command(argv: list[str], env: dict[str, str]) -> None:
 
     sys.stdout.flush()
     sys.stderr.flush()
+    from crate_cli import keyreserve
+
+    keyreserve.reap()  # the command must not inherit crate's child
     # Python ignores SIGPIPE and SIGXFSZ at start-up and exec keeps ignored
     # signals: restore the defaults the command would have had without crate.
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):

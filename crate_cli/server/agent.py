@@ -46,9 +46,7 @@ def runtime_dir(create: bool) -> Path | None:
     if base and os.path.isabs(base) and os.path.isdir(base):
         folder = Path(base) / "crate"
     else:
-        import tempfile
-
-        folder = Path(tempfile.gettempdir()) / f"crate-{uid}"
+        folder = Path(_temp_dir()) / f"crate-{uid}"
     try:
         info = os.lstat(folder)
     except FileNotFoundError:
@@ -68,19 +66,33 @@ def runtime_dir(create: bool) -> Path | None:
     return folder
 
 
+def _temp_dir() -> str:
+    """tempfile.gettempdir() without importing tempfile (3 ms on every local
+    command): TMPDIR, TEMP or TMP when it is a folder, else /tmp."""
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        value = os.environ.get(name)
+        if value and os.path.isdir(value):
+            return os.path.abspath(value)
+    if os.path.isdir("/tmp"):  # noqa: S108 - the same default as tempfile
+        return "/tmp"  # noqa: S108
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
 def socket_path(home: CrateHome, create: bool = False) -> Path | None:
     folder = runtime_dir(create)
     if folder is None:
         return None
-    import hashlib
+    from crate_cli.vault.crypto import sha256_hex
 
-    digest = hashlib.sha256(str(home.data_dir).encode("utf-8")).hexdigest()[:16]
+    digest = sha256_hex(str(home.data_dir).encode("utf-8"))[:16]
     return folder / f"agent-{digest}.sock"
 
 
 def running_transport(home: CrateHome) -> HttpTransport | None:
     """A transport to this home's agent if its socket exists (a stat or a short
-    listing when not: hashlib, for the socket's name, costs more to import)."""
+    listing when not: the socket's name is a hash)."""
     try:
         folder = runtime_dir(create=False)
         if folder is None or not any(n.endswith(".sock") for n in os.listdir(folder)):

@@ -15,11 +15,9 @@ oracle on why).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import os
-import re
 from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
@@ -45,24 +43,36 @@ class MalformedJWE(IntegrityError):
         super().__init__(message)
 
 
+_TO_URL = bytes.maketrans(b"+/", b"-_")
+_FROM_URL = bytes.maketrans(b"-_", b"+/")
+
+
 def b64u_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-_B64U = re.compile(r"[A-Za-z0-9_-]*")
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URL).rstrip(b"=").decode("ascii")
 
 
 def b64u_decode(text: str) -> bytes:
-    """Strict base64url without padding: one encoding per byte string, no other."""
-    if not isinstance(text, str) or len(text) % 4 == 1 or not _B64U.fullmatch(text):
+    """Strict base64url without padding: one encoding per byte string, no other.
+
+    A retrieval bundle is a megabyte of it for 10,000 secrets, so this runs in
+    C: the standard alphabet's `+`, `/` and `=` are refused first, strict
+    decoding refuses every other stranger, and only the last, partial group
+    can carry unused bits (which must be zero), so only it is encoded back.
+    """
+    if not isinstance(text, str) or len(text) % 4 == 1 or not text.isascii():
         raise MalformedJWE()
     raw = text.encode("ascii")
+    if b"+" in raw or b"/" in raw or b"=" in raw:
+        raise MalformedJWE()
     try:
-        data = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+        data = binascii.a2b_base64(
+            raw.translate(_FROM_URL) + b"=" * (-len(raw) % 4), strict_mode=True
+        )
     except (binascii.Error, ValueError):
         raise MalformedJWE() from None
-    if b64u_encode(data) != text:  # non-zero unused bits in the last character
-        raise MalformedJWE()
+    partial = len(text) % 4
+    if partial and b64u_encode(data[len(data) - (partial - 1) :]) != text[-partial:]:
+        raise MalformedJWE()  # non-zero unused bits in the last character
     return data
 
 

@@ -59,6 +59,19 @@ def check_secret_name(name: str) -> str:
     return _check("secret", name, SECRET_RE, SECRET_RULE)
 
 
+_SECRET_LINES = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]{0,255}\n)*")
+
+
+def all_secret_names(names: list[str]) -> bool:
+    """Whether every item is a valid secret name: one regex pass over them all
+    (a retrieval checks thousands). A name cannot hold the newline between them."""
+    try:
+        joined = "\n".join(names)
+    except TypeError:  # not all text
+        return False
+    return _SECRET_LINES.fullmatch(joined + "\n" if names else "") is not None
+
+
 def check_tag(name: str) -> str:
     return _check("tag", name, TAG_RE, TAG_RULE)
 

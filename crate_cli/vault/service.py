@@ -126,6 +126,7 @@ class OrgKeys:
         self._ciphers: dict[int, Any] = {}
         self._private: dict[str, Any] = {}
         self._audit_keys: tuple[bytes, bytes] | None = None  # (row MAC key, chain key)
+        self._head_macs: dict[str, crypto.RowMac] = {}  # by env
         self._unlock_failed = False
 
     def unlock(self, version: int) -> bytes:
@@ -238,9 +239,11 @@ class OrgKeys:
 
     def check_head(self, env: str, row: tuple[Any, ...]) -> None:
         """Verify a `secrets` row read as its six MAC'd columns, then the MAC."""
-        crypto.verify_mac(
-            self.row_key(), self._row_message(crypto.SECRET_HEAD, env, *row[:6]), row[6]
-        )
+        verifier = self._head_macs.get(env)
+        if verifier is None:
+            verifier = crypto.RowMac(self.row_key(), crypto.SECRET_HEAD, self.org, env)
+            self._head_macs[env] = verifier
+        verifier.verify(row[:6], row[6])
 
     def version_mac(self, env: str, name: str, fields: tuple[Any, ...]) -> bytes:
         """The MAC of a `secret_versions` row:
@@ -330,17 +333,20 @@ class VaultService:
             self._orgs[org] = keys
         return keys
 
-    def warm(self, org: str) -> None:
+    def warm(self, org: str, prefetch: bool = True) -> None:
         """Unlock what serving `org` needs (master key, current org DEK, row MAC
-        key) ahead of a request, as a running server has. `crate run` calls it
-        while its ephemeral key is still being generated. Errors are left for
-        the request itself to report."""
+        key) ahead of a request, as a running server has, and with `prefetch`
+        read the values' pages too: `crate run` calls it while its ephemeral
+        key may still be searched (with a key at hand, reading them twice only
+        costs time). Errors are left for the request itself to report."""
         try:
             keys = self.org(org)
             with keys.store.errors():
                 version = keys.current_dek_version(keys.store.conn)
             keys.dek_cipher(version)
             keys.row_key()
+            if not prefetch:
+                return
             with keys.store.errors():
                 # Pull the vault's pages into SQLite's cache, so that the
                 # request itself does not wait for them.
@@ -696,8 +702,13 @@ class VaultService:
                 keys.dek_cipher(dek_version)
         out: list[SecretValue] = []
         found: set[str] = set()
+        # The loop runs once per secret (10,000 in a big vault): the tags are
+        # parsed only when a filter needs them, the rest is looked up once.
+        filtered = bool(want or tag_scope)
+        check_head = keys.check_head
+        dek_cipher = keys.dek_cipher
         for row in rows:
-            keys.check_head(env, row)
+            check_head(env, row)
             name, head_version, deleted, tag_text = row[:4]
             version, dek_version, wrapped, blob, newest = row[7:12]
             if newest != head_version:
@@ -706,20 +717,22 @@ class VaultService:
             if deleted and not explicit:
                 continue
             found.add(name)
-            if _outside(tag_scope, _tags(tag_text)):
-                if name in names:
-                    raise Forbidden(
-                        f"secret {name} in {org}/{env} carries none of this token's tags "
-                        f"({_scope_text(tag_scope)})"
-                    )
-                continue
-            if want and not want.issubset(_tags(tag_text)):
-                if name in names:
-                    raise NotFound(
-                        f"secret {name} in {org}/{env} does not carry every tag of "
-                        f"{', '.join(sorted(want))}"
-                    )
-                continue
+            if filtered:
+                tags = _tags(tag_text)
+                if _outside(tag_scope, tags):
+                    if name in names:
+                        raise Forbidden(
+                            f"secret {name} in {org}/{env} carries none of this token's tags "
+                            f"({_scope_text(tag_scope)})"
+                        )
+                    continue
+                if want and not want.issubset(tags):
+                    if name in names:
+                        raise NotFound(
+                            f"secret {name} in {org}/{env} does not carry every tag of "
+                            f"{', '.join(sorted(want))}"
+                        )
+                    continue
             if version is None or not 1 <= version <= head_version:
                 if explicit:
                     raise NotFound(f"secret {name} in {org}/{env} has no version {versions[name]}")
@@ -729,9 +742,7 @@ class VaultService:
                     raise NotFound(f"version {version} of {name} in {org}/{env} is a deletion")
                 raise IntegrityError()  # a live head whose version holds no value
             dek_aad, value_aad = crypto.secret_aads(org, env, name, version)
-            value = crypto.open_secret(
-                keys.dek_cipher(dek_version), wrapped, blob, dek_aad, value_aad
-            )
+            value = crypto.open_secret(dek_cipher(dek_version), wrapped, blob, dek_aad, value_aad)
             out.append(SecretValue(name, version, value.decode("utf-8")))
         missing = [n for n in names if n not in found]
         if missing:
