@@ -12,6 +12,7 @@ Every failure to decrypt raises `IntegrityError` and nothing else.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
@@ -79,27 +80,46 @@ def cipher(key: bytes) -> AESGCM:
     return AESGCM(key)
 
 
-def open_secret(
-    org_dek: AESGCM, wrapped_dek: object, blob: object, dek_aad: bytes, value_aad: bytes
-) -> bytes:
-    """Unwrap a secret's DEK with the org DEK and decrypt its value: `unwrap_key`
-    then `decrypt`, fused for the read path. Any failure is IntegrityError."""
-    if not (
-        isinstance(wrapped_dek, bytes)
-        and isinstance(blob, bytes)
-        and len(wrapped_dek) >= _OVERHEAD
-        and len(blob) >= _OVERHEAD
-        and wrapped_dek[:1] == FORMAT_V1
-        and blob[:1] == FORMAT_V1
-    ):
-        raise IntegrityError()
-    try:
-        dek = org_dek.decrypt(wrapped_dek[1:13], wrapped_dek[13:], dek_aad)
-        if len(dek) != KEY_BYTES:
+def secret_opener(
+    org: str, env: str, dek_cipher: Callable[[int], AESGCM]
+) -> Callable[[str, int, int, object, object], bytes]:
+    """Open the secrets of one environment: each one's DEK unwrapped with its
+    org DEK, then its value decrypted, with the associated data of
+    `secret_aads`. The fixed part of that data is joined once and the org DEK
+    ciphers are made once (`dek_cipher(version)` on first use): the read path
+    opens thousands. The returned function takes (name, version, org DEK
+    version, wrapped DEK, value blob) and returns the value; any failure to
+    open is IntegrityError."""
+    if f"{org}{env}".count("|"):
+        raise ValueError("associated data parts must not contain '|'")
+    dek_place = f"{SECRET_DEK}|{org}|{env}|"
+    value_place = f"{SECRET_VALUE}|{org}|{env}|"
+    ciphers: dict[int, AESGCM] = {}
+
+    def open_one(name: str, version: int, dek_version: int, wrapped: object, blob: object) -> bytes:
+        cipher = ciphers.get(dek_version)
+        if cipher is None:
+            cipher = ciphers[dek_version] = dek_cipher(dek_version)
+        if not (
+            type(wrapped) is bytes
+            and type(blob) is bytes
+            and len(wrapped) >= _OVERHEAD
+            and len(blob) >= _OVERHEAD
+            and wrapped[0] == blob[0] == FORMAT_V1[0]
+        ):
             raise IntegrityError()
-        return AESGCM(dek).decrypt(blob[1:13], blob[13:], value_aad)
-    except InvalidTag:
-        raise IntegrityError() from None
+        place = f"{name}|{version}"
+        if place.count("|") != 1:
+            raise ValueError("associated data parts must not contain '|'")
+        try:
+            dek = cipher.decrypt(wrapped[1:13], wrapped[13:], (dek_place + place).encode())
+            if len(dek) != KEY_BYTES:
+                raise IntegrityError()
+            return AESGCM(dek).decrypt(blob[1:13], blob[13:], (value_place + place).encode())
+        except InvalidTag:
+            raise IntegrityError() from None
+
+    return open_one
 
 
 def sha256_hex(data: bytes) -> str:

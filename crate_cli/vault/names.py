@@ -64,10 +64,13 @@ _SECRET_LINES = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]{0,255}\n)*")
 
 def all_secret_names(names: list[str]) -> bool:
     """Whether every item is a valid secret name: one regex pass over them all
-    (a retrieval checks thousands). A name cannot hold the newline between them."""
+    (a retrieval checks thousands), with the names joined by newlines (and a
+    name that holds one is refused first)."""
     try:
         joined = "\n".join(names)
     except TypeError:  # not all text
+        return False
+    if joined.count("\n") != max(len(names) - 1, 0):  # a name holding a newline
         return False
     return _SECRET_LINES.fullmatch(joined + "\n" if names else "") is not None
 

@@ -237,13 +237,17 @@ class OrgKeys:
         """The MAC of a `secrets` row: (name, version, deleted, tags, updated_at, actor)."""
         return crypto.mac(self.row_key(), self._row_message(crypto.SECRET_HEAD, env, *fields))
 
-    def check_head(self, env: str, row: tuple[Any, ...]) -> None:
-        """Verify a `secrets` row read as its six MAC'd columns, then the MAC."""
+    def head_macs(self, env: str) -> crypto.RowMac:
+        """The MAC of `secrets` rows in `env`, keyed once per environment."""
         verifier = self._head_macs.get(env)
         if verifier is None:
             verifier = crypto.RowMac(self.row_key(), crypto.SECRET_HEAD, self.org, env)
             self._head_macs[env] = verifier
-        verifier.verify(row[:6], row[6])
+        return verifier
+
+    def check_head(self, env: str, row: tuple[Any, ...]) -> None:
+        """Verify a `secrets` row read as its six MAC'd columns, then the MAC."""
+        self.head_macs(env).verify(row[:6], row[6])
 
     def version_mac(self, env: str, name: str, fields: tuple[Any, ...]) -> bytes:
         """The MAC of a `secret_versions` row:
@@ -703,12 +707,12 @@ class VaultService:
         out: list[SecretValue] = []
         found: set[str] = set()
         # The loop runs once per secret (10,000 in a big vault): the tags are
-        # parsed only when a filter needs them, the rest is looked up once.
+        # parsed only when a filter needs them, the rest is set up once.
         filtered = bool(want or tag_scope)
-        check_head = keys.check_head
-        dek_cipher = keys.dek_cipher
+        verify_head = keys.head_macs(env).verify
+        open_value = crypto.secret_opener(org, env, keys.dek_cipher)
         for row in rows:
-            check_head(env, row)
+            verify_head(row[:6], row[6])
             name, head_version, deleted, tag_text = row[:4]
             version, dek_version, wrapped, blob, newest = row[7:12]
             if newest != head_version:
@@ -741,8 +745,7 @@ class VaultService:
                 if explicit:
                     raise NotFound(f"version {version} of {name} in {org}/{env} is a deletion")
                 raise IntegrityError()  # a live head whose version holds no value
-            dek_aad, value_aad = crypto.secret_aads(org, env, name, version)
-            value = crypto.open_secret(dek_cipher(dek_version), wrapped, blob, dek_aad, value_aad)
+            value = open_value(name, version, dek_version, wrapped, blob)
             out.append(SecretValue(name, version, value.decode("utf-8")))
         missing = [n for n in names if n not in found]
         if missing:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,24 +145,73 @@ def test_secret_aads_are_the_general_builder_s() -> None:
         crypto.secret_aads("acme", "dev|x", "DB_URL", 7)
 
 
-def test_open_secret_is_unwrap_then_decrypt() -> None:
+def test_secret_opener_is_unwrap_then_decrypt() -> None:
     org_dek, secret_dek = crypto.new_key(), crypto.new_key()
     dek_aad, value_aad = crypto.secret_aads("acme", "dev", "A", 1)
     wrapped = crypto.wrap_key(org_dek, secret_dek, dek_aad)
     blob = crypto.encrypt(secret_dek, b"value", value_aad)
-    opened = crypto.open_secret(crypto.cipher(org_dek), wrapped, blob, dek_aad, value_aad)
-    assert opened == b"value"
-    other_aads = crypto.secret_aads("acme", "dev", "B", 1)
+    asked: list[int] = []
+
+    def dek_cipher(version: int) -> Any:
+        asked.append(version)
+        return crypto.cipher(org_dek)
+
+    open_value = crypto.secret_opener("acme", "dev", dek_cipher)
+    assert open_value("A", 1, 9, wrapped, blob) == b"value"
+    assert open_value("A", 1, 9, wrapped, blob) == b"value"
+    assert asked == [9]  # one cipher per org DEK version
     for args in [
-        (wrapped, blob, *other_aads),
-        (blob, wrapped, dek_aad, value_aad),
-        (None, blob, dek_aad, value_aad),
-        (wrapped, None, dek_aad, value_aad),
-        (wrapped[:-1], blob, dek_aad, value_aad),
-        (wrapped, b"\x02" + blob[1:], dek_aad, value_aad),
+        ("B", 1, 9, wrapped, blob),  # another name's associated data
+        ("A", 2, 9, wrapped, blob),  # another version's
+        ("A", 1, 9, blob, wrapped),
+        ("A", 1, 9, None, blob),
+        ("A", 1, 9, wrapped, None),
+        ("A", 1, 9, wrapped[:-1], blob),
+        ("A", 1, 9, wrapped, b"\x02" + blob[1:]),
+        ("A", 1, 9, bytearray(wrapped), blob),
     ]:
         with pytest.raises(IntegrityError):
-            crypto.open_secret(crypto.cipher(org_dek), *args)
+            open_value(*args)
+    other_env = crypto.secret_opener("acme", "prod", dek_cipher)
+    with pytest.raises(IntegrityError):
+        other_env("A", 1, 9, wrapped, blob)
+    with pytest.raises(ValueError):
+        crypto.secret_opener("acme", "dev|x", dek_cipher)
+    with pytest.raises(ValueError):
+        open_value("A|B", 1, 9, wrapped, blob)
+
+
+def test_row_mac_is_mac_message_under_the_key() -> None:
+    key = crypto.new_key()
+    fields = ("DB_URL", 3, 0, '["a"]', "2026-11-29T08:00:00Z", "alice")
+    message = crypto.mac_message(crypto.SECRET_HEAD, "acme", "dev", *fields)
+    row_mac = crypto.RowMac(key, crypto.SECRET_HEAD, "acme", "dev")
+    assert row_mac.message(fields) == message
+    tag = crypto.mac(key, message)
+    row_mac.verify(fields, tag)
+    row_mac.verify(fields, tag)  # the keyed HMAC is copied, not used up
+    for bad_fields, bad_tag in [
+        (("DB_URL", 4, *fields[2:]), tag),
+        (fields, tag[:-1] + bytes([tag[-1] ^ 1])),
+        (fields, tag[:-1]),
+        (fields, None),
+        (fields, bytearray(tag)),
+    ]:
+        with pytest.raises(IntegrityError):
+            row_mac.verify(bad_fields, bad_tag)
+    with pytest.raises(ValueError):
+        row_mac.message(("a\x00b", *fields[1:]))
+    with pytest.raises(ValueError):
+        row_mac.message(())
+
+
+def test_all_secret_names_is_check_secret_name_for_each() -> None:
+    from crate_cli.vault.names import all_secret_names
+
+    assert all_secret_names([])
+    assert all_secret_names(["A", "_b", "C_1", "x" * 256])
+    for bad in (["A", "1B"], ["A\nB"], ["A", ""], ["A", "B-C"], ["x" * 257], ["A", 1], ["A\n"]):
+        assert not all_secret_names(bad), bad  # type: ignore[arg-type]
 
 
 def test_mac_message_refuses_nul_in_a_field() -> None:
