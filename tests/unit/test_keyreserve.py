@@ -63,6 +63,13 @@ def key_names(folder: Path) -> set[str]:
     return {n for n in os.listdir(folder) if n.startswith(f"rsa{BITS}-") and n.endswith(".key")}
 
 
+@pytest.fixture(autouse=True)
+def three_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reserve of three keys (crate keeps more): quicker to fill, and the
+    tests below count them."""
+    monkeypatch.setattr(keyreserve, "TARGET", 3)
+
+
 def make_reserve(folder: Path) -> None:
     folder.mkdir(mode=0o700)
     folder.chmod(0o700)
