@@ -92,6 +92,10 @@ class EphemeralKey:
                 self._key = key
             self._done.set()
 
+    def ready(self) -> bool:
+        """Whether a key is there (or every search failed): `get` will not wait."""
+        return self._done.is_set()
+
     def get(self) -> Any:
         """The key; waits for the first search to finish."""
         if not self._done.is_set() and self._started < MAX_SEARCHES:
@@ -124,7 +128,7 @@ def prestart(bits: int = DEFAULT_EPHEMERAL_BITS) -> None:
 def searching() -> bool:
     """Whether the prestarted key is still being searched (time to do other work)."""
     key = _prestarted
-    return key is not None and not key._done.is_set()
+    return key is not None and not key.ready()
 
 
 def take(bits: int) -> EphemeralKey:

@@ -27,13 +27,13 @@ its environment. The shell exits at once, so the refill is nobody's child
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import sys
 import time
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs 10 ms to import; the refill needs none of it
-    from typing import Any
+from collections.abc import Callable
+from typing import Any
 
 # Enough for a burst of commands (a script, a benchmark round) while the
 # refill, one search per core, catches up.
@@ -52,23 +52,28 @@ def reserve_dir(environ: Any = None) -> str | None:
     env = os.environ if environ is None else environ
     if str(env.get("CRATE_KEY_RESERVE", "")).strip().lower() in OFF_VALUES:
         return None
+    if not sys.platform.startswith("linux"):
+        return None  # no folder known to be in memory (macOS: TMPDIR is on disk)
     runtime = env.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isabs(runtime) and _private_dir(runtime):
+    if runtime and os.path.isabs(runtime) and _private_path(runtime, stat.S_ISDIR):
         return os.path.join(runtime, "crate-keys")
-    if sys.platform.startswith("linux") and os.path.isdir("/dev/shm"):  # noqa: S108 - tmpfs
+    if os.path.isdir("/dev/shm"):  # noqa: S108 - tmpfs
         return f"/dev/shm/crate-keys-{os.getuid()}"  # noqa: S108
     return None
 
 
-def _private_dir(path: str) -> bool:
-    """Whether `path` is a real folder (no symlink) of this user that nobody else can enter."""
-    import stat
+def _private(st: os.stat_result, kind: Callable[[int], bool]) -> bool:
+    """Whether `st` is of `kind` (stat.S_ISDIR, stat.S_ISREG), this user's,
+    and closed to everyone else."""
+    return kind(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
+
+def _private_path(path: str, kind: Callable[[int], bool]) -> bool:
+    """`_private` for a path itself (a symlink is not followed, and fails)."""
     try:
-        st = os.lstat(path)
+        return _private(os.lstat(path), kind)
     except OSError:
         return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
 def _names(folder: str, bits: int | None = None) -> list[str]:
@@ -86,22 +91,11 @@ def _bits_of(name: str) -> int:
     return int(size) if size.isdigit() and len(size) <= 5 else 0
 
 
-def _private_file(path: str) -> bool:
-    """Whether `path` is a regular file (no symlink) of this user that only it can read."""
-    import stat
-
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
-
-
 def take(bits: int | None, environ: Any = None) -> Any:
     """A reserved private key of `bits` bits (None: any size), removed from the
     reserve; None if there is none."""
     folder = reserve_dir(environ)
-    if folder is None or not _private_dir(folder):
+    if folder is None or not _private_path(folder, stat.S_ISDIR):
         return None
     for name in _names(folder, bits):
         path = os.path.join(folder, name)
@@ -120,21 +114,14 @@ def take(bits: int | None, environ: Any = None) -> Any:
 
 def _read_and_remove(path: str) -> bytes | None:
     """The file's bytes if it is a fresh, private regular file of this user; removed either way."""
-    import stat
-
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         _remove(path)
         return None
     try:
         st = os.fstat(fd)
-        ok = (
-            stat.S_ISREG(st.st_mode)
-            and st.st_uid == os.getuid()
-            and not st.st_mode & 0o077
-            and -CLOCK_SLACK <= time.time() - st.st_mtime <= MAX_AGE
-        )
+        ok = _private(st, stat.S_ISREG) and -CLOCK_SLACK <= time.time() - st.st_mtime <= MAX_AGE
         data = os.read(fd, _READ_LIMIT) if ok else None
     finally:
         os.close(fd)
@@ -143,10 +130,8 @@ def _read_and_remove(path: str) -> bytes | None:
 
 
 def _remove(path: str) -> None:
-    try:  # noqa: SIM105 - contextlib costs an import before the refill's fork
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def parse_key(data: bytes, bits: int) -> Any:
@@ -198,7 +183,7 @@ def needs_refill(environ: Any = None) -> bool:
     """Fewer than TARGET keys in a usable reserve, and no refill at work (it
     would go on making them)."""
     folder = reserve_dir(environ)
-    if folder is None or (os.path.lexists(folder) and not _private_dir(folder)):
+    if folder is None or (os.path.lexists(folder) and not _private_path(folder, stat.S_ISDIR)):
         return False
     return len(_names(folder)) < TARGET and not _refill_running(folder)
 
@@ -260,10 +245,8 @@ def refill_in_background() -> None:
     argv = ["/bin/sh", "-c", '"$@" &', "crate-refill", *crate]
     env = {k: v for k, v in os.environ.items() if k in _REFILL_ENV or k.startswith("XDG_")}
     null = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
-    try:  # noqa: SIM105
+    with contextlib.suppress(OSError):  # no refill then: retrievals search their keys
         _spawned = os.posix_spawn(argv[0], argv, env, file_actions=null, setsid=True)
-    except OSError:
-        pass  # no reserve then: each retrieval makes its own key
 
 
 def reap() -> None:
@@ -271,10 +254,8 @@ def reap() -> None:
     global _spawned
     pid, _spawned = _spawned, None
     if pid is not None:
-        try:  # noqa: SIM105
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
 
 
 def _configured_bits(default: int) -> int:
@@ -294,10 +275,8 @@ def main() -> None:
 
     os.closerange(3, max(os.sysconf("SC_OPEN_MAX"), 1 << 16))  # inherited files
     os.chdir("/")
-    try:  # noqa: SIM105
+    with contextlib.suppress(OSError):
         os.nice(10)
-    except OSError:
-        pass
 
     refill(_configured_bits(DEFAULT_EPHEMERAL_BITS))
 
@@ -319,7 +298,7 @@ def refill(bits: int) -> int:
         pass
     except OSError:
         return 0
-    if not _private_dir(folder):
+    if not _private_path(folder, stat.S_ISDIR):
         return 0
     lock = os.open(os.path.join(folder, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
@@ -346,10 +325,11 @@ def _remove_stale(folder: str) -> None:
             continue
         path = os.path.join(folder, name)
         try:
-            age = now - os.lstat(path).st_mtime
+            st = os.lstat(path)
         except OSError:
             continue
-        if name.endswith(_SUFFIX) and -CLOCK_SLACK <= age <= MAX_AGE and _private_file(path):
+        age = now - st.st_mtime
+        if name.endswith(_SUFFIX) and -CLOCK_SLACK <= age <= MAX_AGE and _private(st, stat.S_ISREG):
             continue
         if age > 60 or name.endswith(_SUFFIX):  # a crashed taker's or writer's file
             _remove(path)
