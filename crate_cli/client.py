@@ -10,8 +10,6 @@ The transport decides where the server role runs (in-process or remote);
 this module does not care.
 """
 
-from __future__ import annotations
-
 import json
 import os
 from typing import Any, NamedTuple

@@ -8,8 +8,6 @@ Settings are TOML, read with tomllib and written with tomli-w, always
 atomically (temporary file in the same folder, fsync, rename).
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os
@@ -151,7 +149,7 @@ class Settings:
         self.data = data
 
     @classmethod
-    def load(cls, home: CrateHome) -> Settings:
+    def load(cls, home: CrateHome) -> "Settings":
         """Read settings.toml.
 
         Importing tomllib costs about 8 ms, on every `crate run`, so the parsed
@@ -211,7 +209,7 @@ class Settings:
         self.data.setdefault(section, {})[name] = value
 
     @classmethod
-    def update(cls, home: CrateHome, key: str, value: Any) -> Settings:
+    def update(cls, home: CrateHome, key: str, value: Any) -> "Settings":
         """Change one setting on disk, keeping changes other processes made
         meanwhile: read, change and write under a lock."""
         with file_lock(home.config_dir / ".settings.lock"):

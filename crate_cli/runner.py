@@ -9,8 +9,6 @@ parsed here without click (`parse_run_args`); anything unusual (help, an
 unknown option) goes to the click command, which gives the usual errors.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -59,7 +57,7 @@ class RunArgs(NamedTuple):
     fallback_max_age: str | None = None
 
     @property
-    def fallback(self) -> FallbackPolicy:
+    def fallback(self) -> "FallbackPolicy":
         return fallback_policy(self.fallback_only, self.no_fallback, self.fallback_max_age)
 
 
@@ -324,7 +322,7 @@ def run_command_line(args: list[str], command: list[str] | None) -> None:
     run_with_secrets(parsed._replace(command=command))
 
 
-def fallback_policy(only: bool, never: bool, max_age: str | None) -> FallbackPolicy:
+def fallback_policy(only: bool, never: bool, max_age: str | None) -> "FallbackPolicy":
     """The offline-copy policy of `crate run` and `crate secrets fetch`."""
     from crate_cli.client import DEFAULT_FALLBACK_MAX_AGE, FallbackPolicy
 
@@ -438,7 +436,7 @@ def run_with_secrets(run: RunArgs) -> None:
     supervise(run.command, first, mount, watch)
 
 
-def prepare(run: RunArgs, client: SecretsClient, env: str, mask: bool) -> Launch:
+def prepare(run: RunArgs, client: "SecretsClient", env: str, mask: bool) -> Launch:
     """Retrieve the secrets and make what one start of the command gets."""
     pairs = [(s.name, s.value) for s in client.retrieve(env, run.names, run.tags)]
     values = [value for _, value in pairs]  # what --mask hides, references' too
@@ -466,7 +464,7 @@ def prepare(run: RunArgs, client: SecretsClient, env: str, mask: bool) -> Launch
     )
 
 
-def vault_watcher(path: Path) -> Callable[[], bool]:
+def vault_watcher(path: "Path") -> Callable[[], bool]:
     """A cheap check for `--watch`: did the vault (or its WAL) change since the
     last call? A write to the org's vault is what can change a secret."""
     files = (path, path.with_name(path.name + "-wal"))

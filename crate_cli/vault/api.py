@@ -38,8 +38,6 @@ id. Successful reads of the public key, the environments and the audit log
 itself are not recorded.
 """
 
-from __future__ import annotations
-
 import os
 from collections.abc import Callable, Mapping
 from types import MappingProxyType

@@ -20,8 +20,6 @@ written to `audit_pending` and chained in (marked `deferred`) by the next
 writer that holds the key.
 """
 
-from __future__ import annotations
-
 import json
 import sqlite3
 from collections.abc import Iterable
@@ -155,7 +153,7 @@ def _anchor_tag(chain_key: bytes, org: str, anchor: Anchor) -> bytes:
     )
 
 
-def read_anchor(db: sqlite3.Connection, keys: OrgKeys) -> Anchor:
+def read_anchor(db: sqlite3.Connection, keys: "OrgKeys") -> Anchor:
     """The newest sequence number and MAC, authenticated. A vault migrated from
     schema 2 that has no entry yet has an anchor with no tag."""
     row = db.execute("SELECT seq, mac, enabled, tag FROM audit_anchor WHERE id = 1").fetchone()
@@ -192,7 +190,7 @@ def read_anchor(db: sqlite3.Connection, keys: OrgKeys) -> Anchor:
     return anchor
 
 
-def write_anchor(db: sqlite3.Connection, keys: OrgKeys, anchor: Anchor) -> None:
+def write_anchor(db: sqlite3.Connection, keys: "OrgKeys", anchor: Anchor) -> None:
     db.execute(
         "INSERT OR REPLACE INTO audit_anchor (id, seq, mac, enabled, tag) VALUES (1, ?, ?, ?, ?)",
         (
@@ -230,7 +228,7 @@ def _fields(
 
 def append(
     db: sqlite3.Connection,
-    keys: OrgKeys,
+    keys: "OrgKeys",
     caller: Caller,
     action: str,
     *,
@@ -285,14 +283,14 @@ def append(
     return seq
 
 
-def record(keys: OrgKeys, caller: Caller, action: str, **kwargs: Any) -> int:
+def record(keys: "OrgKeys", caller: Caller, action: str, **kwargs: Any) -> int:
     """Append one entry in a transaction of its own (after a read)."""
     with keys.store.write() as db:
         return append(db, keys, caller, action, **kwargs)
 
 
 def record_pending(
-    store: OrgStore,
+    store: "OrgStore",
     caller: Caller,
     action: str,
     *,
@@ -317,12 +315,12 @@ def record_pending(
     store.after_transaction(write)
 
 
-def is_enabled(keys: OrgKeys) -> bool:
+def is_enabled(keys: "OrgKeys") -> bool:
     with keys.store.read() as db:
         return read_anchor(db, keys).enabled
 
 
-def set_enabled(keys: OrgKeys, caller: Caller, enabled: bool) -> bool:
+def set_enabled(keys: "OrgKeys", caller: Caller, enabled: bool) -> bool:
     """Switch the audit module, recording the switch; returns whether it changed."""
     with keys.store.write() as db:
         if read_anchor(db, keys).enabled == enabled:
@@ -350,7 +348,7 @@ def _entry(org: str, row: tuple[Any, ...]) -> Entry:
 
 
 def query(
-    keys: OrgKeys,
+    keys: "OrgKeys",
     filters: Filters,
     *,
     limit: int,
@@ -452,7 +450,7 @@ def _check_heads(
             )
 
 
-def verify(keys: OrgKeys) -> Verified:
+def verify(keys: "OrgKeys") -> Verified:
     """Walk the whole chain against the anchor; AuditChainBroken names the first
     entry that was changed, removed, reordered, added or cut off. Then check
     that every secret is at the version the log last recorded for it."""

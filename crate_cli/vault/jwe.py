@@ -13,8 +13,6 @@ to decrypt, whatever its cause, raises `IntegrityError` (RFC 7516 §11.5: no
 oracle on why).
 """
 
-from __future__ import annotations
-
 import binascii
 import json
 import os

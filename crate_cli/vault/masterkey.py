@@ -8,8 +8,6 @@ the `keys.unlock_order` setting and reports every failure if all fail.
 An unlocked master key stays in this process's memory only.
 """
 
-from __future__ import annotations
-
 import base64
 import contextlib
 import json

@@ -7,8 +7,6 @@ encrypted to the client's ephemeral key. It speaks in names and sealed
 tokens, never in plaintext coming from or going to the wire.
 """
 
-from __future__ import annotations
-
 import json
 import sqlite3
 from collections.abc import Callable, Iterable

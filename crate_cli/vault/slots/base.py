@@ -7,8 +7,6 @@ Providers raise `KeystoreError` (exit 6) when they cannot unseal, with a
 message that says what to do.
 """
 
-from __future__ import annotations
-
 import base64
 import binascii
 from abc import ABC, abstractmethod
