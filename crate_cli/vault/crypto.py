@@ -30,6 +30,9 @@ _OVERHEAD = len(FORMAT_V1) + NONCE_BYTES + TAG_BYTES
 # future format can never be confused with this one.
 SECRET_VALUE = "crate/secret-value/v1"
 SECRET_DEK = "crate/secret-dek/v1"
+# An environment snapshot (snapshots.py) and the DEK it is sealed under.
+ENV_SNAPSHOT = "crate/env-snapshot/v1"
+ENV_SNAPSHOT_DEK = "crate/env-snapshot-dek/v1"
 ORG_DEK = "crate/org-dek/v1"
 ORG_RSA_KEY = "crate/org-rsa-key/v1"
 ORG_AUDIT_KEY = "crate/org-audit-key/v1"

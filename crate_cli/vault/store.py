@@ -24,7 +24,7 @@ from pathlib import Path
 
 from crate_cli.errors import Conflict, CrateError, NotFound, UnsupportedVersion, VaultCorrupted
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 30_000
 # The first 16 bytes of every SQLite 3 file.
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -158,6 +158,42 @@ CREATE TABLE audit_pending (
 ) STRICT;
 """
 
+# Environment snapshots (crate_cli/vault/snapshots.py): each environment's
+# live values, sealed as one blob under its own DEK, so that a read of a
+# whole environment opens one blob instead of one per secret. A snapshot is
+# bound to its environment's head rows by their MACs (a stale or replayed one
+# does not open); these triggers drop it as soon as its environment, or the
+# set of org DEKs, changes, so that no stale copy of a value lingers.
+_SNAPSHOT_TABLE = """
+CREATE TABLE env_snapshots (
+    env TEXT PRIMARY KEY REFERENCES environments(name) ON DELETE CASCADE,
+    org_dek_version INTEGER NOT NULL,
+    wrapped_dek BLOB NOT NULL,
+    ciphertext BLOB NOT NULL
+) STRICT;
+CREATE TRIGGER env_snapshots_stale_insert AFTER INSERT ON secrets
+BEGIN
+    DELETE FROM env_snapshots WHERE env = NEW.env;
+END;
+CREATE TRIGGER env_snapshots_stale_update AFTER UPDATE ON secrets
+BEGIN
+    DELETE FROM env_snapshots WHERE env IN (OLD.env, NEW.env);
+END;
+CREATE TRIGGER env_snapshots_stale_delete AFTER DELETE ON secrets
+BEGIN
+    DELETE FROM env_snapshots WHERE env = OLD.env;
+END;
+CREATE TRIGGER env_snapshots_stale_versions AFTER UPDATE ON secret_versions
+BEGIN
+    DELETE FROM env_snapshots
+    WHERE env = (SELECT env FROM secrets WHERE id = NEW.secret_id);
+END;
+CREATE TRIGGER env_snapshots_stale_keys AFTER INSERT ON org_deks
+BEGIN
+    DELETE FROM env_snapshots;
+END;
+"""
+
 # How many connections this process has open per vault path, and the lock
 # that serialises opening and closing (see OrgStore._open).
 _OPEN: dict[str, int] = {}
@@ -169,7 +205,7 @@ _OPENING = threading.Lock()
 _WRITERS: dict[str, threading.Lock] = {}
 
 # Forward migrations: MIGRATIONS[n] turns schema n into n + 1.
-MIGRATIONS: dict[int, str] = {1: _TOKENS_TABLE, 2: _AUDIT_TABLES}
+MIGRATIONS: dict[int, str] = {1: _TOKENS_TABLE, 2: _AUDIT_TABLES, 3: _SNAPSHOT_TABLE}
 
 
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
@@ -263,7 +299,9 @@ class OrgStore:
             store._key = str(path.absolute())
             _OPEN[store._key] = _OPEN.get(store._key, 0) + 1
         with store.write():
-            for statement in _split_script(_SCHEMA_V1 + _TOKENS_TABLE + _AUDIT_TABLES):
+            for statement in _split_script(
+                _SCHEMA_V1 + _TOKENS_TABLE + _AUDIT_TABLES + _SNAPSHOT_TABLE
+            ):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return store

@@ -1141,8 +1141,8 @@ def test_agent_calls_are_recorded_as_the_agent(crate: CrateRunner, runtime: dict
 
 
 def as_schema_2(crate: CrateRunner) -> None:
-    """Turn the home's vault into what schema 2 wrote: no audit tables (their
-    triggers go with them), and the org audit key under its first label."""
+    """Turn the home's vault into what schema 2 wrote: no audit or snapshot
+    tables (nor their triggers), and the org audit key under its first label."""
     exported = ok(crate, "keys", "export-env", "--yes").stdout.strip()
     master = base64.b64decode(exported.partition(":")[2])
     db = sqlite3.connect(vault_path(crate.home))
@@ -1160,9 +1160,14 @@ def as_schema_2(crate: CrateRunner) -> None:
             "UPDATE org_audit_keys SET wrapped = ? WHERE version = ?",
             (crypto.wrap_key(master, key, plain), version),
         )
+        snapshot_triggers = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'env_snapshots_%'"
+        ).fetchall()
         db.executescript(
-            "DROP TABLE audit_log; DROP TABLE audit_anchor; DROP TABLE audit_pending; "
-            "PRAGMA user_version = 2;"
+            "".join(f"DROP TRIGGER {name}; " for (name,) in snapshot_triggers)
+            + "DROP TABLE env_snapshots; "
+            + "DROP TABLE audit_log; DROP TABLE audit_anchor; DROP TABLE audit_pending; "
+            + "PRAGMA user_version = 2;"
         )
     finally:
         db.close()
@@ -1174,7 +1179,7 @@ def test_a_schema_2_vault_gains_the_audit_log(crate: CrateRunner) -> None:
     assert vault_sql(crate.home, "SELECT name FROM sqlite_master WHERE name LIKE 'audit%'") == []
 
     assert ok(crate, "secrets", "get", "KEPT").stdout == "kept-value-2a1b"
-    assert vault_sql(crate.home, "PRAGMA user_version") == [(3,)]
+    assert vault_sql(crate.home, "PRAGMA user_version") == [(4,)]
     schema = dict(vault_sql(crate.home, "SELECT name, type FROM sqlite_master"))
     for table in ("audit_log", "audit_anchor", "audit_pending"):
         assert schema.get(table) == "table", schema

@@ -12,8 +12,8 @@ from crate_cli.vault.store import SCHEMA_VERSION, OrgStore
 
 
 def _downgrade_to_v1(path: Path, session: Session, org: str) -> None:
-    """What a vault written by schema 1 looks like: no tokens or audit tables,
-    and the audit key under its first label (no log had begun)."""
+    """What a vault written by schema 1 looks like: no tokens, audit or
+    snapshot tables, and the audit key under its first label (no log had begun)."""
     db = sqlite3.connect(path)
     version, master_version, wrapped = db.execute(
         "SELECT version, master_version, wrapped FROM org_audit_keys"
@@ -26,7 +26,11 @@ def _downgrade_to_v1(path: Path, session: Session, org: str) -> None:
         "UPDATE org_audit_keys SET wrapped = ? WHERE version = ?",
         (crypto.wrap_key(master, key, plain), version),
     )
-    for table in ("tokens", "audit_log", "audit_anchor", "audit_pending"):
+    for (trigger,) in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'env_snapshots_%'"
+    ).fetchall():
+        db.execute(f"DROP TRIGGER {trigger}")
+    for table in ("tokens", "audit_log", "audit_anchor", "audit_pending", "env_snapshots"):
         db.execute(f"DROP TABLE {table}")
     db.execute("PRAGMA user_version = 1")
     db.commit()
@@ -42,14 +46,14 @@ def test_v1_vault_gains_tokens_table_and_keeps_secrets(session: Session, crate_h
 
     store = OrgStore.open(vault)
     try:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
-        assert store.conn.execute("SELECT count(*) FROM tokens").fetchone()[0] == 0
-        assert store.conn.execute("SELECT count(*) FROM audit_log").fetchone()[0] == 0
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        for table in ("tokens", "audit_log", "env_snapshots"):
+            assert store.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
         triggers = {
             r[0]
             for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
         }
-        assert len(triggers) == 3
+        assert len(triggers) == 3 + 5  # the audit log's and the snapshots'
     finally:
         store.close()
 
@@ -57,6 +61,10 @@ def test_v1_vault_gains_tokens_table_and_keeps_secrets(session: Session, crate_h
     try:
         (secret,) = fresh.client(org).retrieve("dev", ["KEPT"])
         assert secret.value == "value-1"
+        (whole,) = fresh.client(org).retrieve("dev")
+        assert whole.value == "value-1"
+        vault_rows = fresh.service.org(org).store.conn.execute("SELECT env FROM env_snapshots")
+        assert [r[0] for r in vault_rows] == ["dev"]
         token, _ = tokens.create(
             fresh.service.org(org), "ci", "reader", [], [], "", "tester", utc_now()
         )
