@@ -42,6 +42,32 @@ class RetrievedSecret(NamedTuple):
     version: int
 
 
+def _columns(bundle: dict[str, Any]) -> tuple[list[Any], list[Any], list[Any]]:
+    """The names, values and versions of a retrieval bundle, in either layout:
+    `columns` (three lists), which this client asks for, or `rows` (a list of
+    {name, value, version}), which a server that predates columns answers
+    with. Anything but equal-length lists of strings, strings and integers
+    raises ValueError (a name's own check comes later)."""
+    if "secrets" in bundle:
+        rows = bundle["secrets"]
+        names = [s["name"] for s in rows]
+        values = [s["value"] for s in rows]
+        versions = [s["version"] for s in rows]
+    else:
+        names, values, versions = bundle["names"], bundle["values"], bundle["versions"]
+    if not (
+        type(names) is list
+        and type(values) is list
+        and type(versions) is list
+        and len(names) == len(values) == len(versions)
+        # Types of 10,000 items at C speed; bool is not int here.
+        and set(map(type, values)) <= {str}
+        and set(map(type, versions)) <= {int}
+    ):
+        raise ValueError("malformed")
+    return names, values, versions
+
+
 class SecretsClient:
     def __init__(
         self, transport: Transport, org: str, ephemeral_bits: int = DEFAULT_EPHEMERAL_BITS
@@ -139,16 +165,14 @@ class SecretsClient:
             "tags": tags,
             "public_key": jwe.public_jwk(key.public_key()),
             "nonce": nonce,
+            "layout": "columns",
         }
         if versions:
             body["versions"] = versions
         reply = self.transport.request("POST", self._path("secrets", "retrieve"), body=body)
         try:
             bundle = json.loads(jwe.decrypt(key, str(reply["bundle"])).plaintext)
-            found = [
-                RetrievedSecret(s["name"], s["value"], s["version"]) for s in bundle["secrets"]
-            ]
-            returned = [s.name for s in found]
+            returned, values, numbers = _columns(bundle)
             unique = set(returned)  # a name that cannot be hashed is malformed too
             answers = (
                 bundle["nonce"] == nonce
@@ -157,8 +181,7 @@ class SecretsClient:
             )
         except (KeyError, TypeError, ValueError):
             raise IntegrityError("the retrieval bundle is malformed") from None
-        if any(type(s.value) is not str or type(s.version) is not int for s in found):
-            raise IntegrityError("the retrieval bundle is malformed")
+        found = list(map(RetrievedSecret._make, zip(returned, values, numbers, strict=True)))
         if (
             not answers
             # Only what was asked for: no extra names (LD_PRELOAD …), no repeats.

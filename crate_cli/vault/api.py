@@ -477,6 +477,9 @@ class ApiCore:
         nonce = _field(body, "nonce", str)
         if not 16 <= len(nonce) <= 128:
             raise InvalidInput("the nonce must be 16 to 128 characters")
+        layout = _field(body, "layout", str, required=False)
+        if layout not in (None, "rows", "columns"):
+            raise InvalidInput("layout must be rows or columns")
         bundle = self.service.retrieve(
             call.params["org"],
             env,
@@ -487,6 +490,7 @@ class ApiCore:
             nonce,
             call.principal.tags,
             call.caller,
+            columns=layout == "columns",
         )
         return Response(200, {"bundle": bundle})
 

@@ -80,48 +80,93 @@ def test_a_swapped_public_key_is_refused(
 
 
 class LyingTransport:
-    """Answers a retrieval with a bundle of its own making: it saw the request."""
+    """Answers a retrieval with a bundle of its own making: it saw the request.
+    `columns` picks the layout (a server that predates columns sends rows);
+    `raw` replaces the secrets' members with whatever it holds."""
 
-    def __init__(self, extra: dict[str, str], *, drop: bool = False, nonce: str | None = None):
-        self.extra, self.drop, self.nonce = extra, drop, nonce
+    def __init__(
+        self,
+        extra: dict[str, str],
+        *,
+        drop: bool = False,
+        nonce: str | None = None,
+        columns: bool = False,
+        raw: dict[str, Any] | None = None,
+    ):
+        self.extra, self.drop, self.nonce, self.columns, self.raw = extra, drop, nonce, columns, raw
+        self.asked: list[Any] = []
 
     def request(self, method: str, path: str, query: Any = None, body: Any = None) -> Any:
-        secrets = (
-            [] if self.drop else [{"name": n, "value": "v", "version": 1} for n in body["names"]]
-        )
-        secrets += [{"name": n, "value": v, "version": 1} for n, v in self.extra.items()]
-        bundle = {
+        self.asked.append(body.get("layout"))
+        pairs = [] if self.drop else [(n, "v") for n in body["names"]]
+        pairs += list(self.extra.items())
+        bundle: dict[str, Any] = {
             "org": "acme",
             "environment": body["environment"],
             "nonce": self.nonce or body["nonce"],
-            "secrets": secrets,
         }
+        if self.raw is not None:
+            bundle.update(self.raw)
+        elif self.columns:
+            bundle.update(
+                names=[n for n, _ in pairs], values=[v for _, v in pairs], versions=[1] * len(pairs)
+            )
+        else:
+            bundle["secrets"] = [{"name": n, "value": v, "version": 1} for n, v in pairs]
         public = jwe.public_key_from_jwk(body["public_key"])
         return {"bundle": jwe.encrypt(public, json.dumps(bundle).encode())}
 
 
+@pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
 @pytest.mark.parametrize(
-    ("transport", "names"),
+    ("lie", "names"),
     [
-        (LyingTransport({"LD_PRELOAD": "/tmp/evil.so"}), ["API_KEY"]),
-        (LyingTransport({}, drop=True), ["API_KEY"]),
-        (LyingTransport({"API_KEY": "again"}), ["API_KEY"]),
-        (LyingTransport({}, nonce="x" * 32), ["API_KEY"]),
-        (LyingTransport({"BAD-NAME": "x"}), []),
+        ({"extra": {"LD_PRELOAD": "/tmp/evil.so"}}, ["API_KEY"]),
+        ({"extra": {}, "drop": True}, ["API_KEY"]),
+        ({"extra": {"API_KEY": "again"}}, ["API_KEY"]),
+        ({"extra": {}, "nonce": "x" * 32}, ["API_KEY"]),
+        ({"extra": {"BAD-NAME": "x"}}, []),
     ],
     ids=["extra-name", "missing-name", "duplicate", "other-nonce", "invalid-name"],
 )
 def test_a_bundle_that_does_not_answer_the_request_is_refused(
-    transport: LyingTransport, names: list[str]
+    lie: dict[str, Any], names: list[str], columns: bool
 ) -> None:
-    client = SecretsClient(transport, "acme")
+    client = SecretsClient(LyingTransport(columns=columns, **lie), "acme")
     with pytest.raises(IntegrityError):
         client.retrieve("dev", names)
 
 
-def test_an_honest_bundle_is_accepted() -> None:
-    client = SecretsClient(LyingTransport({}), "acme")
-    assert [s.name for s in client.retrieve("dev", ["A", "B"])] == ["A", "B"]
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"names": ["A"], "values": ["v"]},
+        {"names": ["A"], "values": ["v", "w"], "versions": [1]},
+        {"names": "A", "values": ["v"], "versions": [1]},
+        {"names": ["A"], "values": [5], "versions": [1]},
+        {"names": ["A"], "values": [None], "versions": [1]},
+        {"names": ["A"], "values": ["v"], "versions": [True]},
+        {"names": ["A"], "values": ["v"], "versions": ["1"]},
+        {"names": [["A"]], "values": ["v"], "versions": [1]},
+        {"names": [7], "values": ["v"], "versions": [1]},
+        {"secrets": [{"name": "A", "value": 5, "version": 1}]},
+        {"secrets": [{"name": "A", "value": "v", "version": 1.0}]},
+        {"secrets": ["A"]},
+    ],
+)
+def test_a_malformed_bundle_is_refused_in_either_layout(raw: dict[str, Any]) -> None:
+    client = SecretsClient(LyingTransport({}, raw=raw), "acme")
+    with pytest.raises(IntegrityError, match=r"malformed|invalid name"):
+        client.retrieve("dev", [])
+
+
+@pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
+def test_an_honest_bundle_is_accepted(columns: bool) -> None:
+    transport = LyingTransport({}, columns=columns)
+    client = SecretsClient(transport, "acme")
+    found = client.retrieve("dev", ["A", "B"])
+    assert [tuple(s) for s in found] == [("A", "v", 1), ("B", "v", 1)]
+    assert transport.asked == ["columns"]
 
 
 # -- odd paths -------------------------------------------------------------------------

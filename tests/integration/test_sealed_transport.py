@@ -64,12 +64,15 @@ class Api:
     def names(self, env: str = "dev") -> list[str]:
         return [s["name"] for s in self.ok("GET", SECRETS, env=env)["secrets"]]
 
-    def retrieve(self, names: list[str], key: Any, nonce: str, env: str = "dev") -> Response:
+    def retrieve(
+        self, names: list[str], key: Any, nonce: str, env: str = "dev", **more: Any
+    ) -> Response:
         body = {
             "environment": env,
             "names": names,
             "public_key": jwe.public_jwk(key.public_key()),
             "nonce": nonce,
+            **more,
         }
         return self.call("POST", f"{SECRETS}/retrieve", body)
 
@@ -366,6 +369,35 @@ def test_bundle_opens_only_with_the_clients_key(stored: Api, client_key) -> None
         other = rsa.generate_private_key(public_exponent=65537, key_size=bits)
         with pytest.raises(IntegrityError):
             jwe.decrypt(other, token)
+
+
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_the_bundle_comes_in_the_layout_asked_for(stored: Api, client_key, layout: str) -> None:
+    api = stored
+    sealed = api.seal("second-value", name="API_KEY")
+    api.ok("PUT", SECRETS, store_body(api, name="API_KEY", encrypted_value=sealed))
+    response = api.retrieve([], client_key, "n" * 24, layout=layout)
+    assert response.status == 200, response
+    bundle = json.loads(jwe.decrypt(client_key, response.body["bundle"]).plaintext)
+    members = {"org", "environment", "nonce"}
+    if layout == "columns":
+        assert set(bundle) == members | {"names", "values", "versions"}
+        assert bundle["names"] == ["API_KEY", "DB_URL"]
+        assert bundle["values"] == ["second-value", PLAINTEXT]
+        assert bundle["versions"] == [1, 1]
+    else:
+        assert set(bundle) == members | {"secrets"}
+        assert [s["name"] for s in bundle["secrets"]] == ["API_KEY", "DB_URL"]
+
+
+@pytest.mark.parametrize("layout", ["", "Columns", 5, None, ["columns"]])
+def test_an_unknown_layout_is_a_bad_request(stored: Api, client_key, layout: object) -> None:
+    response = stored.retrieve(["DB_URL"], client_key, "n" * 24, layout=layout)
+    if layout is None:  # an absent member: the old layout
+        assert response.status == 200, response
+        return
+    assert_error(response, 400, "bad_request")
+    assert "bundle" not in response.body
 
 
 def test_each_retrieval_echoes_its_own_nonce(stored: Api, client_key) -> None:
