@@ -42,6 +42,14 @@ class RetrievedSecret(NamedTuple):
     version: int
 
 
+class RetrievedColumns(NamedTuple):
+    """A retrieval as three lists of equal length (no object per secret)."""
+
+    names: list[str]
+    values: list[str]
+    versions: list[int]
+
+
 def _columns(bundle: dict[str, Any]) -> tuple[list[Any], list[Any], list[Any]]:
     """The names, values and versions of a retrieval bundle, in either layout:
     `columns` (three lists), which this client asks for, or `rows` (a list of
@@ -66,6 +74,11 @@ def _columns(bundle: dict[str, Any]) -> tuple[list[Any], list[Any], list[Any]]:
     ):
         raise ValueError("malformed")
     return names, values, versions
+
+
+def _other_versions(names: list[str], numbers: list[int], asked: dict[str, int]) -> bool:
+    """Whether a secret came back at another version than the one asked for."""
+    return any(v != asked[n] for n, v in zip(names, numbers, strict=True) if n in asked)
 
 
 class SecretsClient:
@@ -153,6 +166,18 @@ class SecretsClient:
         versions: dict[str, int] | None = None,
         ephemeral: EphemeralKey | None = None,
     ) -> list[RetrievedSecret]:
+        """`retrieve_columns`, one record per secret."""
+        found = self.retrieve_columns(env, names, tags, versions, ephemeral)
+        return list(map(RetrievedSecret._make, zip(*found, strict=True)))
+
+    def retrieve_columns(
+        self,
+        env: str,
+        names: list[str] | None = None,
+        tags: list[str] | None = None,
+        versions: dict[str, int] | None = None,
+        ephemeral: EphemeralKey | None = None,
+    ) -> RetrievedColumns:
         """The ephemeral exchange: values of the selected secrets, opened here only."""
         check_env(env)
         names = [check_secret_name(n) for n in names or []]
@@ -181,18 +206,17 @@ class SecretsClient:
             )
         except (KeyError, TypeError, ValueError):
             raise IntegrityError("the retrieval bundle is malformed") from None
-        found = list(map(RetrievedSecret._make, zip(returned, values, numbers, strict=True)))
         if (
             not answers
             # Only what was asked for: no extra names (LD_PRELOAD …), no repeats.
             or len(unique) != len(returned)
             or (names and unique != set(names))
-            or any(s.version != versions[s.name] for s in found if versions and s.name in versions)
+            or (versions and _other_versions(returned, numbers, versions))
         ):
             raise IntegrityError("the retrieval bundle does not answer this request")
         if not all_secret_names(returned):
             raise IntegrityError("the retrieval bundle holds an invalid name")
-        return found
+        return RetrievedColumns(returned, values, numbers)
 
     def delete(self, env: str, name: str) -> dict[str, Any]:
         return self.transport.request(

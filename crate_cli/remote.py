@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from crate_cli.client import FallbackPolicy, RetrievedSecret, SecretsClient
+from crate_cli.client import FallbackPolicy, RetrievedColumns, SecretsClient
 from crate_cli.config import CrateHome, ensure_private_dir, write_private_file
 from crate_cli.errors import CrateError, InvalidInput, NotFound, UnsupportedVersion
 from crate_cli.vault.crypto import sha256_hex
@@ -231,14 +231,14 @@ class FallbackClient(SecretsClient):
             self.credentials.set(FALLBACK_KEY_LABEL, text)
         return base64.b64decode(text)
 
-    def retrieve(
+    def retrieve_columns(
         self,
         env: str,
         names: list[str] | None = None,
         tags: list[str] | None = None,
         versions: dict[str, int] | None = None,
         ephemeral: Any = None,
-    ) -> list[RetrievedSecret]:
+    ) -> RetrievedColumns:
         selection = json.dumps(
             [sorted(names or []), sorted(tags or []), sorted((versions or {}).items())]
         )
@@ -248,7 +248,7 @@ class FallbackClient(SecretsClient):
         from crate_cli.transport.http import ServerUnreachable
 
         try:
-            found = super().retrieve(env, names, tags, versions, ephemeral)
+            found = super().retrieve_columns(env, names, tags, versions, ephemeral)
         except ServerUnreachable as e:
             if self.policy.mode == "never":
                 raise
@@ -257,13 +257,13 @@ class FallbackClient(SecretsClient):
             self._save(path, aad, found)
         return found
 
-    def _save(self, path: Path, aad: bytes, found: list[RetrievedSecret]) -> None:
+    def _save(self, path: Path, aad: bytes, found: RetrievedColumns) -> None:
         from crate_cli.vault import crypto
 
         key = self._key(create=True)
         assert key is not None
         plaintext = json.dumps(
-            {"saved_at": time.time(), "secrets": [list(s) for s in found]},
+            {"saved_at": time.time(), "secrets": list(zip(*found, strict=True))},
             ensure_ascii=False,
         ).encode("utf-8")
         ensure_private_dir(path.parent)
@@ -273,7 +273,7 @@ class FallbackClient(SecretsClient):
 
     def _from_copy(
         self, path: Path, aad: bytes, env: str, error: CrateError | None
-    ) -> list[RetrievedSecret]:
+    ) -> RetrievedColumns:
         from crate_cli.vault import crypto
 
         where = f"{self.org}/{env} from {self.server}"
@@ -303,4 +303,5 @@ class FallbackClient(SecretsClient):
                 f"crate: warning: {error.message}; using the offline copy of {where} "
                 f"saved {_age_text(age)} ago"
             )
-        return [RetrievedSecret(str(n), str(v), int(ver)) for n, v, ver in data["secrets"]]
+        saved = [(str(n), str(v), int(ver)) for n, v, ver in data["secrets"]]
+        return RetrievedColumns([s[0] for s in saved], [s[1] for s in saved], [s[2] for s in saved])

@@ -438,7 +438,8 @@ def run_with_secrets(run: RunArgs) -> None:
 
 def prepare(run: RunArgs, client: "SecretsClient", env: str, mask: bool) -> Launch:
     """Retrieve the secrets and make what one start of the command gets."""
-    pairs = [(s.name, s.value) for s in client.retrieve(env, run.names, run.tags)]
+    found = client.retrieve_columns(env, run.names, run.tags)
+    pairs = list(zip(found.names, found.values, strict=True))
     values = [value for _, value in pairs]  # what --mask hides, references' too
     if not run.raw and any("${" in value for value in values):
         from crate_cli.references import resolve_pairs

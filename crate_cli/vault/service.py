@@ -69,6 +69,15 @@ class SecretValue(NamedTuple):
     value: str
 
 
+class ValueColumns(NamedTuple):
+    """Decrypted values as three lists of equal length, in name order: a whole
+    environment's can be 10,000 long, and lists make no object per secret."""
+
+    names: list[str]
+    versions: list[int]
+    values: list[str]
+
+
 # The columns of a `secrets` row, in the order OrgKeys.check_head expects. The
 # queries that splice it in (noqa: S608) take every value as a parameter.
 HEAD_COLUMNS = "s.name, s.version, s.deleted, s.tags, s.updated_at, s.actor, s.mac"
@@ -679,6 +688,19 @@ class VaultService:
         versions: dict[str, int] | None = None,
         tag_scope: frozenset[str] = frozenset(),
     ) -> list[SecretValue]:
+        """`read_columns`, one record per secret."""
+        columns = self.read_columns(org, env, names, tags, versions, tag_scope)
+        return list(map(SecretValue._make, zip(*columns, strict=True)))
+
+    def read_columns(
+        self,
+        org: str,
+        env: str,
+        names: list[str],
+        tags: list[str],
+        versions: dict[str, int] | None = None,
+        tag_scope: frozenset[str] = frozenset(),
+    ) -> ValueColumns:
         """Decrypt the selected secrets: the named ones (all when none are named)
         carrying every tag in `tags`; `versions` picks older versions by name.
 
@@ -705,16 +727,13 @@ class VaultService:
                 dek_now = keys.current_dek_version(db)
                 cached = snapshots.load(db, keys, env, digest, dek_now)
                 if cached is not None:
-                    try:
-                        return [SecretValue._make(item) for item in cached]
-                    except TypeError:
-                        pass  # not what save() writes: read the rows
+                    return ValueColumns._make(cached)
             rows = self._select_rows(db, env, names, versions)
             # The data keys those rows name, from the same snapshot: a rotation
             # and prune committed meanwhile must not make them vanish.
             for dek_version in {r[8] for r in rows if r[8] is not None}:
                 keys.dek_cipher(dek_version)
-        out: list[SecretValue] = []
+        out = ValueColumns([], [], [])
         found: set[str] = set()
         # The loop runs once per secret (10,000 in a big vault): the tags are
         # parsed only when a filter needs them, the rest is set up once.
@@ -756,7 +775,9 @@ class VaultService:
                     raise NotFound(f"version {version} of {name} in {org}/{env} is a deletion")
                 raise IntegrityError()  # a live head whose version holds no value
             value = open_value(name, version, dek_version, wrapped, blob)
-            out.append(SecretValue(name, version, value.decode("utf-8")))
+            out.names.append(name)
+            out.versions.append(version)
+            out.values.append(value.decode("utf-8"))
         missing = [n for n in names if n not in found]
         if missing:
             raise NotFound(
@@ -812,13 +833,15 @@ class VaultService:
             public = jwe.public_key_from_jwk(client_jwk)
         except IntegrityError as e:  # a bad request, not a damaged vault
             raise InvalidInput(e.message) from None
-        selected = self.read_values(org, env, names, tags, versions, tag_scope)
+        selected = self.read_columns(org, env, names, tags, versions, tag_scope)
+        served = selected.names
         details: dict[str, Any] = {}
         if tags:
             details["tags"] = sorted(tags)
         if versions:
-            details["versions"] = {s.name: s.version for s in selected if s.name in versions}
-        served = [s.name for s in selected]
+            details["versions"] = {
+                n: v for n, v in zip(served, selected.versions, strict=True) if n in versions
+            }
         audit.record(
             self.org(org),
             caller or self.caller,
@@ -830,11 +853,12 @@ class VaultService:
         bundle: dict[str, Any] = {"org": org, "environment": env, "nonce": nonce}
         if columns:
             bundle["names"] = served
-            bundle["values"] = [s.value for s in selected]
-            bundle["versions"] = [s.version for s in selected]
+            bundle["values"] = selected.values
+            bundle["versions"] = selected.versions
         else:
             bundle["secrets"] = [
-                {"name": s.name, "value": s.value, "version": s.version} for s in selected
+                {"name": n, "value": value, "version": v}
+                for n, v, value in zip(*selected, strict=True)
             ]
         plaintext = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         return jwe.encrypt(public, plaintext)

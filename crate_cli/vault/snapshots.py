@@ -3,13 +3,14 @@
 `crate run` reads every secret of an environment. Read row by row, that is a
 MAC check, a DEK unwrap and a value decryption per secret (about 20 µs each
 in Python). After such a full read has checked every row, the server role
-seals what it served, `[[name, version, value], …]` in name order, as one
-blob under a fresh DEK wrapped by the current org DEK (the same three tiers
+seals what it served, `[names, versions, values]` (three lists, in name
+order), as one blob under a fresh DEK wrapped by the current org DEK (the same three tiers
 as a secret), and the next full read of that environment opens this blob
 instead.
 
 A snapshot is bound, through its associated data, to a digest of its
-environment's head rows: the SHA-256 of their MACs in name order. Any change
+environment's head rows: the SHA-256 of their MACs (32 bytes each) in name
+order. Any change
 to a head (a value stored, deleted or rolled back, tags edited, a row
 restored from an older copy) changes its MAC, so a stale or replayed
 snapshot does not open and the read falls back to the rows, with every
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from crate_cli.errors import CrateError, IntegrityError
@@ -36,17 +38,19 @@ if TYPE_CHECKING:
     from crate_cli.vault.service import OrgKeys
 
 # The head MACs of one environment, concatenated by SQLite (one call, no row
-# objects): in name order, so that the same heads always give the same text.
+# objects; 2.4 ms for 10,000, against 5 ms in hex): in name order, so that
+# the same heads always give the same bytes.
 _HEAD_MACS = (
-    "SELECT group_concat(hex(mac), '') FROM (SELECT mac FROM secrets WHERE env = ? ORDER BY name)"
+    "SELECT CAST(group_concat(mac, '') AS BLOB) "
+    "FROM (SELECT mac FROM secrets WHERE env = ? ORDER BY name)"
 )
 
 
 def heads_digest(db: sqlite3.Connection, env: str) -> str:
     """The digest a snapshot of `env` is bound to, read in the caller's transaction."""
     row = db.execute(_HEAD_MACS, (env,)).fetchone()
-    text = row[0] if row is not None and row[0] is not None else ""
-    return crypto.sha256_hex(str(text).encode("ascii"))
+    macs = row[0] if row is not None and row[0] is not None else b""
+    return crypto.sha256_hex(bytes(macs))
 
 
 def _associated(keys: OrgKeys, env: str, digest: str) -> tuple[bytes, bytes]:
@@ -73,13 +77,22 @@ def load(
         values = json.loads(crypto.decrypt(dek, row[2], value_aad))
     except (IntegrityError, TypeError, ValueError):
         return None  # stale (the heads moved on) or damaged: the rows decide
-    if not isinstance(values, list):
+    # What save() writes: [names, versions, values], three lists of one length.
+    if not (
+        type(values) is list
+        and len(values) == 3
+        and all(type(column) is list for column in values)
+        and len(values[0]) == len(values[1]) == len(values[2])
+    ):
         return None
     return values
 
 
-def save(keys: OrgKeys, env: str, digest: str, dek_version: int, values: list[Any]) -> None:
-    """Seal `values` (what a full read of `env` served, read in the snapshot
+def save(
+    keys: OrgKeys, env: str, digest: str, dek_version: int, values: Sequence[list[Any]]
+) -> None:
+    """Seal `values` (the names, versions and values a full read of `env`
+    served, as three lists, read in the snapshot
     that gave `digest`) as the environment's snapshot. Nothing is written if
     the org DEKs changed meanwhile; a failure to write is left for the next
     read, which reads the rows again."""

@@ -229,7 +229,9 @@ def test_load_opens_only_for_the_digest_and_key_version_it_was_sealed_with(
             version = keys.current_dek_version(db)
             served = snapshots.load(db, keys, "dev", digest, version)
             assert served is not None
-            assert {name: value for name, _, value in served} == DEV_NOW
+            names, versions, values = served
+            assert dict(zip(names, values, strict=True)) == DEV_NOW
+            assert versions == [1, 1, 2]
             assert snapshots.load(db, keys, "dev", "0" * 64, version) is None
             assert snapshots.load(db, keys, "dev", digest, version + 1) is None
             assert snapshots.load(db, keys, "prod", digest, version) is None
