@@ -163,7 +163,9 @@ CREATE TABLE audit_pending (
 # whole environment opens one blob instead of one per secret. A snapshot is
 # bound to its environment's head rows by their MACs (a stale or replayed one
 # does not open); these triggers drop it as soon as its environment, or the
-# set of org DEKs, changes, so that no stale copy of a value lingers.
+# set of org DEKs, changes, so that no stale copy of a value lingers. The
+# index covers the digest's query (env, name order, mac) without a table
+# lookup per secret.
 _SNAPSHOT_TABLE = """
 CREATE TABLE env_snapshots (
     env TEXT PRIMARY KEY REFERENCES environments(name) ON DELETE CASCADE,
@@ -171,6 +173,7 @@ CREATE TABLE env_snapshots (
     wrapped_dek BLOB NOT NULL,
     ciphertext BLOB NOT NULL
 ) STRICT;
+CREATE INDEX secrets_head_macs ON secrets (env, name, mac);
 CREATE TRIGGER env_snapshots_stale_insert AFTER INSERT ON secrets
 BEGIN
     DELETE FROM env_snapshots WHERE env = NEW.env;

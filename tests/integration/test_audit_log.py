@@ -1165,7 +1165,7 @@ def as_schema_2(crate: CrateRunner) -> None:
         ).fetchall()
         db.executescript(
             "".join(f"DROP TRIGGER {name}; " for (name,) in snapshot_triggers)
-            + "DROP TABLE env_snapshots; "
+            + "DROP TABLE env_snapshots; DROP INDEX secrets_head_macs; "
             + "DROP TABLE audit_log; DROP TABLE audit_anchor; DROP TABLE audit_pending; "
             + "PRAGMA user_version = 2;"
         )

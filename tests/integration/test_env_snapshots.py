@@ -236,3 +236,6 @@ def test_load_opens_only_for_the_digest_and_key_version_it_was_sealed_with(
             assert snapshots.load(db, keys, "dev", digest, version + 1) is None
             assert snapshots.load(db, keys, "prod", digest, version) is None
             assert snapshots.heads_digest(db, "prod") != digest
+            # The digest reads an index alone: no table lookup per secret.
+            plan = db.execute("EXPLAIN QUERY PLAN " + snapshots._HEAD_MACS, ("dev",)).fetchall()
+            assert "COVERING INDEX secrets_head_macs" in str(plan)

@@ -30,6 +30,7 @@ def _downgrade_to_v1(path: Path, session: Session, org: str) -> None:
         "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'env_snapshots_%'"
     ).fetchall():
         db.execute(f"DROP TRIGGER {trigger}")
+    db.execute("DROP INDEX secrets_head_macs")
     for table in ("tokens", "audit_log", "audit_anchor", "audit_pending", "env_snapshots"):
         db.execute(f"DROP TABLE {table}")
     db.execute("PRAGMA user_version = 1")
@@ -54,6 +55,8 @@ def test_v1_vault_gains_tokens_table_and_keeps_secrets(session: Session, crate_h
             for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
         }
         assert len(triggers) == 3 + 5  # the audit log's and the snapshots'
+        indexes = store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        assert "secrets_head_macs" in {r[0] for r in indexes}
     finally:
         store.close()
 
