@@ -4,23 +4,25 @@
 MAC check, a DEK unwrap and a value decryption per secret (about 20 µs each
 in Python). After such a full read has checked every row, the server role
 seals what it served, `[names, versions, values]` (three lists, in name
-order), as one blob under a fresh DEK wrapped by the current org DEK (the same three tiers
-as a secret), and the next full read of that environment opens this blob
-instead.
+order), as one blob under a fresh DEK wrapped by the newest org DEK (the
+same three tiers as a secret), and the next full read of that environment
+opens this blob instead.
 
 A snapshot is bound, through its associated data, to a digest of its
 environment's head rows: the SHA-256 of their MACs (32 bytes each) in name
-order. Any change
-to a head (a value stored, deleted or rolled back, tags edited, a row
-restored from an older copy) changes its MAC, so a stale or replayed
-snapshot does not open and the read falls back to the rows, with every
-check. Triggers (store.py) also drop a snapshot as soon as its environment or
-the org DEKs change, so that no stale copy of a value stays behind. A
-snapshot written under an org DEK that is no longer the newest is not used.
+order. Any change to a head (a value stored, deleted or rolled back, tags
+edited, a row restored from an older copy) changes its MAC, so a stale or
+replayed snapshot does not open and the read falls back to the rows, with
+every check. Triggers (store.py) also drop a snapshot as soon as its
+environment or the org DEKs change, so that no stale copy of a value stays
+behind. A snapshot written under an org DEK that is no longer the newest is
+not used.
 
-A read served from a snapshot does not look at the version rows; tampering
-with them is found by the next full read, `secrets history` or
-`crate audit verify`.
+A read served from a snapshot checks neither each head row's MAC nor the
+version rows: a row edited in place (its MAC left as it was, the triggers
+dropped) is refused by the next read that checks rows (a read by name,
+`list`, `history`, a write, `crate audit verify`), while the snapshot keeps
+serving the values it sealed from authentic rows.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ from crate_cli.vault import crypto
 if TYPE_CHECKING:
     from crate_cli.vault.service import OrgKeys
 
-# The head MACs of one environment, concatenated by SQLite (one call, no row
-# objects; 2.4 ms for 10,000, against 5 ms in hex): in name order, so that
-# the same heads always give the same bytes.
+# The head MACs of one environment, concatenated by SQLite in one call from
+# the index that holds them (secrets_head_macs), with no object per row: in
+# name order, so that the same heads always give the same bytes.
 _HEAD_MACS = (
     "SELECT CAST(group_concat(mac, '') AS BLOB) "
     "FROM (SELECT mac FROM secrets WHERE env = ? ORDER BY name)"
@@ -91,11 +93,11 @@ def load(
 def save(
     keys: OrgKeys, env: str, digest: str, dek_version: int, values: Sequence[list[Any]]
 ) -> None:
-    """Seal `values` (the names, versions and values a full read of `env`
-    served, as three lists, read in the snapshot
-    that gave `digest`) as the environment's snapshot. Nothing is written if
-    the org DEKs changed meanwhile; a failure to write is left for the next
-    read, which reads the rows again."""
+    """Seal `values` (the names, versions and values that a full read of
+    `env` served, read in the transaction that gave `digest`) as the
+    environment's snapshot. Nothing is written if the org DEKs changed
+    meanwhile; a failure to write is left for the next read, which reads the
+    rows again."""
     dek_aad, value_aad = _associated(keys, env, digest)
     plaintext = json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     dek = crypto.new_key()

@@ -375,3 +375,25 @@ def test_a_locked_vault_never_runs_the_command(crate: CrateRunner, tmp_path: Pat
     wrong = crate("run", "--", "touch", str(marker), env={"CRATE_PASSPHRASE": "wrong wrong"})
     assert_clean_error(wrong, 6, hidden=("wrong wrong", "correct horse battery"))
     assert not marker.exists()
+
+
+def test_each_run_sees_the_values_of_its_moment(tmp_path: Path) -> None:
+    """The first run seals a snapshot of the environment and later runs open
+    it; a set, a delete or a rollback in between must show in the next run."""
+    crate = CrateRunner(tmp_path / "home")
+    crate("secrets", "set", "A=one", "B=bee", check=True)
+    wanted = {"A": "one", "B": "bee"}
+    for change, after in (
+        ([], wanted),
+        (["secrets", "set", "A=two"], {"A": "two", "B": "bee"}),
+        (["secrets", "delete", "B", "--yes"], {"A": "two"}),
+        (["secrets", "rollback", "A", "--to", "1"], {"A": "one"}),
+        ([], {"A": "one"}),
+    ):
+        if change:
+            crate(*change, check=True)
+        for _ in range(2):  # the run that seals a snapshot, then one that opens it
+            seen = child_env(crate)
+            assert {k: seen[k] for k in ("A", "B") if k in seen} == after
+    fetched = crate("secrets", "fetch", "--format", "json", check=True).stdout
+    assert json.loads(fetched) == {"A": "one"}
