@@ -131,12 +131,20 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
 # -- the checks --------------------------------------------------------------------
 
 
+# A request that is not valid HTTP never reaches crate's app: uvicorn's parser
+# answers it with this plain-text 400 (the coverage phase sends, among others,
+# an empty Content-Length header to GET /whoami).
+UVICORN_REJECTION = b"Invalid HTTP request received."
+
+
 def check_response(status: int, headers: dict[str, str], body: bytes) -> None:
     text = body.decode("utf-8", "replace")
     assert status < 500, f"HTTP {status}: {text}"
     assert "Traceback" not in text, text
     for value in SEEDED.values():
         assert value not in text, f"a secret value in a response: {text}"
+    if status == 400 and body == UVICORN_REJECTION:
+        return
     assert headers.get("content-type", "").startswith("application/json"), headers
     try:
         payload = json.loads(body)
