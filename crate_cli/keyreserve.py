@@ -48,18 +48,63 @@ _READ_LIMIT = 16384
 
 
 def reserve_dir(environ: Any = None) -> str | None:
-    """The reserve's folder, or None where there is no reserve (it may not exist yet)."""
+    """The reserve's folder, or None where there is no reserve (it may not exist yet).
+
+    Only a folder on a memory file system (tmpfs, ramfs) is used: a key must
+    never reach a disk, whatever XDG_RUNTIME_DIR says."""
     env = os.environ if environ is None else environ
     if str(env.get("CRATE_KEY_RESERVE", "")).strip().lower() in OFF_VALUES:
         return None
     if not sys.platform.startswith("linux"):
         return None  # no folder known to be in memory (macOS: TMPDIR is on disk)
     runtime = env.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isabs(runtime) and _private_path(runtime, stat.S_ISDIR):
+    if (
+        runtime
+        and os.path.isabs(runtime)
+        and _private_path(runtime, stat.S_ISDIR)
+        and in_memory(runtime)
+    ):
         return os.path.join(runtime, "crate-keys")
-    if os.path.isdir("/dev/shm"):  # noqa: S108 - tmpfs
+    if os.path.isdir("/dev/shm") and in_memory("/dev/shm"):  # noqa: S108
         return f"/dev/shm/crate-keys-{os.getuid()}"  # noqa: S108
     return None
+
+
+# statfs(2) types of the file systems that live in memory only.
+MEMORY_FILE_SYSTEMS = (b"tmpfs", b"ramfs")
+
+
+def in_memory(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Whether `path` lies on tmpfs or ramfs: the file system of the mount that
+    holds it, from /proc/self/mountinfo (Python's statvfs has no f_type, and
+    ctypes costs 6 ms to import; this reads about 50 µs)."""
+    target = os.path.realpath(path).encode()
+    best, kind = b"", b""
+    try:
+        with open(mountinfo, "rb") as f:
+            for line in f:
+                fields, _, rest = line.partition(b" - ")
+                parts = fields.split()
+                if len(parts) < 5 or not rest:
+                    continue
+                point = _unescape(parts[4])
+                inside = point in (b"/", target) or target.startswith(point + b"/")
+                # The longest mount point that holds the path; a later line
+                # for the same point is a mount stacked on top, which wins.
+                if inside and len(point) >= len(best):
+                    best, kind = point, rest.split()[0]
+    except OSError:
+        return False
+    return kind in MEMORY_FILE_SYSTEMS
+
+
+def _unescape(field: bytes) -> bytes:
+    """A mountinfo path: spaces, tabs, newlines and backslashes come as octal escapes."""
+    if b"\\" not in field:
+        return field
+    import re
+
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
 
 
 def _private(st: os.stat_result, kind: Callable[[int], bool]) -> bool:
@@ -207,14 +252,13 @@ def _refill_running(folder: str) -> bool:
 
 REFILL_ARG = "__refill-key-reserve"
 # What the refill process gets of crate's environment: enough to find the
-# home, its settings and the reserve, and nothing else (no credentials).
+# home, its settings and the reserve, and nothing else: no credentials, and
+# nothing that steers what Python loads (PYTHONPATH, PYTHONSTARTUP ...).
 _REFILL_ENV = (
     "CRATE_HOME",
     "CRATE_KEY_RESERVE",
     "HOME",
     "PATH",
-    "PYTHONPATH",
-    "PYTHONHOME",
     "LANG",
     "LC_ALL",
     "LC_CTYPE",
@@ -234,19 +278,29 @@ def refill_in_background() -> None:
     background and exits at once, so the refill is nobody's child. `reap`
     collects the shell: `crate run` does before it execs, so a command that
     calls `wait()` finds no child it did not start.
+
+    The refill loads no code from the caller's folder or environment (DESIGN
+    §9): it starts in `/`, and from a virtual environment as `python -I`
+    (isolated: no current folder, script folder or user site-packages on
+    sys.path, no PYTHON* variables), so a `crate_cli.py` or `sitecustomize.py`
+    in a cloned repository never runs.
     """
     global _spawned
     if _spawned is not None or not needs_refill():
         return
-    if getattr(sys, "frozen", False):
-        crate = [sys.executable, REFILL_ARG]
-    else:
-        crate = [sys.executable, "-m", "crate_cli", REFILL_ARG]
-    argv = ["/bin/sh", "-c", '"$@" &', "crate-refill", *crate]
+    argv = ["/bin/sh", "-c", 'cd / && "$@" &', "crate-refill", *refill_argv()]
     env = {k: v for k, v in os.environ.items() if k in _REFILL_ENV or k.startswith("XDG_")}
     null = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
     with contextlib.suppress(OSError):  # no refill then: retrievals search their keys
         _spawned = os.posix_spawn(argv[0], argv, env, file_actions=null, setsid=True)
+
+
+def refill_argv() -> list[str]:
+    """How crate starts itself for the refill: the frozen binary as it is, a
+    Python install isolated (`-I`) and by module name."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, REFILL_ARG]
+    return [sys.executable, "-I", "-m", "crate_cli", REFILL_ARG]
 
 
 def reap() -> None:

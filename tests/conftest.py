@@ -63,6 +63,27 @@ def crate_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def memory_dir() -> Iterator[Path]:
+    """A private (0700) folder on a memory file system, removed after the test:
+    the key reserve is only used on tmpfs or ramfs, and tmp_path may be on a
+    disk. /dev/shm is tmpfs on Linux; a machine without one skips (CI fails)."""
+    import tempfile
+
+    from crate_cli.keyreserve import in_memory
+
+    if not (os.path.isdir("/dev/shm") and in_memory("/dev/shm")):
+        if IN_CI:
+            pytest.fail("/dev/shm is not a tmpfs")
+        pytest.skip("no tmpfs at /dev/shm")
+    folder = Path(tempfile.mkdtemp(prefix="crate-test-", dir="/dev/shm"))
+    folder.chmod(0o700)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
 def swtpm() -> Iterator[Swtpm]:
     """A running swtpm on a fresh state (see tests/tpm_simulator.py)."""
     from tpm_simulator import Swtpm

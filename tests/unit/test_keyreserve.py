@@ -6,7 +6,7 @@ take() refuses and removes (expired, readable by others, symlinks, garbage);
 a folder others can enter, or CRATE_KEY_RESERVE=off, meaning no reserve; the
 refill lock; the stale files refill() cleans; and takers in concurrent
 processes never getting the same key. Real files in a private folder under
-tmp_path (XDG_RUNTIME_DIR), real keys, real processes: no mocks.
+/dev/shm (XDG_RUNTIME_DIR), real keys, real processes: no mocks.
 """
 
 from __future__ import annotations
@@ -31,11 +31,9 @@ BITS = 2048
 
 
 @pytest.fixture
-def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private XDG_RUNTIME_DIR of this test's own: the reserve is isolated."""
-    run = tmp_path / "xdg"
-    run.mkdir(mode=0o700)
-    run.chmod(0o700)  # whatever the umask
+def runtime_dir(memory_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private XDG_RUNTIME_DIR of this test's own, in memory: the reserve is isolated."""
+    run = memory_dir
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
     monkeypatch.delenv("CRATE_KEY_RESERVE", raising=False)
     return run
@@ -309,21 +307,72 @@ def test_reserve_on_values(runtime_dir: Path, value: str) -> None:
     assert keyreserve.reserve_dir(environ) == str(runtime_dir / "crate-keys")
 
 
-def test_runtime_dir_that_is_not_private_is_not_used(tmp_path: Path) -> None:
-    shared = tmp_path / "shared"
+def test_runtime_dir_that_is_not_private_is_not_used(memory_dir: Path) -> None:
+    shared = memory_dir / "shared"
     shared.mkdir()
     shared.chmod(0o755)
-    private = tmp_path / "private"
+    private = memory_dir / "private"
     private.mkdir(mode=0o700)
     private.chmod(0o700)
-    link = tmp_path / "link"
+    link = memory_dir / "link"
     link.symlink_to(private)
     fallback = keyreserve.reserve_dir({})
     if sys.platform.startswith("linux") and os.path.isdir("/dev/shm"):
         assert fallback == f"/dev/shm/crate-keys-{os.getuid()}"
-    for runtime in (str(shared), str(link), "relative/xdg", str(tmp_path / "missing")):
+    for runtime in (str(shared), str(link), "relative/xdg", str(memory_dir / "missing")):
         assert keyreserve.reserve_dir({"XDG_RUNTIME_DIR": runtime}) == fallback
     assert keyreserve.reserve_dir({"XDG_RUNTIME_DIR": str(private)}) == str(private / "crate-keys")
+
+
+def test_runtime_dir_on_a_disk_is_not_used(tmp_path: Path, memory_dir: Path) -> None:
+    """A private XDG_RUNTIME_DIR on a disk (tmp_path here) would put keys on that
+    disk: the reserve moves to /dev/shm, and nothing is written on the disk."""
+    on_disk = tmp_path / "xdg"
+    on_disk.mkdir(mode=0o700)
+    on_disk.chmod(0o700)
+    if keyreserve.in_memory(str(on_disk)):
+        pytest.skip("tmp_path is on a tmpfs here")
+    environ = {"XDG_RUNTIME_DIR": str(on_disk)}
+    assert keyreserve.reserve_dir(environ) == f"/dev/shm/crate-keys-{os.getuid()}"
+    assert keyreserve.reserve_dir({"XDG_RUNTIME_DIR": str(memory_dir)}) == str(
+        memory_dir / "crate-keys"
+    )
+
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime - ext4 /dev/vda rw
+25 22 0:21 / /dev rw,nosuid - devtmpfs udev rw
+26 25 0:22 / /dev/shm rw,nosuid,nodev - tmpfs tmpfs rw
+40 22 0:30 / /run/user/1000 rw,nosuid - tmpfs tmpfs rw,mode=700
+41 22 0:31 / /mnt/my\\040disk rw - ext4 /dev/vdb rw
+42 22 0:32 / /mnt/stack rw - tmpfs tmpfs rw
+43 42 0:33 / /mnt/stack rw - ext4 /dev/vdc rw
+44 22 0:34 / /srv/ram rw - ramfs ramfs rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "memory"),
+    [
+        ("/dev/shm", True),
+        ("/dev/shm/crate-keys-0", True),
+        ("/dev/shmx", False),  # a sibling whose name starts the same
+        ("/dev", False),
+        ("/run/user/1000", True),
+        ("/run/user/10000", False),
+        ("/mnt/my disk/x", False),
+        ("/mnt/stack/x", False),  # a disk mounted over a tmpfs: the disk counts
+        ("/srv/ram/keys", True),
+        ("/home/user", False),
+    ],
+)
+def test_in_memory_reads_the_mount_that_holds_the_path(
+    tmp_path: Path, path: str, memory: bool
+) -> None:
+    table = tmp_path / "mountinfo"
+    table.write_text(MOUNTINFO)
+    assert keyreserve.in_memory(path, str(table)) is memory
+    assert keyreserve.in_memory(path, str(tmp_path / "none")) is False
 
 
 # -- refill's lock and its cleaning -----------------------------------------------------
