@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from crate_cli.errors import CrateError, InvalidInput
+from crate_cli.errors import CrateError, InvalidInput, NotPrivate
 
 APP_NAME = "crate"
 SETTINGS_FILE = "settings.toml"
@@ -81,14 +81,50 @@ def resolve_home(environ: dict[str, str] | None = None) -> CrateHome:
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create `path` (and parents) and make sure only the owner can enter it."""
+    """Create `path` (and missing parents) so that only the owner can enter it.
+
+    A folder that already exists must be private already: crate refuses one
+    that other users can enter, or that belongs to someone else, and never
+    changes its mode (think CRATE_HOME=/tmp)."""
     if not path.parent.exists():
         # mkdir(parents=True) would give new ancestors the umask's mode: a
         # new CRATE_HOME must be 0700 too.
         ensure_private_dir(path.parent)
-    path.mkdir(mode=0o700, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        check_private_dir(path)
+        return
+    path.chmod(0o700)  # a folder crate just made, whatever the umask
+
+
+def check_private_dir(path: Path) -> None:
+    """Raise NotPrivate unless `path` is a folder of this user that nobody
+    else can enter (a symlink to one is fine)."""
+    import stat
+
+    st = path.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotPrivate(f"{path} is not a folder", "point CRATE_HOME at a folder")
+    if st.st_uid != os.getuid():
+        raise NotPrivate(
+            f"{path} belongs to another user (uid {st.st_uid}); crate keeps keys and "
+            "vaults there, so it was not used",
+            "use a folder of your own, e.g. CRATE_HOME=~/.crate",
+        )
+    if st.st_mode & 0o077:
+        raise NotPrivate(
+            f"{path} is open to other users (mode {stat.S_IMODE(st.st_mode):o}); crate "
+            "keeps keys and vaults there, so it was not used, nor changed",
+            f"use a folder only you can enter, or if it is yours alone: chmod 700 {path}",
+        )
+
+
+def check_home(home: CrateHome) -> None:
+    """Refuse a crate home (data or settings folder) that exists and is not private."""
+    for folder in dict.fromkeys((home.data_dir, home.config_dir)):
+        if folder.exists():
+            check_private_dir(folder)
 
 
 def write_private_file(path: Path, data: bytes) -> None:

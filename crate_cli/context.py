@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from crate_cli.client import SecretsClient
-from crate_cli.config import CrateHome, Settings, resolve_home
+from crate_cli.config import CrateHome, Settings, check_home, resolve_home
 from crate_cli.errors import Conflict, InvalidInput, NotFound
 from crate_cli.vault.masterkey import MasterKeys, MasterVersion
 from crate_cli.vault.names import check_env, check_org
@@ -96,7 +96,9 @@ class Session:
 
     @cached_property
     def home(self) -> CrateHome:
-        return resolve_home(self.environ)
+        home = resolve_home(self.environ)
+        check_home(home)  # never work in a folder that others can enter
+        return home
 
     @cached_property
     def settings(self) -> Settings:

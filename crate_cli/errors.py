@@ -138,6 +138,10 @@ class Conflict(CrateError):
     http_status = 409
 
 
+class NotPrivate(CrateError):
+    """A folder crate keeps keys or vaults in is open to other users, or theirs."""
+
+
 class UnsupportedVersion(CrateError):
     """A file written by a newer crate, or in a format this one cannot read."""
 

@@ -59,3 +59,17 @@ def run_sql(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[An
     finally:
         db.close()
     return rows
+
+
+def restore_triggers(sql: Any) -> None:
+    """Put back, with crate's exact text, every trigger a tampering test dropped:
+    a careful attacker edits rows behind the triggers and then restores them,
+    so that the vault's schema looks untouched (crate refuses one that is not).
+    `sql` runs one statement on the vault (the `vault_sql` fixture's shape)."""
+    from crate_cli.vault.store import expected_schema
+
+    ((version,),) = sql("PRAGMA user_version")
+    present = {name for (name,) in sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    for name, (kind, text) in expected_schema(version).items():
+        if kind == "trigger" and name not in present:
+            sql(text)

@@ -222,6 +222,14 @@ def _connect(path: Path, create: bool) -> sqlite3.Connection:
     )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
+    # A vault is a file anyone with write access can edit: its schema (views,
+    # triggers, defaults) may call no function or virtual table that is not
+    # harmless, and, where Python can ask for it, SQLite refuses writes to its
+    # own schema tables (defensive mode). check_schema() refuses foreign objects.
+    conn.execute("PRAGMA trusted_schema = OFF")
+    defensive = getattr(sqlite3, "SQLITE_DBCONFIG_DEFENSIVE", None)
+    if defensive is not None and hasattr(conn, "setconfig"):
+        conn.setconfig(defensive, True)
     return conn
 
 
@@ -277,6 +285,7 @@ class OrgStore:
                 )
             if version < 1:
                 raise _damaged(path, ValueError("no crate schema"))
+            check_schema(conn, path, version)
         except BaseException as e:
             if conn is not None:
                 conn.close()
@@ -401,6 +410,55 @@ class OrgStore:
             if self._key is not None:
                 _OPEN[self._key] -= 1
                 self._key = None
+
+
+# Indexes a vault may lack: the digest's covering index came after schema 4
+# was first written, and an index only speeds a query up.
+_OPTIONAL = frozenset({"secrets_head_macs"})
+_expected: dict[int, dict[str, tuple[str, str]]] = {}
+
+
+def expected_schema(version: int) -> dict[str, tuple[str, str]]:
+    """name -> (type, SQL) of every object crate creates in a vault of schema
+    `version`: SQLite keeps each CREATE statement's text as it was given."""
+    found = _expected.get(version)
+    if found is None:
+        scripts = [_SCHEMA_V1, *(MIGRATIONS[v] for v in range(1, version))]
+        found = {}
+        for statement in _split_script("".join(scripts)):
+            words = statement.split(None, 3)
+            if words[0].upper() == "CREATE":
+                found[words[2]] = (words[1].lower(), statement.rstrip(";"))
+        _expected[version] = found
+    return found
+
+
+def check_schema(conn: sqlite3.Connection, path: Path, version: int) -> None:
+    """Refuse a vault whose schema holds what crate did not create: a view, a
+    trigger or index of someone else's, or one of crate's own with another
+    body. Such an object would run inside crate's own queries and writes."""
+    from crate_cli.display import safe_text
+
+    expected = expected_schema(version)
+    rows = conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    ).fetchall()
+    present = set()
+    for kind, name, sql in rows:
+        present.add(name)
+        if expected.get(name) != (kind, sql):
+            raise VaultCorrupted(
+                f"vault {path} holds a {safe_text(str(kind), 20)} '{safe_text(str(name), 64)}' "
+                "that crate did not create: it was edited outside crate and left untouched",
+                "restore it from a backup",
+            )
+    missing = sorted(set(expected) - present - _OPTIONAL)
+    if missing:
+        raise VaultCorrupted(
+            f"vault {path} lacks its {expected[missing[0]][0]} {missing[0]!r}: it was edited "
+            "outside crate and left untouched",
+            "restore it from a backup",
+        )
 
 
 def _split_script(script: str) -> list[str]:

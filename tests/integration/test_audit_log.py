@@ -41,7 +41,7 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 from conftest import CrateRunner, Result
 from crate_server import CrateServer
-from vault_state import run_sql
+from vault_state import restore_triggers, run_sql
 
 from crate_cli.context import local_actor
 from crate_cli.errors import ExitCode, IntegrityError
@@ -1234,6 +1234,8 @@ def test_tampering_is_detected(crate: CrateRunner, kind: str) -> None:
     sql, named = TAMPERING[kind]
     db = sqlite3.connect(vault_path(crate.home))
     db.executescript(sql)
+    restore_triggers(lambda sql: db.execute(sql).fetchall())
+    db.commit()
     db.close()
     broken = fails(crate, ExitCode.INTEGRITY, "audit", "verify")
     assert named in broken.stderr, broken
@@ -1250,6 +1252,8 @@ def test_wiping_the_whole_log_is_detected(crate: CrateRunner) -> None:
         "DROP TRIGGER audit_log_append_only_delete; DELETE FROM audit_log; "
         "UPDATE audit_anchor SET seq = 0, mac = X'', enabled = 0, tag = X'';"
     )
+    restore_triggers(lambda sql: db.execute(sql).fetchall())
+    db.commit()
     db.close()
     broken = fails(crate, ExitCode.INTEGRITY, "audit", "verify")
     assert "emptied" in broken.stderr

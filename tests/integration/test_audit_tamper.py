@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 from conftest import CrateRunner, Result, assert_clean_error
-from vault_state import run_sql
+from vault_state import restore_triggers, run_sql
 
 from crate_cli.errors import ExitCode
 from crate_cli.vault import crypto
@@ -95,8 +95,8 @@ def vault_sql(home: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[
 
 
 def tamper(home: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:
-    """Drop the append-only triggers, as an attacker would, then run the
-    statements in one committed transaction."""
+    """Drop the append-only triggers, as an attacker would, run the statements,
+    and put the triggers back as they were, all in one committed transaction."""
     db = sqlite3.connect(vault_path(home), isolation_level=None)
     try:
         db.execute("BEGIN IMMEDIATE")
@@ -104,6 +104,7 @@ def tamper(home: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:
             db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
         for sql, params in statements:
             db.execute(sql, params)
+        restore_triggers(lambda sql: db.execute(sql).fetchall())
         db.execute("COMMIT")
     finally:
         db.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vault_state import restore_triggers
 
 from crate_cli.errors import IntegrityError
 from crate_cli.vault import snapshots
@@ -86,6 +87,7 @@ def test_a_whole_read_leaves_a_sealed_snapshot_that_the_next_one_serves(
     # while a read by name goes to the rows and fails closed.
     drop_triggers(vault_sql)
     corrupt_value(vault_sql, "dev", "DB_URL")
+    restore_triggers(vault_sql)
     assert retrieve("acme", "dev", []) == DEV_NOW
     with pytest.raises(IntegrityError):
         retrieve("acme", "dev", ["DB_URL"])
@@ -115,7 +117,6 @@ def test_an_older_snapshot_put_back_does_not_open(
 ) -> None:
     retrieve("acme", "dev", [])
     old = snapshot_rows(vault_sql)["dev"]
-    drop_triggers(vault_sql)  # nothing drops the old snapshot now
     with fresh_session() as s:
         s.client("acme").store("dev", [("API_KEY", "newer-api-key")])
     now = {**DEV_NOW, "API_KEY": "newer-api-key"}
@@ -171,6 +172,7 @@ def test_an_older_head_restored_under_a_snapshot_reads_the_rows(
         "mac = ? WHERE env = 'dev' AND name = 'API_KEY'",
         tuple(old_head),
     )
+    restore_triggers(vault_sql)
     assert "dev" in snapshot_rows(vault_sql)
     with pytest.raises(IntegrityError):
         retrieve("acme", "dev", [])
