@@ -17,10 +17,13 @@ Appends run inside the caller's write transaction: a change and its entry
 commit together, or neither does. Reads append after their snapshot, before
 their answer leaves. An unlock that fails has no key to MAC with, so it is
 written to `audit_pending` and chained in (marked `deferred`) by the next
-writer that holds the key.
+writer that holds the key. Only rows of the exact shape crate gives a failed
+unlock are chained; anything else there was written by someone else, and
+stops that writer and `verify()` with AuditChainBroken.
 """
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -138,10 +141,53 @@ class Checker:
         return True
 
 
-def _clean(text: object) -> str:
-    """A field of a pending row (written without a key, so untrusted) as text
-    that can be MAC'd."""
-    return str(text).replace("\x00", "\ufffd")
+# The one entry crate writes without a key: a failed unlock, whose fields
+# are fixed but for the time, the actor and the master key version.
+_PENDING_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+_PENDING_ACTOR = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,256}")
+_PENDING_DETAILS = re.compile(r'\{"error":"([a-z_]{1,40})","master_version":([1-9]\d{0,8})\}')
+PENDING_CLIENTS = ("cli", "server", "agent")
+
+
+def pending_problem(row: tuple[Any, ...]) -> str | None:
+    """Why a row of `audit_pending` (its `_PENDING_FIELDS`) is not a failed
+    unlock as crate records one, or None if it is. Such rows carry no MAC, so
+    anyone who can write the file could add them: only this fixed shape is
+    ever chained in, and it says no more than "an unlock failed then"."""
+    from crate_cli.errors import KeystoreError
+
+    time, actor, action, env, names, outcome, request_id, client, details = row
+    if (action, env, names, outcome, request_id) != ("unlock", "", "[]", "failed", ""):
+        return "it is not a failed unlock"
+    if client not in PENDING_CLIENTS:
+        return "its client is not one of crate's"
+    if not isinstance(time, str) or not _PENDING_TIME.fullmatch(time):
+        return "its time is not one crate writes"
+    if not isinstance(actor, str) or not _PENDING_ACTOR.fullmatch(actor):
+        return "its actor is not one crate writes"
+    match = _PENDING_DETAILS.fullmatch(details) if isinstance(details, str) else None
+    codes = {KeystoreError.api_code, *(c.api_code for c in KeystoreError.__subclasses__())}
+    if match is None or match.group(1) not in codes:
+        return "its details are not those of a failed unlock"
+    return None
+
+
+def _check_pending(keys: "OrgKeys", rows: Iterable[tuple[Any, ...]]) -> None:
+    """AuditChainBroken naming the first pending row (id first) that crate did not write."""
+    from crate_cli.display import safe_text
+
+    for row in rows:
+        problem = pending_problem(row[1:])
+        if problem is not None:
+            path = keys.store.path
+            delete = f"DELETE FROM audit_pending WHERE id = {int(row[0])}"  # noqa: S608
+            raise AuditChainBroken(
+                f"pending audit entry {row[0]} of organization {keys.org!r} (action "
+                f"'{safe_text(str(row[3]), 40)}') was not written by crate: {problem}; "
+                "it is not chained in",
+                f"check who can write {path}, then delete it (sqlite3 {path} '{delete}') "
+                "or restore a backup",
+            )
 
 
 def _anchor_tag(chain_key: bytes, org: str, anchor: Anchor) -> bytes:
@@ -249,15 +295,11 @@ def append(
     pending = db.execute(
         f"SELECT id, {_PENDING_FIELDS} FROM audit_pending ORDER BY id"  # noqa: S608
     ).fetchall()
+    _check_pending(keys, pending)
     rows = []
     for row in pending:
-        details_text = row[9]
-        try:
-            loaded = json.loads(details_text)
-        except ValueError:
-            loaded = {}
-        marked = {**(loaded if isinstance(loaded, dict) else {}), "deferred": True}
-        rows.append((*(_clean(f) for f in row[1:9]), _clean(_json(marked))))
+        marked = {**json.loads(row[9]), "deferred": True}
+        rows.append((*row[1:9], _json(marked)))
     rows.append(_fields(0, utc_now(), caller, action, env, names, outcome, details)[1:])
     for fields in rows:
         seq += 1
@@ -458,7 +500,11 @@ def verify(keys: "OrgKeys") -> Verified:
     latest: dict[tuple[str, str], tuple[int, int]] = {}
     with keys.store.read() as db:
         anchor = read_anchor(db, keys)
-        pending = db.execute("SELECT count(*) FROM audit_pending").fetchone()[0]
+        pending_rows = db.execute(
+            f"SELECT id, {_PENDING_FIELDS} FROM audit_pending ORDER BY id"  # noqa: S608
+        ).fetchall()
+        _check_pending(keys, pending_rows)
+        pending = len(pending_rows)
         expected = 1
         prev = b""
         checker = Checker(keys.chain_key(), org)

@@ -143,15 +143,8 @@ def anchor_tag(key: bytes, seq: int, mac: bytes, enabled: int) -> bytes:
     return crypto.mac(key, crypto.mac_message(crypto.AUDIT_ANCHOR, ORG, seq, mac.hex(), enabled))
 
 
-def add_pending(home: Path, actor: str, details: str, time: str) -> None:
-    """Add an `audit_pending` row directly, as a failed unlock would (nothing guards
-    that table: its rows carry no MAC until they are chained)."""
-    vault_sql(
-        home,
-        "INSERT INTO audit_pending (time, actor, action, env, names, outcome, request_id, "
-        "client, details) VALUES (?, ?, 'unlock', '', '[]', 'failed', '', 'cli', ?)",
-        (time, actor, details),
-    )
+# The details of a failed unlock as crate records it.
+LOCKED = '{"error":"keystore_unavailable","master_version":1}'
 
 
 def assert_broken(result: Result, *texts: str, hidden: tuple[str, ...] = ()) -> None:
@@ -635,29 +628,106 @@ def test_failed_unlock_of_a_retrieval_is_pending(home: Home, key_file: Path) -> 
     assert vault_sql(home.path, "SELECT action FROM audit_pending") == [("unlock",)]
 
 
-def test_pending_rows_are_unauthenticated_until_chained(home: Home) -> None:
-    """Anyone who can write the file can add pending rows: the next writer
-    chains them as deferred entries, and from then on they verify."""
-    add_pending(home.path, "mallory@elsewhere", '{"note":"planted"}', "2026-01-01T00:00:00.000000Z")
-    add_pending(home.path, "mallory@elsewhere", "not json", "2026-01-01T00:00:01.000000Z")
-    assert verify_json(home.crate)["pending"] == 2
+def plant(home: Path, action: str, names: str, outcome: str, details: str, **more: str) -> None:
+    """A row in `audit_pending` as someone who can write the file but holds no key could."""
+    row = {
+        "time": "2026-01-01T00:00:00.000000Z",
+        "actor": "alice@laptop",
+        "env": "",
+        "request_id": "",
+        "client": "cli",
+        **more,
+    }
+    vault_sql(
+        home,
+        "INSERT INTO audit_pending (time, actor, action, env, names, outcome, request_id, "
+        "client, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            row["time"],
+            row["actor"],
+            action,
+            row["env"],
+            names,
+            outcome,
+            row["request_id"],
+            row["client"],
+            details,
+        ),
+    )
 
+
+FORGED = {
+    "store": ("store", '["S0"]', "ok", '{"versions":[2]}', {"env": "dev"}),
+    "retrieve": ("retrieve", '["S0"]', "ok", "{}", {"env": "dev"}),
+    "env-delete": ("env-delete", "[]", "ok", '{"secrets_deleted":0}', {"env": "dev"}),
+    "an unlock that succeeded": ("unlock", "[]", "ok", LOCKED, {}),
+    "an unlock with more details": (
+        "unlock",
+        "[]",
+        "failed",
+        '{"error":"keystore_unavailable","master_version":1,"note":"x"}',
+        {},
+    ),
+    "an unlock with a foreign error": (
+        "unlock",
+        "[]",
+        "failed",
+        '{"error":"forbidden","master_version":1}',
+        {},
+    ),
+    "an unlock with names": ("unlock", '["S0"]', "failed", LOCKED, {}),
+    "an unlock with a request id": ("unlock", "[]", "failed", LOCKED, {"request_id": "r1"}),
+    "an unlock from a foreign client": ("unlock", "[]", "failed", LOCKED, {"client": "web"}),
+    "an unlock with a control character": (
+        "unlock",
+        "[]",
+        "failed",
+        LOCKED,
+        {"actor": "alice\x1b[2J@laptop"},
+    ),
+    "an unlock with a NUL byte": ("unlock", "[]", "failed", LOCKED, {"actor": "mal\x00lory"}),
+    "an unlock at a made-up time": ("unlock", "[]", "failed", LOCKED, {"time": "yesterday"}),
+}
+
+
+@pytest.mark.parametrize("kind", FORGED, ids=FORGED)
+def test_forged_pending_rows_are_never_chained_in(home: Home, kind: str) -> None:
+    """Rows planted in `audit_pending` by someone without a key are refused by
+    `audit verify` and by the next write, which stops (exit 5) rather than
+    chain them in as authentic entries; crate's own shape is the only one kept."""
+    action, names, outcome, details, more = FORGED[kind]
+    before = verify_json(home.crate)["entries"]
+    plant(home.path, action, names, outcome, details, **more)
+    verified = home.crate("audit", "verify")
+    assert_broken(verified, "pending audit entry 1 ", "was not written by crate")
+    assert "\x1b" not in verified.stderr
+    assert_broken(store(home.crate, "S0", "next-write"), "pending audit entry 1 ")
+    assert_broken(home.crate("secrets", "get", "S0"), "pending audit entry 1 ", hidden=(S0_VALUE,))
+    # Nothing was chained: the log is as it was once the row is gone.
+    vault_sql(home.path, "DELETE FROM audit_pending")
+    doc = verify_json(home.crate)
+    assert (doc["entries"], doc["pending"]) == (before, 0)
+    assert all(e["action"] != action or e["seq"] <= before for e in log_json(home.crate))
+
+
+def test_a_planted_failed_unlock_is_all_a_forger_can_add(home: Home) -> None:
+    """A row of exactly the shape crate gives a failed unlock cannot be told
+    from a real one (it carries no MAC): it is chained as a deferred entry,
+    and says no more than that an unlock failed then (SECURITY.md)."""
+    plant(home.path, "unlock", "[]", "failed", LOCKED, actor="mallory@elsewhere")
+    assert verify_json(home.crate)["pending"] == 1
     assert store(home.crate, "S0", "next-write").returncode == 0
     doc = verify_json(home.crate)
-    assert (doc["entries"], doc["pending"]) == (SIZE + 3, 0)
-    first, second, write = log_json(home.crate, "--limit", "3")
-    assert (first["seq"], first["actor"]) == (SIZE + 1, "mallory@elsewhere")
-    assert first["details"] == {"note": "planted", "deferred": True}
-    assert second["details"] == {"deferred": True}  # unparsable details are dropped
-    assert (write["seq"], write["action"]) == (SIZE + 3, "store")
-    # Once chained they are as protected as any other entry.
+    assert (doc["entries"], doc["pending"]) == (SIZE + 2, 0)
+    planted, write = log_json(home.crate, "--limit", "2")
+    assert (planted["seq"], planted["action"], planted["outcome"]) == (SIZE + 1, "unlock", "failed")
+    assert planted["actor"] == "mallory@elsewhere"
+    assert planted["details"] == {
+        "error": "keystore_unavailable",
+        "master_version": 1,
+        "deferred": True,
+    }
+    assert (write["seq"], write["action"]) == (SIZE + 2, "store")
+    # Once chained it is as protected as any other entry.
     tamper(home.path, ("UPDATE audit_log SET actor = 'someone' WHERE seq = ?", (SIZE + 1,)))
     assert_broken(home.crate("audit", "verify"), changed(SIZE + 1))
-
-
-def test_pending_row_with_a_nul_byte_does_not_crash_writes(home: Home) -> None:
-    add_pending(home.path, "mal\x00lory", "{}", "2026-01-01T00:00:00.000000Z")
-    result = home.crate("secrets", "get", "S0")
-    assert "internal error" not in result.stderr, result
-    if result.returncode != 0:
-        assert_clean_error(result, ExitCode.INTEGRITY, hidden=(S0_VALUE,))
