@@ -728,7 +728,7 @@ class VaultService:
                 cached = snapshots.load(db, keys, env, digest, dek_now)
                 if cached is not None:
                     return ValueColumns._make(cached)
-            rows = self._select_rows(db, env, names, versions)
+            rows = self._select_rows(db, env, names, versions, bool(tag_scope))
             # The data keys those rows name, from the same snapshot: a rotation
             # and prune committed meanwhile must not make them vanish.
             for dek_version in {r[8] for r in rows if r[8] is not None}:
@@ -759,6 +759,16 @@ class VaultService:
                             f"({_scope_text(tag_scope)})"
                         )
                     continue
+                if tag_scope and version is not None:
+                    # A scope holds for the version read, by its own tags: a
+                    # secret deleted and stored again, or re-tagged, does not
+                    # open its older versions to the new tags' holders.
+                    keys.check_version(env, name, (version, *row[12:18]))
+                    if _outside(tag_scope, _tags(row[14])):
+                        raise Forbidden(
+                            f"version {version} of secret {name} in {org}/{env} carries none "
+                            f"of this token's tags ({_scope_text(tag_scope)})"
+                        )
                 if want and not want.issubset(tags):
                     if name in names:
                         raise NotFound(
@@ -789,12 +799,26 @@ class VaultService:
         return out
 
     def _select_rows(
-        self, db: sqlite3.Connection, env: str, names: list[str], versions: dict[str, int]
+        self,
+        db: sqlite3.Connection,
+        env: str,
+        names: list[str],
+        versions: dict[str, int],
+        version_rows: bool = False,
     ) -> list[Any]:
-        """Head columns, then the chosen version's: version, dek version, wrapped DEK, blob."""
+        """Head columns, then the chosen version's: version, dek version, wrapped
+        DEK, blob, the newest version; with `version_rows`, then the version
+        row's other MAC'd columns (action, dek version, tags, created, actor)
+        and its MAC, for a scope that must hold for the version itself."""
+        extra = (
+            ", v.action, v.org_dek_version, v.tags, v.created_at, v.actor, v.mac"
+            if version_rows
+            else ""
+        )
         base = (
             f"SELECT {HEAD_COLUMNS}, v.version, v.org_dek_version, v.wrapped_dek, v.ciphertext, "  # noqa: S608
-            f"{NEWEST_VERSION} FROM secrets s LEFT JOIN secret_versions v ON v.secret_id = s.id "
+            f"{NEWEST_VERSION}{extra} FROM secrets s "
+            "LEFT JOIN secret_versions v ON v.secret_id = s.id "
         )
         if not names:
             return db.execute(
@@ -872,7 +896,8 @@ class VaultService:
         caller: Caller | None = None,
     ) -> list[dict[str, Any]]:
         """Every version's metadata (no values), each row authenticated; a removed
-        version shows as a gap and fails with IntegrityError."""
+        version shows as a gap and fails with IntegrityError. With a
+        `tag_scope`, only the versions whose own tags are in it are listed."""
         keys = self.org(org)
         check_secret_name(name)
         with keys.store.read() as db:
@@ -896,6 +921,8 @@ class VaultService:
         for row in rows:
             keys.check_version(env, name, row)
             version, action, _, tag_text, created_at, actor = row[:6]
+            if _outside(tag_scope, _tags(tag_text)):
+                continue  # a version of other tags (before a re-tag or a re-creation)
             out.append(
                 {
                     "version": version,
