@@ -21,9 +21,23 @@ dies of signal N). Signals:
   pty, which signals the command.
 
 When crate's stdout is a terminal, the command gets a pseudo-terminal for
-stdin, stdout (and stderr, when that is a terminal too), so that it still
-sees a TTY: colours, line editing and window size work. Otherwise its
-stdout and stderr are pipes, each with its own filter, and stdin is crate's.
+stdout (and stdin, when that is a terminal too), so that it still sees a
+TTY: colours, line editing and window size work. Otherwise its stdout is a
+pipe, and stdin is crate's.
+
+Where crate's stdout and stderr go to the same place (the same terminal,
+`2>&1` into one pipe or file: see same_destination), the command's stderr
+shares its stdout's pty or pipe, and so one filter: the bytes keep their
+order, and a value written half to stdout and half to stderr, which would
+show whole where the two are merged, is masked. Where they go to different
+places, stderr has a pipe and a filter of its own: a value split across two
+destinations is whole in neither.
+
+A filter holds back the end of the output that could begin a value for as
+long as nothing follows it, on a pipe and on a pty alike: a value written
+one byte at a time, however slowly, never shows a byte. The price, on a
+terminal: the echo of a typed key that could begin a secret shows only
+with the next key (or the next output).
 """
 
 from __future__ import annotations
@@ -36,7 +50,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from crate_cli.mask import MIN_LENGTH, Masker
+from crate_cli.mask import Masker
 from crate_cli.mount import write_all
 from crate_cli.runner import Launch, start_failure
 from crate_cli.threads import start_thread
@@ -65,29 +79,36 @@ def exit_status(wait_status: int) -> int:
     return os.waitstatus_to_exitcode(wait_status)
 
 
-# On a pseudo-terminal, how long a held-back end of 1-3 bytes waits for the
-# rest before it is shown: the echo of a typed key that starts some secret
-# would otherwise show only with the next key. On pipes (logs, CI) nothing
-# is released before the bytes that follow show what it is.
-SHORT_HOLD = 0.05
+def same_destination(first: int, second: int) -> bool:
+    """Whether descriptors `first` and `second` write to the same place, where
+    what is written to each shows merged: the same file, pipe, socket or
+    terminal (st_dev and st_ino; for character devices, the device number:
+    one terminal reached through two device nodes). A closed descriptor is
+    no destination."""
+    import stat
+
+    try:
+        a, b = os.fstat(first), os.fstat(second)
+    except OSError:
+        return False
+    if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+        return True
+    return stat.S_ISCHR(a.st_mode) and stat.S_ISCHR(b.st_mode) and a.st_rdev == b.st_rdev
 
 
-def _pump(source: int, target: int, masker: Masker, interactive: bool) -> None:
+def _pump(source: int, target: int, masker: Masker) -> None:
     """Copy `source` to `target` through `masker` until the end of `source`.
+
+    Whatever the masker holds back waits for the bytes that follow, for as
+    long as they take: a held end that could begin a value is never shown
+    because time passed (the module docstring says what that costs).
 
     If `target` cannot take more (EPIPE, or any write error), `source` is
     closed so that the command gets SIGPIPE on its next write, as it would
     writing there directly.
     """
-    import select
-
     try:
         while True:
-            if interactive and masker.pending and len(masker.pending) < MIN_LENGTH:
-                ready, _, _ = select.select([source], [], [], SHORT_HOLD)
-                if not ready:
-                    write_all(target, masker.release_short())
-                    continue
             try:
                 data = os.read(source, CHUNK)
             except OSError:  # EIO: the pty's last slave closed
@@ -179,6 +200,8 @@ class Supervisor:
         self.raw = False  # crate's terminal is raw: a line ends with \r\n
         self.watched = RELAYED
         self.ending = False
+        if mount is not None:
+            mount.notice = self.notice  # a line that ends right on a raw terminal too
 
     def notice(self, text: str) -> None:
         """One line from crate on stderr, between the command's output."""
@@ -186,14 +209,12 @@ class Supervisor:
 
     # -- starting the command -------------------------------------------------------
 
-    def _start_pump(self, source: int, target: int, interactive: bool = False) -> None:
+    def _start_pump(self, source: int, target: int) -> None:
         values = self.launch.mask_values or []
         # A pty writes a value's newlines as \r\n (ONLCR): mask that form too.
         masker = Masker([*values, *(v.replace("\n", "\r\n") for v in values if "\n" in v)])
         self.pumps.append(
-            start_thread(
-                _pump, source, target, masker, interactive, name="crate-pump", daemon=False
-            )
+            start_thread(_pump, source, target, masker, name="crate-pump", daemon=False)
         )
 
     def start(self) -> int:
@@ -204,24 +225,35 @@ class Supervisor:
         if self.use_pty:
             return self._start_on_pty()
         out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        actions: list[Any] = [(os.POSIX_SPAWN_DUP2, out_w, 1)]
+        err_r, err_w = self._stderr_pipe(actions)
         try:
-            pid = _spawn(
-                self.argv,
-                self.launch.env,
-                [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)],
-                setsid=False,
-            )
+            pid = _spawn(self.argv, self.launch.env, actions, setsid=False)
         except BaseException:
             for fd in (out_r, err_r):
-                os.close(fd)
+                if fd is not None:
+                    os.close(fd)
             raise
         finally:
             os.close(out_w)
-            os.close(err_w)
+            if err_w is not None:
+                os.close(err_w)
         self._start_pump(out_r, 1)
-        self._start_pump(err_r, 2)
+        if err_r is not None:
+            self._start_pump(err_r, 2)
         return pid
+
+    def _stderr_pipe(self, actions: list[Any]) -> tuple[int | None, int | None]:
+        """The command's stderr, added to `actions` (whose fd 1 is its stdout):
+        the same pipe or pty as stdout where crate's stdout and stderr go to
+        the same place, else a pipe of its own, whose (read, write) ends are
+        returned."""
+        if same_destination(1, 2):
+            actions.append((os.POSIX_SPAWN_DUP2, 1, 2))
+            return None, None
+        err_r, err_w = os.pipe()
+        actions.append((os.POSIX_SPAWN_DUP2, err_w, 2))
+        return err_r, err_w
 
     def _start_on_pty(self) -> int:
         import termios
@@ -241,12 +273,7 @@ class Supervisor:
         actions: list[Any] = [(os.POSIX_SPAWN_OPEN, 1, slave_path, os.O_RDWR, 0)]
         if stdin_on_pty:
             actions.append((os.POSIX_SPAWN_DUP2, 1, 0))
-        err_r = err_w = None
-        if os.isatty(2):
-            actions.append((os.POSIX_SPAWN_DUP2, 1, 2))
-        else:
-            err_r, err_w = os.pipe()
-            actions.append((os.POSIX_SPAWN_DUP2, err_w, 2))
+        err_r, err_w = self._stderr_pipe(actions)
         try:
             pid = _spawn(self.argv, self.launch.env, actions, setsid=True)
         except BaseException:
@@ -260,7 +287,7 @@ class Supervisor:
                 os.close(err_w)
         # Kept for resizes (and typed input); a restart's new pty replaces it.
         previous, self.pty_master = self.pty_master, master
-        self._start_pump(os.dup(master), 1, interactive=True)
+        self._start_pump(os.dup(master), 1)
         if err_r is not None:
             self._start_pump(err_r, 2)
         if stdin_on_pty:
