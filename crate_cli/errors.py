@@ -154,6 +154,14 @@ class CommandNotExecutable(CrateError):
     exit_code = ExitCode.CANNOT_EXECUTE
 
 
+class RateLimited(CrateError):
+    """Too many failed authentications from the caller's address (429)."""
+
+    exit_code = ExitCode.DENIED
+    api_code = "rate_limited"
+    http_status = 429
+
+
 def _all_subclasses(cls: type[CrateError]) -> list[type[CrateError]]:
     out: list[type[CrateError]] = []
     for sub in cls.__subclasses__():

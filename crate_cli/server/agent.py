@@ -9,6 +9,8 @@ they run the server role in-process, with the same result.
 
 The agent forgets the key (drops every cached key and exits) after
 `--idle-timeout` without a request, on `crate agent stop`, and on SIGTERM.
+It cannot be dumped (server/hardening.py: set before the key is unlocked)
+and drops the credential variables once it has the key.
 
 Only the standard library is imported at module level: `socket_path` runs
 on every local command.
@@ -147,6 +149,10 @@ def _start_locked(session: Session, idle_timeout: float, path: Path, lock: int) 
     if running is not None:
         return {**running, "already_running": True}
     path.unlink(missing_ok=True)  # a stale socket: nothing answered on it
+    from crate_cli.server import hardening
+
+    # Before any key is in memory (the agent inherits both across the fork).
+    hardening.make_undumpable()
     session.init()
     # Unlock here, where a passphrase or PIN prompt can still be answered.
     session.master.unlock(session.master.current().version)
@@ -162,6 +168,11 @@ def _start_locked(session: Session, idle_timeout: float, path: Path, lock: int) 
         try:
             os.setsid()
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            hardening.make_undumpable()
+            # Unlocked: the credentials leave the agent's environment, the
+            # Session's copy and the block /proc/PID/environ shows; nothing the
+            # agent starts gets them.
+            hardening.drop_credentials(session.environ, session.master.environ)
             _detach(log_path)
             _serve(session, path, idle_timeout, write_end)
         except BaseException as e:

@@ -6,6 +6,9 @@
   uvicorn itself only times out idle keep-alive connections.
 - On a unix socket, the peer's credentials (SO_PEERCRED) must show the
   server's own uid; any other caller is disconnected before a byte is read.
+- A cap on open connections per client address (`guard.ConnectionCounter`):
+  one over it is aborted as it is made, so that one address cannot hold
+  every connection the server accepts. Unix-socket peers are not counted.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from crate_cli.server.guard import ConnectionCounter, client_key
 from crate_cli.transport.http import peer_uid
 
 log = logging.getLogger("crate.server")
@@ -26,10 +30,12 @@ log = logging.getLogger("crate.server")
 class GuardedProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
     same_uid_only: bool = False
+    per_client: ConnectionCounter | None = None  # shared by every connection
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._client_key: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -39,6 +45,11 @@ class GuardedProtocol(HttpToolsProtocol):
             # a socket handed over by its creator may say 0: without it, Nagle
             # holds each response body back for the client's delayed ACK (40 ms).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.per_client is not None and self.client is not None:
+            self._client_key = client_key(self.client[0])
+            if self._client_key is not None and not self.per_client.opened(self._client_key):
+                transport.abort()  # connection_lost follows, and counts it down
+                return
         if self.same_uid_only and sock is not None and sock.family == socket.AF_UNIX:
             uid = peer_uid(sock)
             if uid != os.getuid():
@@ -85,12 +96,24 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        if self._client_key is not None and self.per_client is not None:
+            self.per_client.closed(self._client_key)
+            self._client_key = None
         super().connection_lost(exc)
 
 
-def protocol_class(header_timeout: float, same_uid_only: bool) -> type[GuardedProtocol]:
+def protocol_class(
+    header_timeout: float, same_uid_only: bool, max_connections_per_client: int | None = None
+) -> type[GuardedProtocol]:
+    per_client = (
+        ConnectionCounter(max_connections_per_client) if max_connections_per_client else None
+    )
     return type(
         "CrateHttpProtocol",
         (GuardedProtocol,),
-        {"header_timeout": header_timeout, "same_uid_only": same_uid_only},
+        {
+            "header_timeout": header_timeout,
+            "same_uid_only": same_uid_only,
+            "per_client": per_client,
+        },
     )

@@ -78,6 +78,7 @@ def run_uvicorn(
     header_timeout: float = 10.0,
     keep_alive: float = 5.0,
     same_uid_only: bool = False,
+    max_connections_per_client: int | None = None,
     access_log: bool = True,
     started: Callable[[], None] | None = None,
     server_hook: Callable[[Any], None] | None = None,
@@ -89,7 +90,7 @@ def run_uvicorn(
 
     config = uvicorn.Config(
         app,
-        http=protocol_class(header_timeout, same_uid_only),
+        http=protocol_class(header_timeout, same_uid_only, max_connections_per_client),
         ws="none",
         lifespan="on",
         interface="asgi3",

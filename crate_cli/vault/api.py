@@ -227,11 +227,78 @@ def _query_env(query: Mapping[str, str]) -> str:
     return env
 
 
+class Denials:
+    """Refusals of callers without a valid token (401, 429), counted in memory
+    per org and written as one `unauthenticated` entry per org and interval
+    (`ApiCore.write_denials`), instead of one locked write per refusal: a
+    stranger's guesses neither amplify into audit writes nor time them.
+
+    One object for every thread of a server (the counts are under a lock).
+    At most `max_orgs` orgs are counted per interval, plus every org in
+    `known` (the orgs that exist): names made up by a stranger cannot crowd
+    out a real org's count.
+    """
+
+    MAX_ADDRESSES = 16  # per org and interval; further ones are only counted
+
+    def __init__(self, max_orgs: int = 1024) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._tallies: dict[str, dict[str, Any]] = {}
+        self.max_orgs = max_orgs
+        self.known: frozenset[str] = frozenset()
+        self.dropped = 0  # refusals for orgs beyond max_orgs (they cannot exist)
+
+    def count(self, org: str, address: str, code: str) -> None:
+        from crate_cli.vault.masterkey import utc_now
+
+        now = utc_now()
+        with self._lock:
+            tally = self._tallies.get(org)
+            if tally is None:
+                if len(self._tallies) >= self.max_orgs and org not in self.known:
+                    self.dropped += 1
+                    return
+                tally = self._tallies[org] = {
+                    "count": 0,
+                    "addresses": {},
+                    "errors": {},
+                    "first": now,
+                    "last": now,
+                }
+            tally["count"] += 1
+            addresses: dict[str, int] = tally["addresses"]
+            if address in addresses or len(addresses) < self.MAX_ADDRESSES:
+                addresses[address] = addresses.get(address, 0) + 1
+            else:
+                tally["other_addresses"] = tally.get("other_addresses", 0) + 1
+            errors: dict[str, int] = tally["errors"]
+            errors[code] = errors.get(code, 0) + 1
+            tally["last"] = now
+
+    def drain(self) -> dict[str, dict[str, Any]]:
+        """The counts since the last drain, per org; counting starts afresh."""
+        with self._lock:
+            tallies, self._tallies = self._tallies, {}
+            return tallies
+
+
 class ApiCore:
-    def __init__(self, service: VaultService, orgs: frozenset[str] | None = None) -> None:
-        """`orgs` limits what is served (None: every org of the home)."""
+    def __init__(
+        self,
+        service: VaultService,
+        orgs: frozenset[str] | None = None,
+        denials: Denials | None = None,
+    ) -> None:
+        """`orgs` limits what is served (None: every org of the home).
+        `denials` counts the refusals of callers without a valid token (the
+        HTTP server's) for one summary entry per org; without it, each is
+        recorded on its own."""
         self.service = service
         self.orgs = orgs
+        self.denials = denials
+        self._decoy: OrgKeys | None = None
 
     def handle(self, request: Request) -> Response:
         """Route a request; every CrateError becomes its JSON error response."""
@@ -289,6 +356,9 @@ class ApiCore:
         a log that cannot be written does not hide the call's own error."""
         if isinstance(error, KeystoreError) or (self.orgs is not None and org not in self.orgs):
             return
+        if principal is None and self.denials is not None and isinstance(error, Unauthorized):
+            self.denials.count(org, "", error.api_code)  # summed up, not one write each
+            return
         if principal is None:
             known = request.principal
             principal = Principal("anonymous", known.client if known else "server")
@@ -308,6 +378,88 @@ class ApiCore:
             )
         except CrateError:
             pass
+
+    @staticmethod
+    def find_route(request: Request) -> tuple[Route, dict[str, str]] | None:
+        """The route a request calls and its path parameters (None: no route
+        has this path and method). Pure: it touches no vault."""
+        segments = request.path.split("/")
+        for r in _ROUTES:
+            if r.method == request.method:
+                params = _match(r.pattern, segments)
+                if params is not None:
+                    return r, params
+        return None
+
+    def authenticate(self, request: Request) -> Principal | None:
+        """Who sends `request` (the HTTP server asks before the request takes a
+        place among those in flight): the owner of its token for the org in its
+        path, or None when no route matches (its 404 or 405 needs no token).
+        Raises Unauthorized, the same way whether or not the org exists."""
+        found = self.find_route(request)
+        if found is None:
+            return None
+        return self._authenticate(request.token, found[1].get("org"))
+
+    def _decoy_keys(self) -> OrgKeys | None:
+        """A served org's keys, to look tokens up in for orgs that do not exist."""
+        if self._decoy is not None:
+            return self._decoy
+        from crate_cli.vault.orgs import list_orgs
+
+        candidates = sorted(self.orgs) if self.orgs is not None else list_orgs(self.service.home)
+        for org in candidates:
+            try:
+                self._decoy = self.service.org(org)
+            except CrateError:
+                continue
+            return self._decoy
+        return None
+
+    def warm_auth(self) -> None:
+        """Open every served org's vault now, so that a stranger's first request
+        to an org costs what later ones do (an open, cold vault is slower)."""
+        from crate_cli.vault.orgs import list_orgs
+
+        for org in sorted(self.orgs) if self.orgs is not None else list_orgs(self.service.home):
+            try:
+                self.service.org(org).row_key()
+            except CrateError:
+                continue
+        self._decoy_keys()
+
+    def write_denials(self, denials: Denials) -> int:
+        """Write what `denials` counted since last time: one `unauthenticated`
+        entry per org that exists and is served (made-up orgs have no log to
+        write to). Returns the number of entries written."""
+        from crate_cli.vault.orgs import list_orgs
+
+        written = 0
+        existing = set(list_orgs(self.service.home))
+        denials.known = frozenset(existing if self.orgs is None else existing & set(self.orgs))
+        for org, tally in sorted(denials.drain().items()):
+            if org not in denials.known:
+                continue
+            try:
+                audit.record(
+                    self.service.org(org),
+                    Caller("anonymous", "server", os.urandom(8).hex()),
+                    "unauthenticated",
+                    outcome="denied",
+                    details=tally,
+                )
+                written += 1
+            except CrateError as e:
+                # The server's log says what the org's log could not hold.
+                import logging
+
+                logging.getLogger("crate.server").error(
+                    "could not record %d unauthenticated requests in the audit log of %s (%s)",
+                    tally["count"],
+                    org,
+                    type(e).__name__,
+                )
+        return written
 
     def _served(self, org: str) -> None:
         if self.orgs is not None and org not in self.orgs:
@@ -362,18 +514,29 @@ class ApiCore:
                 except Unauthorized:
                     pass
             raise invalid
-        if self.orgs is not None and org not in self.orgs:
-            raise invalid  # not served: no token can be valid for it
+        # An org that does not exist or is not served answers as a bad token
+        # does, after the same work: the token is looked up in a served org's
+        # vault (a decoy) and the result thrown away, so that neither the
+        # answer nor its time tells a stranger which orgs exist.
+        keys: OrgKeys | None = None
+        if self.orgs is None or org in self.orgs:
+            try:
+                keys = self.service.org(org)
+            except NotFound:
+                keys = None
+        lookup = keys if keys is not None else self._decoy_keys()
         try:
-            keys = self.service.org(org)
-        except NotFound:
-            raise invalid from None  # an unknown org is not revealed to strangers
-        try:
-            info = tokens.authenticate(keys, token, utc_now())
+            if lookup is None:
+                raise invalid  # no org is served: there is nothing to tell apart
+            info = tokens.authenticate(lookup, token, utc_now())
         except TokenExpired:
+            if keys is None:
+                raise invalid from None
             raise
         except Unauthorized:
             raise invalid from None  # the same answer whether or not the org exists
+        if keys is None:
+            raise invalid  # a token of the decoy org: not valid here
         return Principal(
             actor=f"token:{info.name}",
             client="server",

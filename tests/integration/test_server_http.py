@@ -168,15 +168,18 @@ def request(
     raw: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 30.0,
+    source: str | None = None,
 ) -> Reply:
-    """One request on a fresh http.client connection."""
+    """One request on a fresh http.client connection (from the address `source`:
+    every 127.x.y.z reaches loopback, and the server counts each apart)."""
     host, port = address(url)
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
     sent = {"Content-Type": "application/json"} if data is not None else {}
     if token:
         sent["Authorization"] = f"Bearer {token}"
     sent.update(headers or {})
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    bind = (source, 0) if source else None
+    conn = http.client.HTTPConnection(host, port, timeout=timeout, source_address=bind)
     try:
         conn.request(method, path, body=data, headers=sent)
         response = conn.getresponse()
@@ -259,11 +262,27 @@ def in_threads(count: int, work: Callable[[int], Any], timeout: float = 60.0) ->
 
 
 class RecordingTransport(HttpTransport):
-    """HttpTransport that records the status of every exchange (retries included)."""
+    """HttpTransport that records the status of every exchange (retries included),
+    from the client address `source` if given (plain HTTP only)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, source: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.statuses: list[int] = []
+        self.source = source
+
+    def _open(self) -> Any:
+        if self.source is None:
+            return super()._open()
+        from crate_cli.transport.http import _TcpConnection
+
+        opened = _TcpConnection.__new__(_TcpConnection)
+        host, port = address(self.base_url)
+        opened.conn = http.client.HTTPConnection(
+            host, port, timeout=self.timeout, source_address=(self.source, 0)
+        )
+        opened.conn.connect()
+        opened.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return opened
 
     def _exchange(
         self, method: str, target: str, data: bytes | None, headers: dict[str, str]
@@ -349,14 +368,17 @@ API_CALLS: list[tuple[str, str, Any]] = [
 
 def test_every_api_route_needs_a_token(main: Served) -> None:
     before = listed(main)
-    for method, path, body in API_CALLS:
+    for i, (method, path, body) in enumerate(API_CALLS):
         for headers in (
             {},
             {"Authorization": "Bearer crate_" + "A" * 43},  # well formed, unknown
             {"Authorization": f"Basic {main.admin}"},  # not a bearer token
             {"Authorization": "Bearer "},
         ):
-            reply = request(main.url, method, path, body, headers=headers)
+            # Each route from an address of its own: an address gets 20 failures
+            # at once before 429 (tests/integration/test_server_abuse.py).
+            source = f"127.0.1.{10 + i}"
+            reply = request(main.url, method, path, body, headers=headers, source=source)
             assert (reply.status, reply.code) == (401, "unauthorized"), (method, path, reply)
     # Nothing was done: the staging environment and the secrets are all there.
     assert "staging" in main.client().environments()
@@ -779,62 +801,92 @@ def test_body_that_arrives_too_slowly_is_408(short_timeouts: Served) -> None:
 # -- 6. the in-flight cap -----------------------------------------------------
 
 
+@contextlib.contextmanager
+def write_locked(home: Path, org: str = ORG) -> Iterator[None]:
+    """Hold the write lock of an org's vault from this process (readers go on:
+    WAL): every request that writes there waits in its worker."""
+    import sqlite3
+
+    conn = sqlite3.connect(home / "orgs" / f"{org}.vault", isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
 def test_requests_past_the_in_flight_cap_get_503_overloaded(
     template: Template, tmp_path: Path, retrieval_key: EphemeralKey
 ) -> None:
     home = copy_home(template, tmp_path)
-    args = ("--max-in-flight", "1", "--workers", "1", "--body-timeout", "20")
+    assert (home / "orgs" / f"{ORG}.vault").is_file()
+    args = ("--max-in-flight", "1", "--workers", "1")
     with running(home, *args) as server:
         served = Served(server, template.admin, template.reader)
         values = {f"CAP_{i:02d}": f"cap-value-{i}-{secrets.token_hex(6)}" for i in range(40)}
         served.client().store("dev", list(values.items()))
         body = json.dumps(retrieval_body(retrieval_key, list(values))).encode()
 
-        def retrieve(_: int) -> Reply:
-            return request(served.url, "POST", RETRIEVE, token=template.reader, raw=body)
+        def retrieve(i: int) -> Reply:
+            # From 30 addresses: the cap under test is the server's, not an address's.
+            return request(
+                served.url, "POST", RETRIEVE, token=template.reader, raw=body,
+                source=f"127.0.2.{10 + i}",
+            )  # fmt: skip
+
+        def public_key() -> Reply:
+            return request(served.url, "GET", f"{SECRETS}/public-key", token=template.admin)
 
         transport = RecordingTransport(served.url, template.admin)
         patient = SecretsClient(transport, ORG)
         patient.public_key()
+        sealer = Sealer(served)
+        held_body = json.dumps(sealer.batch_body({"HELD": "held-value"})).encode()
 
-        # One request whose body is still on its way holds the only place.
+        # An authenticated store waits in the only worker for the vault's write
+        # lock, and holds the only place meanwhile.
+        head = request_head("PUT", SECRETS, template.admin, f"Content-Length: {len(held_body)}\r\n")
         held = connect(served.url)
         with contextlib.closing(held):
-            held.sendall(
-                request_head("POST", RETRIEVE, template.reader, f"Content-Length: {len(body)}\r\n")
-                + body[:20]
-            )
-            deadline = time.monotonic() + 10
-            while request(served.url, "GET", "/healthz").status != 503:
-                assert time.monotonic() < deadline, "the held request never took the place"
-                time.sleep(0.05)
-            replies = in_threads(30, retrieve)
-            for reply in replies:
-                assert isinstance(reply, Reply), reply
-                assert (reply.status, reply.code) == (503, "overloaded"), reply
-                assert reply.headers["retry-after"].isdigit(), reply
-                assert int(reply.headers["retry-after"]) >= 1
-            # The real client, told to retry after a second, keeps trying on its
-            # kept-alive connection (its sealed body unread by the 503).
-            stored: list[Any] = []
-            retrying = threading.Thread(
-                target=lambda: stored.append(patient.store("dev", [("RETRIED", "after 503")]))
-            )
-            retrying.start()
-            deadline = time.monotonic() + 10
-            while 503 not in transport.statuses:
-                assert time.monotonic() < deadline and retrying.is_alive(), transport.statuses
-                time.sleep(0.02)
-
-            # The held request is served in full once its body arrives.
-            held.sendall(body[20:])
-            assert open_bundle(retrieval_key, read_reply(held)) == values
-            retrying.join(10)
-            assert stored and stored[0][0]["name"] == "RETRIED", transport.statuses
-            assert transport.statuses[-1] == 200 and set(transport.statuses) == {200, 503}
-            (retried,) = patient.retrieve("dev", ["RETRIED"], ephemeral=retrieval_key)
-            assert retried.value == "after 503"
-            transport.close()
+            with write_locked(home):
+                held.sendall(head + held_body)
+                deadline = time.monotonic() + 10
+                while (probe := public_key()).status != 503:
+                    assert probe.status == 200, probe
+                    assert time.monotonic() < deadline, "the held request never took the place"
+                    time.sleep(0.05)
+                assert probe.json["error"]["message"].startswith("the server is at its limit")
+                replies = in_threads(30, retrieve)
+                for reply in replies:
+                    assert isinstance(reply, Reply), reply
+                    assert (reply.status, reply.code) == (503, "overloaded"), reply
+                    assert reply.headers["retry-after"].isdigit(), reply
+                    assert int(reply.headers["retry-after"]) >= 1
+                # The health check says so too, without taking a place.
+                assert request(served.url, "GET", "/healthz").status == 503
+                # The real client, told to retry after a second, keeps trying on its
+                # kept-alive connection (its sealed body unread by the 503).
+                stored: list[Any] = []
+                retrying = threading.Thread(
+                    target=lambda: stored.append(patient.store("dev", [("RETRIED", "after 503")]))
+                )
+                retrying.start()
+                deadline = time.monotonic() + 10
+                while 503 not in transport.statuses:
+                    assert time.monotonic() < deadline and retrying.is_alive(), transport.statuses
+                    time.sleep(0.02)
+                with pytest.raises(TimeoutError):
+                    read_reply(held, timeout=0.3)  # still waiting for the lock
+            # The lock is free: the held store is served in full.
+            reply = read_reply(held)
+            assert (reply.status, [s["name"] for s in reply.json["secrets"]]) == (200, ["HELD"])
+        retrying.join(10)
+        assert stored and stored[0][0]["name"] == "RETRIED", transport.statuses
+        assert transport.statuses[-1] == 200 and set(transport.statuses) == {200, 503}
+        (retried,) = patient.retrieve("dev", ["RETRIED"], ephemeral=retrieval_key)
+        assert retried.value == "after 503"
+        transport.close()
 
         # The place is free again; a burst gets answers or 503s, never a failure.
         assert request(served.url, "GET", "/healthz").status == 200
@@ -859,7 +911,10 @@ def test_twenty_concurrent_clients_lose_no_write(main: Served) -> None:
     env = "load"
     main.client().create_environment(env)
     clients, per_client = 20, 10
-    transports = [RecordingTransport(main.url, main.admin) for _ in range(clients)]
+    # Twenty teammates: twenty addresses (one address has 16 requests in flight at most).
+    transports = [
+        RecordingTransport(main.url, main.admin, source=f"127.0.3.{10 + i}") for i in range(clients)
+    ]
     written: dict[str, str] = {}
 
     def work(i: int) -> dict[str, str]:

@@ -105,7 +105,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     runner("org", "create", TAMPER_ORG, check=True)
     # One worker: with several, the server loses its SQLite locks and stops seeing
     # the CLI's changes (see test_revocation_survives_several_workers below).
-    server = CrateServer(home, "--workers", "1")
+    # Many refusals from 127.0.0.1 on purpose: more than an address's 20 at once.
+    server = CrateServer(home, "--workers", "1", "--auth-failure-burst", "1000")
     server.start()
     s = Served(home, server)
     try:
