@@ -424,18 +424,52 @@ def bad_jwks() -> list[Any]:
     good = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with_private = dict(jwe.public_jwk(good.public_key()))
     with_private["d"] = jwe.b64u_encode(good.private_numbers().d.to_bytes(256, "big"))
+    n = good.public_key().public_numbers().n
+    q = secrets.randbits(2047) | (1 << 2046) | 1  # 3 * q: 2048 or 2049 bits, odd
+
+    def raw(modulus: int | bytes, exponent: int | bytes = 65537) -> dict[str, str]:
+        def encode(v: int | bytes) -> str:
+            return jwe.b64u_encode(
+                v if isinstance(v, bytes) else v.to_bytes((v.bit_length() + 7) // 8, "big")
+            )
+
+        return {"kty": "RSA", "n": encode(modulus), "e": encode(exponent)}
+
     return [
         jwe.public_jwk(weak.public_key()),
         with_private,
         {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"},
         {"kty": "RSA", "n": 12345, "e": "AQAB"},
+        raw(n + 1),  # an even modulus
+        raw(3 * q),  # a small factor
+        raw(1009 * (q >> 8 | 1) * 257),  # small factors near the bound
+        raw(b"\x00" + n.to_bytes(256, "big")),  # a leading zero byte
+        raw(secrets.randbits(8200) | (1 << 8199) | 1),  # too large
+        raw(n, 65538),  # an even exponent
+        raw(n, 1),
+        raw(n, 2**33 + 1),
+        raw(n, b"\x00\x01\x00\x01"),  # an exponent with a leading zero
     ]
 
 
-BAD_JWK_IDS = ["rsa-1024", "private-members", "ec-key", "n-not-text"]
+BAD_JWK_IDS = [
+    "rsa-1024",
+    "private-members",
+    "ec-key",
+    "n-not-text",
+    "even-modulus",
+    "factor-3",
+    "factors-257-1009",
+    "leading-zero-n",
+    "rsa-8200",
+    "even-exponent",
+    "exponent-1",
+    "exponent-too-large",
+    "leading-zero-e",
+]
 
 
-@pytest.mark.parametrize("index", range(4), ids=BAD_JWK_IDS)
+@pytest.mark.parametrize("index", range(len(BAD_JWK_IDS)), ids=BAD_JWK_IDS)
 def test_unacceptable_client_key_gets_no_bundle(stored: Api, bad_jwks, index: int) -> None:
     body = {
         "environment": "dev",
@@ -449,8 +483,14 @@ def test_unacceptable_client_key_gets_no_bundle(stored: Api, bad_jwks, index: in
     assert PLAINTEXT not in json.dumps(response.body)
 
 
-@pytest.mark.parametrize("index", range(4), ids=BAD_JWK_IDS)
+@pytest.mark.parametrize("index", range(len(BAD_JWK_IDS)), ids=BAD_JWK_IDS)
 def test_unacceptable_client_key_is_a_client_error(stored: Api, bad_jwks, index: int) -> None:
+    """Refused (400) before anything is read: the audit log records a failed
+    retrieval, never one that served something."""
+    from crate_cli.vault import audit
+
+    keys = stored.core.service.org(ORG)
+    before, _ = audit.query(keys, audit.Filters(action="retrieve"), limit=1000)
     body = {
         "environment": "dev",
         "names": ["DB_URL"],
@@ -458,6 +498,9 @@ def test_unacceptable_client_key_is_a_client_error(stored: Api, bad_jwks, index:
         "nonce": "n" * 24,
     }
     assert_error(stored.call("POST", f"{SECRETS}/retrieve", body), 400, "bad_request")
+    after, _ = audit.query(keys, audit.Filters(action="retrieve"), limit=1000)
+    (new,) = after[len(before) :]
+    assert (new.outcome, new.names, new.details) == ("failed", ["DB_URL"], {"error": "bad_request"})
 
 
 def test_too_many_names(stored: Api, client_key) -> None:
