@@ -28,6 +28,7 @@ from crate_cli.errors import CrateError, InvalidInput, error_from_api
 
 TIMEOUT = 30.0
 RETRIES_WHEN_BUSY = 3
+MAX_MESSAGE = 1000  # characters of a server's error message or hint that are shown
 
 
 class ServerUnreachable(CrateError):
@@ -243,15 +244,22 @@ class HttpTransport:
                 "Crate API",
                 "check the server URL",
             )
+        # Text from a server reaches the user's terminal: no control characters
+        # (escape sequences) in messages, names, actors or anything else.
+        from crate_cli.display import safe_text, safe_value
+
         if status >= 400:
             error = payload.get("error")
             if not isinstance(error, dict):
                 raise CrateError(f"{self.describe()} answered HTTP {status}")
-            raised = error_from_api(str(error.get("code")), str(error.get("message")))
+            raised = error_from_api(
+                str(error.get("code")), safe_text(str(error.get("message")), MAX_MESSAGE)
+            )
             hint = error.get("hint")
-            raised.hint = hint if isinstance(hint, str) else None
+            raised.hint = safe_text(hint, MAX_MESSAGE) if isinstance(hint, str) else None
             raise raised
-        return payload
+        cleaned: dict[str, Any] = safe_value(payload)  # type: ignore[assignment]
+        return cleaned
 
     def _open(self) -> _TcpConnection | _UnixConnection:
         if self.unix_socket:
