@@ -31,12 +31,26 @@ DEFAULTS: dict[str, Any] = {
     "run.mask": False,
     # Rotate an org's data key on the first write after this long ("90d"); "" is never.
     "keys.rotate_org_every": "",
+    # PKCS#11 modules a slot record may name (crate adds each one it seals with).
+    "keys.pkcs11_modules": [],
 }
 # Bounds of the numeric settings, inclusive.
 RANGES: dict[str, tuple[int, int]] = {
     "secrets.max_value_bytes": (1, 16 * 1024 * 1024),
     "crypto.ephemeral_rsa_bits": (2048, 8192),
 }
+
+
+# crate's own credentials: they never reach what crate starts (`crate run`'s
+# command), and the agent and `crate server` drop them once unlocked.
+CREDENTIAL_VARIABLES = (
+    "CRATE_PASSPHRASE",
+    "CRATE_PASSPHRASE_FD",
+    "CRATE_MASTER_KEY",
+    "CRATE_PKCS11_PIN",
+    "CRATE_TPM2_PIN",
+    "CRATE_TOKEN",
+)
 
 
 class CrateHome(NamedTuple):

@@ -94,6 +94,14 @@ def assess(rows: list[dict[str, Any]], keys_dir: str) -> tuple[str, list[str]]:
                 f"a key file in {keys_dir} also unlocks it, so it is only as safe as that "
                 "folder; remove the file slot (crate keys slots remove ID)"
             )
+    for r in current:
+        if r["type"] == "tpm2" and not r.get("pin") and not r.get("pcrs"):
+            warnings.append(
+                f"tpm2 slot {r['id']} has no PIN or PCR policy: it protects the key from a "
+                "stolen disk or a copied home folder (the TPM stays behind), not from a stolen "
+                "laptop (the TPM goes with it and unseals for whoever holds it); add a PIN: "
+                f"crate keys slots add tpm2 --pin, then crate keys slots remove {r['id']}"
+            )
     if at_rest not in ([], ["file"]) and all(_PROTECTION.get(t, ("", False))[1] for t in at_rest):
         warnings.append(
             "no recovery slot: if this machine's TPM, keyring or key file is lost, so are the "

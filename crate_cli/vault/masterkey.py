@@ -337,6 +337,11 @@ class MasterKeys:
                         "last_used": self.last_used(s.id),
                         "protection": protection,
                         "details": details,
+                        # Whether unlocking needs something of the user's
+                        # (a PIN) or of the machine's state (PCRs), beyond
+                        # the device itself.
+                        "pin": bool(s.params.get("pin")),
+                        "pcrs": list(s.params.get("pcrs") or []),
                     }
                 )
         if self.environ.get(ENV_SLOT_VARIABLE):

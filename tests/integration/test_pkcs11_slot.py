@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner, assert_clean_error
+from conftest import CrateRunner, assert_clean_error, require_tool
 from softhsm_token import Token
 from vault_state import vault_rows
 
@@ -72,14 +73,80 @@ def test_a_new_token_under_the_same_label_does_not_unlock(
     assert "no longer holds the key" in result.stderr
 
 
-def test_a_missing_module(sealed: CrateRunner, token: Token) -> None:
-    registry = sealed.home / "keys" / "master.json"
+def plant_module(home: Path, module: str) -> None:
+    """Point the slot record at another module, as someone who can write the
+    key registry (but not the settings or the user's environment) could."""
+    registry = home / "keys" / "master.json"
     doc = json.loads(registry.read_text())
-    doc["versions"][0]["slots"][0]["params"]["module"] = "/nonexistent/libpkcs11.so"
+    doc["versions"][0]["slots"][0]["params"]["module"] = module
     registry.write_text(json.dumps(doc))
-    result = sealed("secrets", "get", "API_KEY", env=token.env())
+
+
+def test_a_missing_module(sealed: CrateRunner, token: Token) -> None:
+    plant_module(sealed.home, "/nonexistent/libpkcs11.so")
+    env = {**token.env(), "CRATE_PKCS11_MODULE": "/nonexistent/libpkcs11.so"}
+    result = sealed("secrets", "get", "API_KEY", env=env)
     assert_clean_error(result, ExitCode.KEYSTORE)
     assert "does not exist" in result.stderr
+
+
+@pytest.fixture
+def evil_module(tmp_path: Path) -> tuple[Path, Path]:
+    """A shared library whose constructor writes a marker file when loaded:
+    what a planted 'PKCS#11 module' would run inside crate."""
+    gcc = require_tool("gcc")
+    marker = tmp_path / "module-code-ran"
+    source = tmp_path / "evil.c"
+    source.write_text(
+        "#include <stdio.h>\n"
+        "__attribute__((constructor)) static void run(void) {\n"
+        f'  FILE *f = fopen("{marker}", "w"); if (f) {{ fputs("ran", f); fclose(f); }}\n'
+        "}\n"
+    )
+    library = tmp_path / "libevil-pkcs11.so"
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    return library, marker
+
+
+def test_a_module_named_only_by_the_record_is_never_loaded(
+    sealed: CrateRunner, token: Token, evil_module: tuple[Path, Path]
+) -> None:
+    library, marker = evil_module
+    # A recovery slot unlocks, so that a master rotation reaches the point where
+    # it seals a new slot like the (planted) pkcs11 one.
+    both = {**token.env(), "CRATE_PASSPHRASE": "correct horse battery"}
+    sealed("keys", "slots", "add", "passphrase", env=both, check=True)
+    plant_module(sealed.home, str(library))
+    for args in (("secrets", "get", "API_KEY"), ("keys", "status"), ("keys", "rotate", "master")):
+        result = sealed(*args, env=both)
+        assert not marker.exists(), args
+    rotated = sealed("keys", "rotate", "master", env=both)
+    assert_clean_error(rotated, ExitCode.KEYSTORE)
+    assert "which crate loads only when you name it too" in rotated.stderr
+    result = sealed("secrets", "get", "API_KEY", env=token.env())
+    assert_clean_error(result, ExitCode.KEYSTORE)
+    assert f"names the module {library}, which crate loads only when you name it too" in (
+        result.stderr
+    )
+    assert "passphrase" in result.stderr  # and the other slot's reason
+    # The same path named by the user is loaded: the check is what kept it out.
+    named = sealed(
+        "secrets", "get", "API_KEY", env={**token.env(), "CRATE_PKCS11_MODULE": str(library)}
+    )
+    assert named.returncode != 0
+    assert marker.exists()
+
+
+def test_a_slot_made_with_the_option_unlocks_without_naming_it_again(
+    sealed: CrateRunner, token: Token
+) -> None:
+    """crate added the module to the setting when it sealed the slot."""
+    settings = (sealed.home / "settings.toml").read_text()
+    assert f'pkcs11_modules = [\n    "{token.module}",\n]' in settings or (
+        f'pkcs11_modules = ["{token.module}"]' in settings
+    )
+    got = sealed("secrets", "get", "API_KEY", env=token.env())
+    assert (got.returncode, got.stdout) == (0, "hsm-guarded")
 
 
 def test_recovery_through_a_passphrase_slot(sealed: CrateRunner, token: Token) -> None:

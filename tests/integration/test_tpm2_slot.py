@@ -437,6 +437,25 @@ def test_a_recorded_tcti_cannot_run_a_command(sealed: CrateRunner, tmp_path: Pat
     assert not ran.exists(), "the TCTI from the slot record ran a command"
 
 
+def test_a_master_rotation_does_not_trust_a_recorded_tcti_either(
+    sealed: CrateRunner, swtpm: Swtpm, tmp_path: Path
+) -> None:
+    """Rotating seals a new slot like each old one: the old slot's TCTI is a
+    record's, never taken as if the user had given it."""
+    both = swtpm.env() | {"CRATE_PASSPHRASE": PASSPHRASE}
+    sealed("keys", "slots", "add", "passphrase", env=both, check=True)
+    ran = tmp_path / "ran"
+    path = sealed.home / "keys" / "master.json"
+    doc = json.loads(path.read_text())
+    doc["versions"][0]["slots"][0]["params"]["tcti"] = f"cmd:touch {ran}"
+    path.write_text(json.dumps(doc))
+    unset = {"CRATE_TPM2_TCTI": "", "TPM2TOOLS_TCTI": "", "CRATE_PASSPHRASE": PASSPHRASE}
+    result = sealed("keys", "rotate", "master", env=unset)
+    assert_clean_error(result, ExitCode.KEYSTORE)
+    assert "names the TCTI" in result.stderr
+    assert not ran.exists(), "the TCTI from the slot record ran a command"
+
+
 # -- recovery and the unlock order -----------------------------------------------------
 
 
@@ -615,3 +634,21 @@ def test_concurrent_unseals_wait_for_each_other(sealed: CrateRunner, swtpm: Swtp
         p.stderr.close()  # type: ignore[union-attr]
     assert [(code, out) for code, out, _ in outcomes] == [(0, VALUE.encode())] * 6, outcomes
     assert_no_handles(swtpm)
+
+
+def test_keys_status_says_what_a_slot_without_pin_protects(
+    sealed: CrateRunner, swtpm: Swtpm
+) -> None:
+    """What `auto` makes (no PIN, no PCRs) protects a stolen disk, not a stolen
+    laptop: `crate keys status` says so, and how to add a PIN."""
+    plain = sealed("keys", "status", env=swtpm.env())
+    assert plain.returncode == 0, plain
+    assert "has no PIN or PCR policy" in plain.stderr
+    assert "not from a stolen laptop" in plain.stderr
+    assert "crate keys slots add tpm2 --pin" in plain.stderr
+
+
+def test_keys_status_is_quiet_about_a_pin_slot(pin_sealed: CrateRunner, swtpm: Swtpm) -> None:
+    guarded = pin_sealed("keys", "status", env=swtpm.env())
+    assert guarded.returncode == 0, guarded
+    assert "has no PIN or PCR policy" not in guarded.stderr

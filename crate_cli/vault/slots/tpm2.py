@@ -311,7 +311,8 @@ class Tpm2Slot(SlotProvider):
     ) -> dict[str, Any]:
         pcrs = parse_pcrs(ctx.options.get("tpm2_pcrs"))
         pin = self._pin(ctx, confirm=True) if ctx.options.get("tpm2_pin") else b""
-        tcti = resolve_tcti(ctx)
+        # Sealing like an old slot (a master rotation): its TCTI is a record's.
+        tcti = resolve_tcti(ctx, ctx.options.get("tpm2_tcti_recorded"))
         return _retrying(lambda: self._seal_once(tcti, master_key, pcrs, pin))
 
     def _seal_once(
@@ -453,7 +454,7 @@ class Tpm2Slot(SlotProvider):
     def reseal_options(self, params: dict[str, Any]) -> dict[str, Any]:
         pcrs = params.get("pcrs") or []
         return {
-            "tpm2_tcti": params.get("tcti"),
+            "tpm2_tcti_recorded": params.get("tcti"),
             "tpm2_pin": bool(params.get("pin")),
             "tpm2_pcrs": ",".join(map(str, pcrs)) if pcrs else None,
         }
