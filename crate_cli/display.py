@@ -32,13 +32,19 @@ def safe_text(text: str, limit: int | None = None) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
-def safe_value(value: object, limit: int | None = None) -> object:
+def safe_value(
+    value: object, limit: int | None = None, data: frozenset[str] = frozenset()
+) -> object:
     """`safe_text` for strings, applied through lists and dicts (a JSON answer);
-    anything else as it is."""
+    anything else as it is. Members named in `data` are kept as they are: they
+    are parsed, never shown (a PEM key's newlines)."""
     if isinstance(value, str):
         return safe_text(value, limit)
     if isinstance(value, list):
-        return [safe_value(v, limit) for v in value]
+        return [safe_value(v, limit, data) for v in value]
     if isinstance(value, dict):
-        return {safe_text(str(k), limit): safe_value(v, limit) for k, v in value.items()}
+        return {
+            safe_text(str(k), limit): v if k in data else safe_value(v, limit, data)
+            for k, v in value.items()
+        }
     return value

@@ -29,6 +29,9 @@ from crate_cli.errors import CrateError, InvalidInput, error_from_api
 TIMEOUT = 30.0
 RETRIES_WHEN_BUSY = 3
 MAX_MESSAGE = 1000  # characters of a server's error message or hint that are shown
+# Members of an answer that crate parses and never shows: kept as they came
+# (the public key's PEM has newlines; the bundle is a JWE the client checks).
+PARSED_MEMBERS = frozenset({"public_key_pem", "bundle"})
 
 
 class ServerUnreachable(CrateError):
@@ -258,7 +261,7 @@ class HttpTransport:
             hint = error.get("hint")
             raised.hint = safe_text(hint, MAX_MESSAGE) if isinstance(hint, str) else None
             raise raised
-        cleaned: dict[str, Any] = safe_value(payload)  # type: ignore[assignment]
+        cleaned: dict[str, Any] = safe_value(payload, data=PARSED_MEMBERS)  # type: ignore[assignment]
         return cleaned
 
     def _open(self) -> _TcpConnection | _UnixConnection:
