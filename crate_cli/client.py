@@ -248,6 +248,19 @@ class SecretsClient:
         reply = self.transport.request("DELETE", self._path("environments", check_env(name)))
         return int(reply["secrets_deleted"])
 
+    # -- steering names an admin allowed -------------------------------------
+
+    def allowed_names(self) -> list[dict[str, Any]]:
+        """The steering names (PATH, LD_PRELOAD ...) allowed in the org."""
+        return list(self.transport.request("GET", self._path("allowed-names"))["names"])
+
+    def allow_name(self, name: str, allow: bool = True) -> bool:
+        """Allow (or stop allowing) a steering name; returns whether that changed it."""
+        reply = self.transport.request(
+            "PUT" if allow else "DELETE", self._path("allowed-names", check_secret_name(name))
+        )
+        return bool(reply["changed"])
+
     # -- the audit module -----------------------------------------------------
 
     def audit_entries(self, query: dict[str, str]) -> tuple[list[dict[str, Any]], bool]:

@@ -19,19 +19,12 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from crate_cli.errors import CrateError
+from crate_cli.errors import CrateError, Forbidden
+from crate_cli.vault.references import MAX_DEPTH, TOKEN, Key, has_references, references
+from crate_cli.vault.references import show as _show
 
 if TYPE_CHECKING:
     from crate_cli.client import SecretsClient
-
-# `$${` (an escaped `${`) or a reference; the names follow vault/names.py.
-_TOKEN = re.compile(
-    r"\$\$\{|\$\{(?:(?P<env>[a-z0-9][a-z0-9_-]{0,62})\.)?(?P<name>[A-Za-z_][A-Za-z0-9_]{0,255})\}"
-)
-
-Key = tuple[str, str]  # (environment, secret name)
-# How deep references may nest (a chain of values each naming the next).
-MAX_DEPTH = 64
 # Fetches the named secrets of an environment; returns the ones that exist.
 # Raises NotFound when the environment itself does not exist.
 Fetch = Callable[[str, list[str]], Mapping[str, str]]
@@ -39,24 +32,6 @@ Fetch = Callable[[str, list[str]], Mapping[str, str]]
 
 class UnresolvedReference(CrateError):
     """A reference that cannot be resolved: missing, or part of a cycle (exit 1)."""
-
-
-def has_references(value: str) -> bool:
-    return "${" in value
-
-
-def references(value: str, env: str) -> list[Key]:
-    """The (env, name) pairs that `value` refers to, in order."""
-    return [
-        (m.group("env") or env, m.group("name"))
-        for m in _TOKEN.finditer(value)
-        if m.group(0) != "$${"
-    ]
-
-
-def _show(key: Key, home_env: str) -> str:
-    env, name = key
-    return name if env == home_env else f"{env}.{name}"
 
 
 def resolve(env: str, values: Mapping[str, str], fetch: Fetch) -> dict[str, str]:
@@ -82,6 +57,11 @@ def resolve(env: str, values: Mapping[str, str], fetch: Fetch) -> dict[str, str]
                 found = {}
                 for name in names:
                     missing[(ref_env, name)] = f"environment {ref_env!r} does not exist"
+            except Forbidden:
+                # Resolved with the reader's own access, never more.
+                found = {}
+                for name in names:
+                    missing[(ref_env, name)] = f"you may not read environment {ref_env!r}"
             for name in names:
                 if name in found:
                     known[(ref_env, name)] = found[name]
@@ -119,11 +99,11 @@ def resolve(env: str, values: Mapping[str, str], fetch: Fetch) -> dict[str, str]
             return text
 
         def replace(m: re.Match[str]) -> str:
-            if m.group(0) == "$${":
-                return "${"
+            if m.group("name") is None:  # `$${` is a literal `${`; another `${` stays
+                return "${" if m.group(0) == "$${" else m.group(0)
             return expand((m.group("env") or key[0], m.group("name")), [*chain, key])
 
-        resolved[key] = _TOKEN.sub(replace, text)
+        resolved[key] = TOKEN.sub(replace, text)
         return resolved[key]
 
     return {name: expand((env, name), []) for name in values}

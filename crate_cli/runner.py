@@ -14,21 +14,13 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from crate_cli.config import CREDENTIAL_VARIABLES
 from crate_cli.errors import CommandNotExecutable, CommandNotFound, CrateError, InvalidInput
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from crate_cli.client import FallbackPolicy, SecretsClient
-
-# crate's own credentials never reach the child.
-CREDENTIAL_VARIABLES = (
-    "CRATE_PASSPHRASE",
-    "CRATE_PKCS11_PIN",
-    "CRATE_TPM2_PIN",
-    "CRATE_TOKEN",
-    "CRATE_MASTER_KEY",
-)
 
 
 class RunArgs(NamedTuple):
@@ -403,6 +395,7 @@ def run_with_secrets(run: RunArgs) -> None:
             session.close()  # exec skips interpreter shutdown: close the vault now
 
     first = launch()
+    keep_passphrase_fd()
     if not (mask or run.mount or run.watch):
         exec_command(run.command, first.env)
     import gc
@@ -449,6 +442,8 @@ def prepare(run: RunArgs, client: "SecretsClient", env: str, mask: bool) -> Laun
         from crate_cli.transformers import transform
 
         pairs = transform(pairs, run.name_transformer)
+    if not run.no_env:
+        refuse_steering(client, env, list(zip(found.names, (n for n, _ in pairs), strict=True)))
     child_env = child_environment(
         os.environ, [] if run.no_env else pairs, run.preserve_env, run.inherit_env
     )
@@ -463,6 +458,61 @@ def prepare(run: RunArgs, client: "SecretsClient", env: str, mask: bool) -> Laun
     return Launch(
         child_env, [*values, *(v for _, v in pairs)] if mask else None, content, dict(pairs)
     )
+
+
+def refuse_steering(client: "SecretsClient", env: str, names: list[tuple[str, str]]) -> None:
+    """Refuse to start the command with a secret whose variable steers how it
+    loads code or which programs it runs (PATH, LD_PRELOAD ...: vault/names.py),
+    unless an admin allowed that name for the org. `names` pairs each secret's
+    name with the variable it becomes (after --name-transformer)."""
+    from crate_cli.vault.names import steering_names, steering_reason
+
+    found = steering_names([variable for _, variable in names])
+    if not found:
+        return
+    allowed = {str(row.get("name", "")).upper() for row in client.allowed_names()}
+    for secret, variable in names:
+        if variable in found and variable.upper() not in allowed:
+            from crate_cli.errors import Forbidden
+
+            shown = secret if secret == variable else f"{secret} (as {variable})"
+            raise Forbidden(
+                f"secret {shown} of {client.org}/{env} is not passed to the command: "
+                f"{steering_reason(variable)}, so its writer would choose what runs here",
+                f"an admin can allow it: crate org allow-name {variable}; or rename the secret",
+            )
+
+
+def keep_passphrase_fd() -> None:
+    """The descriptor CRATE_PASSPHRASE_FD names (above stderr) is crate's: the
+    command does not inherit it, whether or not crate read it (an agent may
+    have unlocked instead)."""
+    text = os.environ.get("CRATE_PASSPHRASE_FD", "")
+    if text.isascii() and text.isdigit() and 2 < int(text) < 1 << 20:
+        import contextlib
+
+        with contextlib.suppress(OSError):  # not open: nothing to keep
+            os.set_inheritable(int(text), False)
+
+
+def resolve_command(name: str, environ: Mapping[str, str]) -> str:
+    """The program `name` names, found as a shell would, in the PATH of
+    `environ` (crate's caller's, never a PATH from the vault): a name with a
+    slash as it is, else the first executable file of that name on the PATH.
+    Raises FileNotFoundError, or PermissionError when only files that cannot
+    be executed have that name."""
+    if "/" in name:
+        return name
+    denied = False
+    for folder in os.get_exec_path(dict(environ)):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            if os.access(path, os.X_OK):
+                return path
+            denied = True
+    if denied:
+        raise PermissionError(name)
+    raise FileNotFoundError(name)
 
 
 def vault_watcher(path: "Path") -> Callable[[], bool]:
@@ -507,7 +557,9 @@ def exec_command(argv: list[str], env: dict[str, str]) -> None:
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
     try:
-        os.execvpe(argv[0], argv, env)
+        # The caller's PATH finds the program; the command's own environment
+        # (which may hold a PATH from the vault, if an admin allowed one) does not.
+        os.execve(resolve_command(argv[0], os.environ), argv, env)
     except OSError as e:
         raise start_failure(argv[0], e) from None
 

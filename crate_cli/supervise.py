@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crate_cli.mask import Masker
 from crate_cli.mount import write_all
-from crate_cli.runner import Launch, start_failure
+from crate_cli.runner import Launch, resolve_command, start_failure
 from crate_cli.threads import start_thread
 
 if TYPE_CHECKING:
@@ -126,8 +126,9 @@ def _pump(source: int, target: int, masker: Masker) -> None:
 
 def _spawn(argv: list[str], env: dict[str, str], file_actions: list[Any], setsid: bool) -> int:
     try:
-        return os.posix_spawnp(
-            argv[0],
+        # The caller's PATH finds the program, not a PATH in the command's environment.
+        return os.posix_spawn(
+            resolve_command(argv[0], os.environ),
             argv,
             env,
             file_actions=file_actions,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from crate_cli.commands.options import json_option, print_json
+from crate_cli.commands.options import json_option, org_option, print_json
 from crate_cli.config import Settings
 from crate_cli.context import Session, stdin_is_terminal
 from crate_cli.errors import CrateError, InvalidInput
@@ -59,6 +59,57 @@ def delete(name: str, yes: bool) -> None:
     if session.settings.get("session.org") == name:
         Settings.update(session.home, "session.org", "")
     click.echo(f"deleted organization {name!r}", err=True)
+
+
+@org.command("allow-name")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@org_option
+def allow_name(names: tuple[str, ...], org: str | None) -> None:
+    """Allow secrets named NAME (PATH, LD_PRELOAD, PYTHONPATH ...) in an organization.
+
+    Such names steer how the processes that `crate run` starts load code,
+    which shell runs or where programs read their settings, so crate refuses
+    them unless an admin allows each one. Recorded in the audit log.
+    """
+    _set_allowed(names, org, True)
+
+
+@org.command("disallow-name")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@org_option
+def disallow_name(names: tuple[str, ...], org: str | None) -> None:
+    """Stop allowing secrets named NAME: crate run refuses them again."""
+    _set_allowed(names, org, False)
+
+
+def _set_allowed(names: tuple[str, ...], org: str | None, allow: bool) -> None:
+    session = Session.for_terminal()
+    chosen = session.org(org)
+    client = session.client(chosen)
+    for name in names:
+        changed = client.allow_name(name, allow)
+        state = "allowed" if allow else "no longer allowed"
+        note = "" if changed else " (already so)"
+        click.echo(f"{name} is {state} in organization {chosen!r}{note}", err=True)
+
+
+@org.command("allowed-names")
+@org_option
+@json_option
+def allowed_names(org: str | None, as_json: bool) -> None:
+    """List the steering names an admin allowed, with who and when."""
+    session = Session.for_terminal()
+    chosen = session.org(org)
+    rows = session.client(chosen).allowed_names()
+    if as_json:
+        print_json(rows)
+        return
+    from crate_cli.display import safe_text
+
+    for row in rows:
+        click.echo(safe_text(f"{row['name']}  allowed {row['allowed_at']} by {row['actor']}"))
+    if not rows:
+        click.echo(f"no steering names are allowed in organization {chosen!r}", err=True)
 
 
 def confirm_destruction(question: str, yes: bool) -> None:

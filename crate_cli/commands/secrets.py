@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -119,11 +120,21 @@ def set_(
         args, keep_newline, int(session.settings.get("secrets.max_value_bytes"))
     )
     results = client.store(env_name, values, split_tags(tags) if tags else None)
+    warn_about(results)
     if as_json:
         print_json(results)
         return
     for r in results:
         click.echo(f"set {r['name']} in {client.org}/{env_name} (version {r['version']})", err=True)
+
+
+def warn_about(results: list[dict[str, Any]]) -> None:
+    """The server's warnings about what it stored (a `${` that is no reference)."""
+    from crate_cli.display import safe_text
+
+    for r in results:
+        for warning in r.get("warnings") or []:
+            click.echo(f"crate: warning: {safe_text(str(warning), 300)}", err=True)
 
 
 @secrets.command("get")
@@ -348,6 +359,7 @@ def import_(
     if not merged:
         raise InvalidInput(f"{file} holds no NAME=VALUE lines; nothing was imported")
     results = client.store(env_name, list(merged.items()), split_tags(tags) if tags else None)
+    warn_about(results)
     created = sum(1 for r in results if r["version"] == 1)
     summary = {"imported": len(results), "new": created, "updated": len(results) - created}
     if as_json:

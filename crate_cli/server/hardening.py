@@ -26,16 +26,9 @@ import os
 import sys
 from collections.abc import MutableMapping
 
+from crate_cli.config import CREDENTIAL_VARIABLES
 from crate_cli.errors import CrateError
 
-CREDENTIAL_VARIABLES = (
-    "CRATE_PASSPHRASE",
-    "CRATE_PASSPHRASE_FD",
-    "CRATE_MASTER_KEY",
-    "CRATE_PKCS11_PIN",
-    "CRATE_TPM2_PIN",
-    "CRATE_TOKEN",
-)
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 
 

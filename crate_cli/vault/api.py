@@ -20,6 +20,9 @@ Routes (DESIGN §4; the ones marked * are crate's extensions):
     GET    /organization/{org}/audit?since=&actor=&action=&env=&name=&limit=&before=&after=
   * GET    /organization/{org}/audit/verify
   * PUT    /organization/{org}/audit/module               {"enabled"}
+  * GET    /organization/{org}/allowed-names              steering names allowed (PATH ...)
+  * PUT    /organization/{org}/allowed-names/{name}
+  * DELETE /organization/{org}/allowed-names/{name}
   * GET    /whoami                                      who the caller is
 
 Each route needs a permission (`read`, `write` or `admin`); a principal has a
@@ -598,6 +601,7 @@ class ApiCore:
                 (items, _field(body, "encrypted_values", str)),
                 call.caller,
                 tag_scope=scope,
+                env_scope=call.principal.envs,
             )
             return Response(200, {"secrets": [r.to_wire() for r in records]})
         tags = body.get("tags")
@@ -612,6 +616,7 @@ class ApiCore:
             None,
             call.caller,
             tag_scope=scope,
+            env_scope=call.principal.envs,
         )
         return Response(200, record.to_wire())
 
@@ -692,6 +697,7 @@ class ApiCore:
             to,
             call.caller,
             call.principal.tags,
+            call.principal.envs,
         )
         return Response(200, r.to_wire())
 
@@ -718,17 +724,43 @@ class ApiCore:
         removed = self.service.delete_env(call.params["org"], env, call.caller)
         return Response(200, {"name": env, "secrets_deleted": removed})
 
+    # -- steering names an admin allowed (vault/names.py) ---------------------
+
+    def _org_wide(self, call: Call, what: str) -> str:
+        """The org of a call that spans the whole org: refused to a token
+        limited to environments or tags."""
+        p = call.principal
+        if p.envs or p.tags:
+            raise Forbidden(
+                f"token {p.token!r} is limited to environments or tags and cannot {what}"
+            )
+        return call.params["org"]
+
+    @route("GET", "/organization/{org}/allowed-names", "read", "allowed-names")
+    def _allowed_names(self, call: Call) -> Response:
+        return Response(200, {"names": self.service.allowed_names(call.params["org"])})
+
+    @route("PUT", "/organization/{org}/allowed-names/{name}", "admin", "name-allow")
+    def _allow_name(self, call: Call) -> Response:
+        name = call.params["name"]
+        call.noted["names"] = [name]
+        org = self._org_wide(call, "allow names for the whole organization")
+        changed = self.service.allow_name(org, name, call.caller)
+        return Response(200, {"name": name, "allowed": True, "changed": changed})
+
+    @route("DELETE", "/organization/{org}/allowed-names/{name}", "admin", "name-disallow")
+    def _disallow_name(self, call: Call) -> Response:
+        name = call.params["name"]
+        call.noted["names"] = [name]
+        org = self._org_wide(call, "change the names allowed in the whole organization")
+        changed = self.service.allow_name(org, name, call.caller, allow=False)
+        return Response(200, {"name": name, "allowed": False, "changed": changed})
+
     # -- the audit module -----------------------------------------------------
 
     def _audit_keys(self, call: Call) -> OrgKeys:
         """The org's keys, for a principal that may see its whole audit log."""
-        p = call.principal
-        if p.envs or p.tags:
-            raise Forbidden(
-                f"token {p.token!r} is limited to environments or tags and cannot see the "
-                "organization's audit log"
-            )
-        return self.service.org(call.params["org"])
+        return self.service.org(self._org_wide(call, "see the organization's audit log"))
 
     @route("GET", "/organization/{org}/audit", "admin", "audit-log")
     def _audit_log(self, call: Call) -> Response:

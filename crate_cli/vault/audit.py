@@ -22,6 +22,7 @@ unlock are chained; anything else there was written by someone else, and
 stops that writer and `verify()` with AuditChainBroken.
 """
 
+import hmac
 import json
 import re
 import sqlite3
@@ -498,6 +499,7 @@ def verify(keys: "OrgKeys") -> Verified:
     that every secret is at the version the log last recorded for it."""
     org = keys.org
     latest: dict[tuple[str, str], tuple[int, int]] = {}
+    revoked: dict[tuple[str, str], int] = {}  # (token name, time) -> seq
     with keys.store.read() as db:
         anchor = read_anchor(db, keys)
         pending_rows = db.execute(
@@ -542,11 +544,50 @@ def verify(keys: "OrgKeys") -> Verified:
                 )
             if action in _VERSIONED and outcome == "ok":
                 _note_versions(latest, seq, text.split("\x00"))
+            elif action == "token-revoke" and outcome == "ok":
+                _note_revocation(revoked, seq, text.split("\x00"))
             prev = tag
             expected += 1
         _check_anchor_reached(org, anchor, expected - 1, prev)
         _check_heads(db, org, latest)
+        _check_revocations(db, keys, revoked)
     return Verified(expected - 1, prev, pending)
+
+
+def _note_revocation(revoked: dict[tuple[str, str], int], seq: int, fields: list[str]) -> None:
+    """Track, from an authenticated token-revoke entry, the revocation record it
+    wrote (entries from before schema 5 name none)."""
+    try:
+        details = json.loads(fields[9])
+    except ValueError:
+        return
+    if isinstance(details, dict) and isinstance(details.get("recorded"), str):
+        revoked[(str(details.get("token")), details["recorded"])] = seq
+
+
+def _check_revocations(
+    db: sqlite3.Connection, keys: "OrgKeys", revoked: dict[tuple[str, str], int]
+) -> None:
+    """Every revocation the log recorded must still have its authentic record:
+    without it, the revoked token's row copied back would authenticate again."""
+    records = set()
+    for digest, name, revoked_at, actor, tag in db.execute(
+        "SELECT hash, name, revoked_at, actor, mac FROM token_revocations"
+    ):
+        try:
+            expected = keys.revocation_mac(bytes(digest), name, revoked_at, actor)
+        except (TypeError, ValueError):
+            continue  # not text, or a NUL byte: not a record crate wrote
+        if isinstance(tag, bytes) and hmac.compare_digest(expected, tag):
+            records.add((name, revoked_at))  # an edited record counts as gone
+    for (name, when), seq in sorted(revoked.items(), key=lambda item: item[1]):
+        if (name, when) not in records:
+            raise AuditChainBroken(
+                f"entry {seq} of organization {keys.org!r}'s audit log revoked token "
+                f"{name!r}, but the record of that revocation is gone or was changed: "
+                "the token may work again",
+                HINT,
+            )
 
 
 # The actions whose entries say which version a secret is at.

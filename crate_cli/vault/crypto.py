@@ -47,6 +47,8 @@ ROW_MAC_KEY = "crate/row-mac-key/v1"
 SECRET_HEAD = "crate/secret-head/v1"
 SECRET_VERSION = "crate/secret-version/v1"
 API_TOKEN = "crate/api-token/v1"
+TOKEN_REVOCATION = "crate/token-revocation/v1"
+ALLOWED_NAME = "crate/allowed-name/v1"
 # Subkey of the org audit key that chains the audit log, and what it MACs.
 AUDIT_CHAIN_KEY = "crate/audit-chain-key/v1"
 AUDIT_ENTRY = "crate/audit-entry/v1"

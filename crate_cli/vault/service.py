@@ -26,7 +26,15 @@ from crate_cli.errors import (
 from crate_cli.vault import audit, crypto, jwe, snapshots
 from crate_cli.vault.audit import Caller
 from crate_cli.vault.masterkey import MasterKeys, utc_now
-from crate_cli.vault.names import check_env, check_org, check_secret_name, check_tags, check_value
+from crate_cli.vault.names import (
+    STEERING_HELP,
+    check_env,
+    check_org,
+    check_secret_name,
+    check_tags,
+    check_value,
+    steering_reason,
+)
 from crate_cli.vault.store import OrgStore
 
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
@@ -49,9 +57,10 @@ class SecretRecord(NamedTuple):
     updated_at: str
     actor: str
     deleted: bool
+    warnings: list[str] = []  # noqa: RUF012 - never mutated
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "name": self.name,
             "environment": self.env,
             "version": self.version,
@@ -59,6 +68,9 @@ class SecretRecord(NamedTuple):
             "updated_at": self.updated_at,
             "actor": self.actor,
         }
+        if self.warnings:
+            wire["warnings"] = self.warnings
+        return wire
 
 
 class SecretValue(NamedTuple):
@@ -269,6 +281,22 @@ class OrgKeys:
             self.row_key(), self._row_message(crypto.SECRET_VERSION, env, name, *row[:6]), row[6]
         )
 
+    def revocation_mac(self, digest: bytes, name: str, revoked_at: str, actor: str) -> bytes:
+        """The MAC of a `token_revocations` row (the revoked token's hash first)."""
+        return crypto.mac(
+            self.row_key(),
+            crypto.mac_message(
+                crypto.TOKEN_REVOCATION, self.org, digest.hex(), name, revoked_at, actor
+            ),
+        )
+
+    def allowed_name_mac(self, name: str, allowed_at: str, actor: str) -> bytes:
+        """The MAC of an `allowed_names` row."""
+        return crypto.mac(
+            self.row_key(),
+            crypto.mac_message(crypto.ALLOWED_NAME, self.org, name, allowed_at, actor),
+        )
+
     def active_public_key(self) -> tuple[str, bytes]:
         with self.store.errors():
             row = self.store.conn.execute(
@@ -411,6 +439,170 @@ class VaultService:
             )
         return int(count)
 
+    # -- names that steer processes (vault/names.py) ---------------------------
+
+    def _allowed(self, db: sqlite3.Connection, keys: OrgKeys) -> dict[str, dict[str, str]]:
+        """The org's allowed steering names (upper case -> row), each row authenticated."""
+        allowed = {}
+        for name, allowed_at, actor, tag in db.execute(
+            "SELECT name, allowed_at, actor, mac FROM allowed_names ORDER BY name"
+        ):
+            crypto.verify_mac(
+                keys.row_key(),
+                crypto.mac_message(crypto.ALLOWED_NAME, keys.org, name, allowed_at, actor),
+                tag,
+            )
+            allowed[name.upper()] = {"name": name, "allowed_at": allowed_at, "actor": actor}
+        return allowed
+
+    def allowed_names(self, org: str) -> list[dict[str, str]]:
+        """The steering names an admin allowed for the org, with who and when."""
+        keys = self.org(org)
+        with keys.store.read() as db:
+            return list(self._allowed(db, keys).values())
+
+    def allow_name(self, org: str, name: str, caller: Caller, allow: bool = True) -> bool:
+        """Allow (or no longer allow) secrets of a steering name in the org;
+        returns whether that changed anything. Audited either way it changes."""
+        check_secret_name(name)
+        reason = steering_reason(name)
+        if reason is None:
+            raise InvalidInput(
+                f"{name} is not a name crate refuses ({STEERING_HELP}); nothing to allow"
+            )
+        keys = self.org(org)
+        with keys.store.write() as db:
+            present = self._allowed(db, keys).get(name.upper())
+            if allow == (present is not None):
+                return False
+            if allow:
+                now = utc_now()
+                db.execute(
+                    "INSERT INTO allowed_names (name, allowed_at, actor, mac) VALUES (?, ?, ?, ?)",
+                    (name, now, caller.actor, keys.allowed_name_mac(name, now, caller.actor)),
+                )
+            else:
+                assert present is not None
+                db.execute("DELETE FROM allowed_names WHERE name = ?", (present["name"],))
+            action = "name-allow" if allow else "name-disallow"
+            audit.append(db, keys, caller, action, names=[name], details={"reason": reason})
+        return True
+
+    def _check_steering(self, db: sqlite3.Connection, keys: OrgKeys, names: Iterable[str]) -> None:
+        """Refuse to write secrets whose names steer the processes that inherit
+        them, unless an admin allowed each name for the org (DESIGN §9)."""
+        steering = [(n, r) for n in names if (r := steering_reason(n)) is not None]
+        if not steering:
+            return
+        allowed = self._allowed(db, keys)
+        for name, reason in steering:
+            if name.upper() not in allowed:
+                raise Forbidden(
+                    f"secret name {name} is refused: {reason}, so whoever runs crate run with "
+                    "it would run what its writer chose",
+                    f"an admin of {keys.org!r} can allow it: crate org allow-name {name}",
+                )
+
+    # -- references between secrets (vault/references.py) ----------------------
+
+    def _check_references(
+        self,
+        org: str,
+        env: str,
+        values: dict[str, str],
+        env_scope: frozenset[str],
+        tag_scope: frozenset[str],
+    ) -> dict[str, list[str]]:
+        """Refuse values whose references, followed through the values they
+        reach, name a secret the writer cannot read now (another environment
+        than its token's, tags outside its scope), or never end (a cycle, or
+        deeper than MAX_DEPTH): a value may not make the server hand a reader
+        what its writer could not read (DESIGN §9). Returns warnings by name:
+        a `${` that is not a reference, a reference to nothing (yet)."""
+        from crate_cli.vault import references as refs
+
+        warnings: dict[str, list[str]] = {}
+        known: dict[refs.Key, str] = {}
+        for name, text in values.items():
+            if not refs.has_references(text):
+                continue
+            known[(env, name)] = text
+            if refs.malformed(text):
+                warnings[name] = [
+                    f"the value of {name} holds a ${{ that is not a reference (${{NAME}} or "
+                    "${env.NAME}): it stays as text; write $${ for a literal ${"
+                ]
+        if not known:
+            return warnings
+        batch = {(env, name): text for name, text in values.items()}
+        holder = {key: key for key in known}  # what each value was reached from
+        starts = frontier = list(known)
+        while frontier:
+            reached = []
+            for key in frontier:
+                for ref in refs.references(known[key], key[0]):
+                    holder.setdefault(ref, holder[key])
+                    if ref in known:
+                        continue
+                    value = batch.get(ref)
+                    if value is None:
+                        value = self._reference_target(
+                            org, ref, holder[ref], env, env_scope, tag_scope, warnings
+                        )
+                    if value is not None:
+                        known[ref] = value
+                        reached.append(ref)
+            frontier = [key for key in reached if refs.has_references(known[key])]
+        done: set[tuple[str, str]] = set()
+        for start in starts:
+            _check_chain(start, known, env, [], done)
+        return warnings
+
+    def _reference_target(
+        self,
+        org: str,
+        ref: tuple[str, str],
+        start: tuple[str, str],
+        env: str,
+        env_scope: frozenset[str],
+        tag_scope: frozenset[str],
+        warnings: dict[str, list[str]],
+    ) -> str | None:
+        """The value a reference names, read with the writer's scope (None if
+        there is none yet); an error naming the secret whose value holds the
+        reference when the writer could not read it. A reference to nothing
+        is refused to a writer limited to tags (what appears there later may
+        carry tags it cannot read) and is a warning for any other."""
+        from crate_cli.vault.references import show
+
+        ref_env, ref_name = ref
+        shown = f"the value of {start[1]} refers to {show(ref, env)}"
+        if env_scope and ref_env not in env_scope:
+            raise Forbidden(
+                f"{shown}, in environment {ref_env!r}, which this token may not read",
+                "a value may refer only to secrets its writer can read",
+            )
+        try:
+            (found,) = self.read_values(org, ref_env, [ref_name], [], None, tag_scope)
+        except Forbidden:
+            raise Forbidden(
+                f"{shown}, which this token may not read; nothing was stored",
+                "a value may refer only to secrets its writer can read",
+            ) from None
+        except NotFound:
+            if tag_scope:
+                raise Forbidden(
+                    f"{shown}, which does not exist: a token limited to tags may refer only "
+                    "to secrets it can read now; nothing was stored",
+                    "store it first (or in the same command), or write $${ for a literal ${",
+                ) from None
+            warnings.setdefault(start[1], []).append(
+                f"{shown}, which does not exist (yet): run and fetch fail on it until it "
+                "does; write $${ for a literal ${"
+            )
+            return None
+        return found.value
+
     # -- sealed store ---------------------------------------------------------
 
     def public_key(self, org: str) -> dict[str, str]:
@@ -472,12 +664,16 @@ class VaultService:
         caller: Caller,
         action: str = "set",
         tag_scope: frozenset[str] = frozenset(),
+        env_scope: frozenset[str] = frozenset(),
     ) -> list[SecretRecord]:
         """Unseal and store values; all of them in one transaction, or none.
 
         `items` pairs each secret with its own JWE (the Crate protocol's form);
         `batch` is crate's extension for many values at once: one JWE whose
         plaintext is a JSON object of name to value, sealed to (org, env).
+        A value's references must name what the writer (`env_scope`,
+        `tag_scope`) can read now; a record carries `warnings` for a `${`
+        that is no reference.
         """
         keys = self.org(org)
         check_env(env)
@@ -515,11 +711,15 @@ class VaultService:
                 check_tags(item.tags)
         if not values:
             raise InvalidInput("nothing to store")
+        warnings = self._check_references(
+            org, env, {item.name: text for item, text in values}, env_scope, tag_scope
+        )
         self._rotate_if_due(org, caller)
         now = utc_now()
         out: list[SecretRecord] = []
         with keys.store.write() as db:
             self._require_env(db, org, env)
+            self._check_steering(db, keys, (item.name for item, _ in values))
             dek_version = keys.current_dek_version(db)
             org_dek = keys.dek(dek_version)
             for item, text in values:
@@ -548,7 +748,7 @@ class VaultService:
                 names=[r.name for r in out],
                 details={"versions": [r.version for r in out]},
             )
-        return out
+        return [r._replace(warnings=warnings.get(r.name, [])) for r in out]
 
     def _head(self, db: sqlite3.Connection, keys: OrgKeys, env: str, name: str) -> Any:
         """The authenticated `secrets` row of one secret (with its id last), or None."""
@@ -1226,12 +1426,16 @@ class VaultService:
         to: int,
         caller: Caller,
         tag_scope: frozenset[str] = frozenset(),
+        env_scope: frozenset[str] = frozenset(),
     ) -> SecretRecord:
-        """Write the value of version `to` as a new version (history is kept)."""
+        """Write the value of version `to` as a new version (history is kept).
+        Its references must name what this writer can read now, as a store's."""
         keys = self.org(org)
         check_secret_name(name)
         (old,) = self.read_values(org, env, [name], [], {name: to}, tag_scope)
+        self._check_references(org, env, {name: old.value}, env_scope, tag_scope)
         with keys.store.write() as db:
+            self._check_steering(db, keys, [name])
             dek_version = keys.current_dek_version(db)
             record = self._write_version(
                 db,
@@ -1257,6 +1461,36 @@ class VaultService:
                 details={"to": to, "version": record.version},
             )
         return record
+
+
+def _check_chain(
+    key: tuple[str, str],
+    known: dict[tuple[str, str], str],
+    env: str,
+    chain: list[tuple[str, str]],
+    done: set[tuple[str, str]],
+) -> None:
+    """Refuse references from `key` that come back to a secret on the way
+    (a cycle) or go deeper than MAX_DEPTH; `known` holds every value reached,
+    `done` the secrets already shown to end (each is walked once)."""
+    from crate_cli.vault.references import MAX_DEPTH, references, show
+
+    if key in done:
+        return
+    if key in chain:
+        loop = " -> ".join(show(k, env) for k in [*chain[chain.index(key) :], key])
+        raise InvalidInput(
+            f"secret references would form a cycle: {loop}; nothing was stored",
+            "change one of these values to break the cycle",
+        )
+    if len(chain) > MAX_DEPTH:
+        raise InvalidInput(
+            f"secret references from {show(chain[0], env)} would nest more than {MAX_DEPTH} "
+            "deep; nothing was stored"
+        )
+    for ref in references(known.get(key, ""), key[0]):
+        _check_chain(ref, known, env, [*chain, key], done)
+    done.add(key)
 
 
 def _target_text(target: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from crate_cli.errors import Conflict, CrateError, NotFound, UnsupportedVersion, VaultCorrupted
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 30_000
 # The first 16 bytes of every SQLite 3 file.
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -197,6 +197,35 @@ BEGIN
 END;
 """
 
+# Org policy (schema 5): the steering names an admin allowed for the org
+# (vault/names.py: PATH, LD_PRELOAD ...), and the tokens revoked, by hash, so
+# that a token row copied back from a backup stays revoked. Both are MAC'd
+# under the org row key; revocations are permanent (the triggers, and the
+# audit log's cross-check in `crate audit verify`).
+_POLICY_TABLES = """
+CREATE TABLE allowed_names (
+    name TEXT PRIMARY KEY,
+    allowed_at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    mac BLOB NOT NULL
+) STRICT;
+CREATE TABLE token_revocations (
+    hash BLOB PRIMARY KEY,
+    name TEXT NOT NULL,
+    revoked_at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    mac BLOB NOT NULL
+) STRICT;
+CREATE TRIGGER token_revocations_permanent_update BEFORE UPDATE ON token_revocations
+BEGIN
+    SELECT RAISE(ABORT, 'a revocation is permanent');
+END;
+CREATE TRIGGER token_revocations_permanent_delete BEFORE DELETE ON token_revocations
+BEGIN
+    SELECT RAISE(ABORT, 'a revocation is permanent');
+END;
+"""
+
 # How many connections this process has open per vault path, and the lock
 # that serialises opening and closing (see OrgStore._open).
 _OPEN: dict[str, int] = {}
@@ -208,7 +237,12 @@ _OPENING = threading.Lock()
 _WRITERS: dict[str, threading.Lock] = {}
 
 # Forward migrations: MIGRATIONS[n] turns schema n into n + 1.
-MIGRATIONS: dict[int, str] = {1: _TOKENS_TABLE, 2: _AUDIT_TABLES, 3: _SNAPSHOT_TABLE}
+MIGRATIONS: dict[int, str] = {
+    1: _TOKENS_TABLE,
+    2: _AUDIT_TABLES,
+    3: _SNAPSHOT_TABLE,
+    4: _POLICY_TABLES,
+}
 
 
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
@@ -312,7 +346,7 @@ class OrgStore:
             _OPEN[store._key] = _OPEN.get(store._key, 0) + 1
         with store.write():
             for statement in _split_script(
-                _SCHEMA_V1 + _TOKENS_TABLE + _AUDIT_TABLES + _SNAPSHOT_TABLE
+                _SCHEMA_V1 + "".join(MIGRATIONS[v] for v in sorted(MIGRATIONS))
             ):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

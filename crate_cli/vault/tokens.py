@@ -4,6 +4,10 @@ A token is `crate_` followed by 43 base62 characters (32 random bytes). The
 vault keeps only its SHA-256 hash with the token's role and scope, in a row
 MAC'd under the org row key: editing the role, scope or expiry in SQLite, or
 copying a row to another name, makes the token fail to authenticate.
+Revoking deletes the row and records the token's hash in
+`token_revocations` (MAC'd, kept for good), so a row copied back from a
+backup stays revoked; `crate audit verify` checks that every revocation the
+log recorded still has its record.
 
 Lookup is by hash. The hash of a 256-bit random token reveals nothing an
 attacker can use, and the stored hash is still compared in constant time.
@@ -155,15 +159,44 @@ def list_tokens(keys: OrgKeys) -> list[TokenInfo]:
     return [_info(keys, row) for row in rows]
 
 
+def revocation_mac(keys: OrgKeys, digest: bytes, name: str, revoked_at: str, actor: str) -> bytes:
+    return crypto.mac(
+        keys.row_key(),
+        crypto.mac_message(
+            crypto.TOKEN_REVOCATION, keys.org, digest.hex(), name, revoked_at, actor
+        ),
+    )
+
+
 def revoke(keys: OrgKeys, name: str, caller: Caller) -> None:
+    """Delete the token's row and record its hash as revoked (MAC'd, permanent):
+    the row copied back from a backup authenticates nothing."""
+    from crate_cli.vault.masterkey import utc_now
+
     check_token_name(name)
     with keys.store.write() as db:
-        if db.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount == 0:
+        row = db.execute("SELECT hash FROM tokens WHERE name = ?", (name,)).fetchone()
+        if row is None:
             raise NotFound(
                 f"organization {keys.org!r} has no token named {name!r}",
                 "list them with: crate token list",
             )
-        audit.append(db, keys, caller, "token-revoke", details={"token": name})
+        digest = bytes(row[0])
+        db.execute("DELETE FROM tokens WHERE name = ?", (name,))
+        now = utc_now()
+        db.execute(
+            "INSERT OR IGNORE INTO token_revocations (hash, name, revoked_at, actor, mac) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (
+                digest,
+                name,
+                now,
+                caller.actor,
+                revocation_mac(keys, digest, name, now, caller.actor),
+            ),
+        )
+        # `recorded`: `crate audit verify` checks that the record is still there.
+        audit.append(db, keys, caller, "token-revoke", details={"token": name, "recorded": now})
 
 
 def authenticate(keys: OrgKeys, token: str, now: str) -> TokenInfo:
@@ -184,6 +217,12 @@ def authenticate(keys: OrgKeys, token: str, now: str) -> TokenInfo:
         ).fetchone()
     if row is None or not hmac.compare_digest(row[7], digest):
         raise denied
+    with keys.store.errors():
+        revoked = keys.store.conn.execute(
+            "SELECT 1 FROM token_revocations WHERE hash = ?", (digest,)
+        ).fetchone()
+    if revoked is not None:
+        raise denied  # a revoked token's row, put back
     try:
         info = _info(keys, row)
     except IntegrityError:

@@ -100,7 +100,8 @@ def test_concurrent_first_uses_and_writes_lose_nothing(crate: CrateRunner) -> No
 def test_only_the_process_that_creates_the_master_key_says_so(crate: CrateRunner) -> None:
     # Hold crate's key-creation lock so that several first uses queue on it.
     keys = crate.home / "keys"
-    keys.mkdir(mode=0o700, parents=True)
+    crate.home.mkdir(mode=0o700)  # a home others can enter is refused
+    keys.mkdir(mode=0o700)
     with open(keys / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         procs = [start(crate, "secrets", "set", f"P_{i}", "1") for i in range(4)]

@@ -359,7 +359,8 @@ def test_plain_http_to_another_host_is_refused_before_connecting(
 def test_a_login_file_pointing_at_plain_http_elsewhere(crate: CrateRunner) -> None:
     """A hand-edited login.json gets the same refusal as the command line."""
     creds = crate.home / "credentials"
-    creds.mkdir(parents=True, mode=0o700)
+    crate.home.mkdir(mode=0o700)  # a home others can enter is refused
+    creds.mkdir(mode=0o700)
     (creds / "api-token").write_text(BAD_TOKEN)
     (crate.home / "login.json").write_text(
         json.dumps(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import CrateRunner, Result, assert_clean_error
 
-from crate_cli.runner import CREDENTIAL_VARIABLES
+from crate_cli.config import CREDENTIAL_VARIABLES
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +58,6 @@ STAGING = {
     # camel case makes one name of these two.
     "TWILIO_API_KEY": "staging-one",
     "TWILIO__API_KEY": "staging-two",
-    "BACK": "${broken.CROSS_CYCLE}",
 }
 # personal/broken: each of these fails alone (tests select them by name).
 BROKEN = {
@@ -83,13 +82,32 @@ def pairs(values: dict[str, str]) -> list[str]:
 def home(tmp_path_factory: pytest.TempPathFactory) -> CrateRunner:
     """dev, prod, staging and `broken` filled as above; tests must not change it."""
     runner = CrateRunner(tmp_path_factory.mktemp("run-options") / "home")
+    # What references name is stored first: a value may name only what exists.
+    runner("secrets", "set", "--env", "staging", *pairs(STAGING), check=True)
+    runner("secrets", "set", "--env", "prod", *pairs(PROD), check=True)
     runner("secrets", "set", *pairs(DEV), check=True)
     runner("secrets", "set", *pairs(TAGGED), "--tag", "web", check=True)
-    runner("secrets", "set", "--env", "prod", *pairs(PROD), check=True)
-    runner("secrets", "set", "--env", "staging", *pairs(STAGING), check=True)
     runner("env", "create", "broken", check=True)
-    runner("secrets", "set", "--env", "broken", *pairs(BROKEN), check=True)
+    store_as_an_older_crate(runner.home, "broken", BROKEN)
+    store_as_an_older_crate(runner.home, "staging", {"BACK": "${broken.CROSS_CYCLE}"})
     return runner
+
+
+def store_as_an_older_crate(home: Path, env: str, values: dict[str, str]) -> None:
+    """Values whose references never resolve, which crate now refuses to store
+    (a missing target, a cycle): what a crate that did not check references
+    at store could have left in a vault, and `run` must still refuse."""
+    from crate_cli.context import Session
+    from crate_cli.vault.service import VaultService
+
+    session = Session(environ={"CRATE_HOME": str(home), "CRATE_KEYSTORE": "file"})
+    check = VaultService._check_references
+    VaultService._check_references = lambda *_args, **_kw: {}  # type: ignore[method-assign,assignment]
+    try:
+        session.client("personal").store(env, list(values.items()))
+    finally:
+        VaultService._check_references = check  # type: ignore[method-assign]
+        session.close()
 
 
 def child_env(home: CrateRunner, *run_args: str, env: dict[str, str] | None = None) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 from crate_cli.context import Session
 from crate_cli.vault import crypto, tokens
 from crate_cli.vault.masterkey import utc_now
-from crate_cli.vault.store import SCHEMA_VERSION, OrgStore
+from crate_cli.vault.store import SCHEMA_VERSION, OrgStore, expected_schema
 
 
 def _downgrade_to_v1(path: Path, session: Session, org: str) -> None:
@@ -26,13 +26,14 @@ def _downgrade_to_v1(path: Path, session: Session, org: str) -> None:
         "UPDATE org_audit_keys SET wrapped = ? WHERE version = ?",
         (crypto.wrap_key(master, key, plain), version),
     )
-    for (trigger,) in db.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'env_snapshots_%'"
-    ).fetchall():
-        db.execute(f"DROP TRIGGER {trigger}")
-    db.execute("DROP INDEX secrets_head_macs")
-    for table in ("tokens", "audit_log", "audit_anchor", "audit_pending", "env_snapshots"):
-        db.execute(f"DROP TABLE {table}")
+    # Every object that schema 1 did not have, triggers and indexes first.
+    v1 = expected_schema(1)
+    for kind in ("trigger", "index", "table"):
+        for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = ? AND name NOT LIKE 'sqlite%'", (kind,)
+        ).fetchall():
+            if name not in v1:
+                db.execute(f"DROP {kind.upper()} {name}")
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
@@ -47,14 +48,14 @@ def test_v1_vault_gains_tokens_table_and_keeps_secrets(session: Session, crate_h
 
     store = OrgStore.open(vault)
     try:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         for table in ("tokens", "audit_log", "env_snapshots"):
             assert store.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
         triggers = {
             r[0]
             for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
         }
-        assert len(triggers) == 3 + 5  # the audit log's and the snapshots'
+        assert len(triggers) == 3 + 5 + 2  # the audit log's, the snapshots', the revocations'
         indexes = store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
         assert "secrets_head_macs" in {r[0] for r in indexes}
     finally:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from crate_cli.config import CREDENTIAL_VARIABLES
 from crate_cli.errors import InvalidInput
 from crate_cli.runner import (
-    CREDENTIAL_VARIABLES,
     RunArgs,
     check_run_args,
     child_environment,

@@ -53,7 +53,8 @@ def read_passphrase_fd(text: str) -> str:
     the line is consumed (the descriptor may be stdin). The descriptor is then
     made non-inheritable: commands crate starts do not get it."""
     if not text.isascii() or not text.isdigit() or len(text) > 9:
-        raise InvalidInput(f"{PASSPHRASE_FD_ENV} must be a file descriptor number, not {text!r}")
+        # Not repeated: a passphrase put there by mistake must not be echoed.
+        raise InvalidInput(f"{PASSPHRASE_FD_ENV} must be a file descriptor number")
     fd = int(text)
     if fd in _from_fd:
         return _from_fd[fd]
