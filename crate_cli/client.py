@@ -83,12 +83,22 @@ def _other_versions(names: list[str], numbers: list[int], asked: dict[str, int])
 
 class SecretsClient:
     def __init__(
-        self, transport: Transport, org: str, ephemeral_bits: int = DEFAULT_EPHEMERAL_BITS
+        self,
+        transport: Transport,
+        org: str,
+        ephemeral_bits: int = DEFAULT_EPHEMERAL_BITS,
+        pinned: "tuple[str, Any] | None" = None,
     ) -> None:
+        """`pinned`: the org key (kid, RSA public key) the user trusts for this
+        server (crate_cli/remote.py): values are sealed to it without asking
+        the server for a key, and every retrieval's answer must carry its
+        signature. Without one (the in-process server, the agent), the key
+        is fetched and answers are not signed."""
         self.transport = transport
         self.org = check_org(org)
         self.ephemeral_bits = ephemeral_bits
-        self._public: tuple[str, Any] | None = None
+        self.pinned = pinned
+        self._public: tuple[str, Any] | None = pinned
 
     def _path(self, *parts: str) -> str:
         # Every part is a checked org, env or secret name, or a literal: none
@@ -194,7 +204,11 @@ class SecretsClient:
         }
         if versions:
             body["versions"] = versions
+        if self.pinned is not None:
+            body["signature"] = jwe.SIGNATURE_ALG
         reply = self.transport.request("POST", self._path("secrets", "retrieve"), body=body)
+        if self.pinned is not None:
+            self._check_signature(reply, key, nonce)
         try:
             bundle = json.loads(jwe.decrypt(key, str(reply["bundle"])).plaintext)
             returned, values, numbers = _columns(bundle)
@@ -217,6 +231,29 @@ class SecretsClient:
         if not all_secret_names(returned):
             raise IntegrityError("the retrieval bundle holds an invalid name")
         return RetrievedColumns(returned, values, numbers)
+
+    def _check_signature(self, reply: dict[str, Any], key: Any, nonce: str) -> None:
+        """The answer must be signed by the pinned org key, for this org, this
+        ephemeral key and this nonce: a relay that re-sealed the bundle to the
+        client (having swapped the key in the request) cannot sign it."""
+        assert self.pinned is not None
+        kid, public = self.pinned
+        signature = reply.get("signature")
+        try:
+            if not isinstance(signature, dict) or signature.get("kid") != kid:
+                raise IntegrityError()
+            message = jwe.signed_message(
+                self.org, kid, jwe.thumbprint(key.public_key()), nonce, str(reply.get("bundle"))
+            )
+            jwe.verify(public, message, signature.get("value"))
+        except IntegrityError:
+            raise IntegrityError(
+                f"the answer to this retrieval is not signed by organization {self.org!r}'s "
+                "pinned key for this request: a relay may have changed it, or the server's key "
+                "was replaced; nothing was used",
+                "if an admin replaced the key, check its fingerprint with them and run "
+                "crate login --fingerprint SHA256:...",
+            ) from None
 
     def delete(self, env: str, name: str) -> dict[str, Any]:
         return self.transport.request(

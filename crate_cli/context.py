@@ -271,19 +271,27 @@ class Session:
         bits = int(self.settings.get("crypto.ephemeral_rsa_bits"))
         remote = self.remote
         if remote is not None:
-            if fallback is not None:
-                from crate_cli.remote import FallbackClient
+            from crate_cli.remote import FallbackClient, pinned_key, trusted_key
 
+            http = remote.transport()
+            if fallback is not None and fallback.mode == "only":
+                if remote.login is None:
+                    raise InvalidInput(
+                        "--fallback-only reads the offline copy of a login, and there is none "
+                        f"for {remote.server}",
+                        "log in with: crate login --server URL (CRATE_TOKEN alone keeps no "
+                        "copy to read without the server)",
+                    )
+                # Without the server: the key pinned at login, or none (nothing is sent).
+                pin = pinned_key(self.home, remote.server, org)
+                pinned = pin.key() if pin is not None else None
+            else:
+                pinned = trusted_key(self.home, remote.server, org, http, self.notify)
+            if fallback is not None:
                 return FallbackClient(
-                    remote.transport(),
-                    org,
-                    bits,
-                    self.home,
-                    remote.credentials,
-                    fallback,
-                    self.notify,
+                    http, org, bits, self.home, remote, fallback, self.notify, pinned
                 )
-            return SecretsClient(remote.transport(), org, ephemeral_bits=bits)
+            return SecretsClient(http, org, ephemeral_bits=bits, pinned=pinned)
         if self.agent is not None:
             from crate_cli.transport.http import ServerUnreachable
 

@@ -1,15 +1,24 @@
-"""The remote client's state: the login, its credentials and the offline copy.
+"""The remote client's state: the login, its credentials, pinned org keys, the offline copy.
 
 - `login.json` in the crate home records the server URL, the org the token
-  belongs to, an optional CA file and where the credentials live.
+  belongs to, an optional CA file, where the credentials live and the
+  login's own random id.
 - Credentials (the API token and the key of the offline copies) live in the
   OS keystore when a secure one exists, else in 0600 files under
   `credentials/`. The offline copies are only as safe as the token that
   fetched them, so they share its custody.
+- `pins.json` keeps, per server and org, the org public key the user trusts
+  (set by `crate login`, or on first use of `CRATE_SERVER`): values are
+  sealed to it and every retrieval's answer must be signed by it, so a relay
+  that swaps keys is caught (exit 5). It stays after logout, like ssh's
+  known_hosts: a key that changes is never accepted silently.
 - `CRATE_SERVER`, `CRATE_TOKEN` and `CRATE_CA_FILE` override the login.
 - After each successful remote retrieval the values are kept encrypted
-  (AES-256-GCM, the key above) per server, org, env and selection; when the
-  server cannot be reached, `crate run` and `fetch` use that copy.
+  (AES-256-GCM, the key above) per server, org, env and selection, in a
+  folder of the login (or of the token, without one) under a key of the
+  same: when the server cannot be reached, `crate run` and `fetch` use that
+  copy. Logging out removes the server's copies and their key, and so does
+  the server's refusal of the token (a revocation) the next time it is asked.
 """
 
 from __future__ import annotations
@@ -22,16 +31,24 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crate_cli.client import FallbackPolicy, RetrievedColumns, SecretsClient
 from crate_cli.config import CrateHome, ensure_private_dir, write_private_file
-from crate_cli.errors import CrateError, InvalidInput, NotFound, UnsupportedVersion
+from crate_cli.errors import (
+    CrateError,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+    UnsupportedVersion,
+)
 from crate_cli.vault.crypto import sha256_hex
 
 if TYPE_CHECKING:
     from crate_cli.transport.http import HttpTransport
 
 LOGIN_FILE = "login.json"
+PINS_FILE = "pins.json"
 TOKEN_LABEL = "api-token"
-FALLBACK_KEY_LABEL = "fallback-key"
-FALLBACK_PURPOSE = "crate/fallback/v1"
+FALLBACK_KEY_LABEL = "fallback-key"  # and, per binding, fallback-key:<binding>
+FALLBACK_PURPOSE = "crate/fallback/v2"
 
 
 class Credentials:
@@ -82,6 +99,7 @@ class Login(NamedTuple):
     org: str | None
     ca_file: str | None
     credentials: str  # where the token is: "keyring" or "file"
+    id: str = ""  # random, made by `crate login`: what its offline copies are bound to
 
 
 def read_login(home: CrateHome) -> Login | None:
@@ -101,6 +119,7 @@ def read_login(home: CrateHome) -> Login | None:
         data.get("org"),
         data.get("ca_file"),
         str(data.get("credentials", "file")),
+        str(data.get("id") or ""),
     )
 
 
@@ -111,11 +130,149 @@ def write_login(home: CrateHome, login: Login) -> None:
 
 
 def remove_login(home: CrateHome) -> Login | None:
+    """Forget the login: its token, and its server's offline copies with their key."""
     login = read_login(home)
     if login is not None:
-        Credentials(home, login.credentials).delete(TOKEN_LABEL)
+        credentials = Credentials(home, login.credentials)
+        token = credentials.get(TOKEN_LABEL)
+        if token:
+            forget_copies(home, credentials, login.server, copy_binding(login, login.server, token))
+        credentials.delete(TOKEN_LABEL)
+        forget_server_copies(home, login.server)
     (home.data_dir / LOGIN_FILE).unlink(missing_ok=True)
     return login
+
+
+def copy_binding(login: Login | None, server: str, token: str) -> str:
+    """What a server's offline copies are bound to: the login that made them
+    and its token, or without a login the token alone (CRATE_SERVER and
+    CRATE_TOKEN). Another login, or another token, finds none of them."""
+    owner = login.id if login is not None and login.server == server and login.id else "env"
+    return sha256_hex(f"{owner}|{server}|{token}".encode())[:32]
+
+
+def _server_folder(home: CrateHome, server: str) -> Path:
+    return home.data_dir / "fallback" / sha256_hex(server.encode("utf-8"))[:32]
+
+
+def forget_copies(home: CrateHome, credentials: Credentials, server: str, binding: str) -> None:
+    """Remove the offline copies of one binding and their key."""
+    import shutil
+
+    shutil.rmtree(_server_folder(home, server) / binding, ignore_errors=True)
+    credentials.delete(f"{FALLBACK_KEY_LABEL}:{binding}")
+
+
+def forget_server_copies(home: CrateHome, server: str) -> None:
+    """Remove every offline copy of `server` (whatever token made it), and the
+    copies of crate versions that kept them unbound (fallback/*.copy)."""
+    import shutil
+
+    shutil.rmtree(_server_folder(home, server), ignore_errors=True)
+    for old in (home.data_dir / "fallback").glob("*.copy"):
+        old.unlink(missing_ok=True)
+
+
+# -- pinned org keys ----------------------------------------------------------
+
+
+class Pin(NamedTuple):
+    """An org public key the user trusts for one server."""
+
+    kid: str
+    public_key_pem: str
+    pinned_at: str
+
+    def key(self) -> tuple[str, Any]:
+        """(kid, RSA public key), checked against each other."""
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        from crate_cli.vault import jwe
+
+        try:
+            public = load_pem_public_key(self.public_key_pem.encode("ascii"))
+        except (ValueError, UnicodeError):
+            public = None
+        if not isinstance(public, rsa.RSAPublicKey) or jwe.thumbprint(public) != self.kid:
+            raise IntegrityError(
+                "a pinned organization key in pins.json does not match its fingerprint",
+                "remove the file's entry for this server and log in again with --fingerprint",
+            )
+        return self.kid, public
+
+
+def fingerprint(kid: str) -> str:
+    """How a key is shown and compared: SHA256: and its RFC 7638 thumbprint."""
+    return f"SHA256:{kid}"
+
+
+def _pin_name(server: str, org: str) -> str:
+    return f"{server}|{org}"
+
+
+def read_pins(home: CrateHome) -> dict[str, Pin]:
+    path = home.data_dir / PINS_FILE
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        raise CrateError(f"{path} is not readable JSON", "remove it and log in again") from None
+    if not isinstance(data, dict) or data.get("format") != 1:
+        raise UnsupportedVersion(f"{path} was written by another version of crate")
+    pins = {}
+    for name, entry in dict(data.get("pins") or {}).items():
+        try:
+            pins[str(name)] = Pin(
+                str(entry["kid"]), str(entry["public_key_pem"]), str(entry["pinned_at"])
+            )
+        except (KeyError, TypeError):
+            continue
+    return pins
+
+
+def pinned_key(home: CrateHome, server: str, org: str) -> Pin | None:
+    return read_pins(home).get(_pin_name(server, org))
+
+
+def save_pin(home: CrateHome, server: str, org: str, pin: Pin) -> None:
+    from crate_cli.config import file_lock
+
+    with file_lock(home.data_dir / ".pins.lock"):
+        pins = read_pins(home)
+        pins[_pin_name(server, org)] = pin
+        data = {"format": 1, "pins": {k: p._asdict() for k, p in sorted(pins.items())}}
+        write_private_file(
+            home.data_dir / PINS_FILE, (json.dumps(data, indent=2) + "\n").encode("utf-8")
+        )
+
+
+def fetch_pin(transport: Any, org: str) -> Pin:
+    """The org key a server offers now, checked against its key id."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from crate_cli.vault.masterkey import utc_now
+
+    kid, public = SecretsClient(transport, org).public_key()
+    pem = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+    return Pin(kid, pem, utc_now())
+
+
+def trusted_key(
+    home: CrateHome, server: str, org: str, transport: Any, notify: Any
+) -> tuple[str, Any]:
+    """The org key to trust for `server`: the pinned one, or on first use the
+    one the server offers, pinned now and said so on stderr."""
+    pin = pinned_key(home, server, org)
+    if pin is None:
+        pin = fetch_pin(transport, org)
+        save_pin(home, server, org, pin)
+        notify(
+            f"crate: trusting organization {org!r}'s key {fingerprint(pin.kid)} from {server} "
+            "on first use; compare it with `crate org fingerprint` where the server runs"
+        )
+    return pin.key()
 
 
 class Remote(NamedTuple):
@@ -126,6 +283,7 @@ class Remote(NamedTuple):
     org: str | None
     ca_file: str | None
     credentials: Credentials
+    login: Login | None  # the stored login for this server, if there is one
 
     def transport(self) -> HttpTransport:
         from crate_cli.transport.http import HttpTransport
@@ -156,7 +314,14 @@ def resolve_remote(home: CrateHome, environ: dict[str, str]) -> Remote | None:
             "log in with: crate login --server URL, or set CRATE_TOKEN",
         )
     ca_file = environ.get("CRATE_CA_FILE") or (login.ca_file if login and same else None)
-    return Remote(server, token, login.org if login and same else None, ca_file, credentials)
+    return Remote(
+        server,
+        token,
+        login.org if login and same else None,
+        ca_file,
+        credentials,
+        login if same else None,
+    )
 
 
 def token_org(home: CrateHome, remote: Remote) -> str:
@@ -204,31 +369,38 @@ class FallbackClient(SecretsClient):
         org: str,
         ephemeral_bits: int,
         home: CrateHome,
-        credentials: Credentials,
+        remote: Remote,
         policy: FallbackPolicy,
         notify: Any,
+        pinned: tuple[str, Any] | None = None,
     ) -> None:
-        super().__init__(transport, org, ephemeral_bits)
+        super().__init__(transport, org, ephemeral_bits, pinned)
         self.home = home
         self.server = transport.base_url
-        self.credentials = credentials
+        self.credentials = remote.credentials
         self.policy = policy
         self.notify = notify
+        self.binding = copy_binding(remote.login, remote.server, remote.token)
+
+    @property
+    def _label(self) -> str:
+        return f"{FALLBACK_KEY_LABEL}:{self.binding}"
 
     def _copy_path(self, env: str, selection: str) -> tuple[Path, bytes]:
-        ident = "|".join([self.server, self.org, env, selection])
+        ident = "|".join([self.server, self.binding, self.org, env, selection])
         digest = sha256_hex(ident.encode("utf-8"))[:40]
-        return self.home.data_dir / "fallback" / f"{digest}.copy", ident.encode("utf-8")
+        folder = _server_folder(self.home, self.server) / self.binding
+        return folder / f"{digest}.copy", ident.encode("utf-8")
 
     def _key(self, create: bool) -> bytes | None:
         import base64
 
-        text = self.credentials.get(FALLBACK_KEY_LABEL)
+        text = self.credentials.get(self._label)
         if text is None:
             if not create:
                 return None
             text = base64.b64encode(os.urandom(32)).decode("ascii")
-            self.credentials.set(FALLBACK_KEY_LABEL, text)
+            self.credentials.set(self._label, text)
         return base64.b64decode(text)
 
     def retrieve_columns(
@@ -253,6 +425,11 @@ class FallbackClient(SecretsClient):
             if self.policy.mode == "never":
                 raise
             return self._from_copy(path, aad, env, e)
+        except Unauthorized:
+            # The server no longer takes this token (revoked, expired):
+            # neither does the offline copy it fetched.
+            forget_copies(self.home, self.credentials, self.server, self.binding)
+            raise
         if self.policy.mode != "never":
             self._save(path, aad, found)
         return found

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from crate_cli.context import Session
-from crate_cli.errors import InvalidInput, NotFound
+from crate_cli.errors import IntegrityError, InvalidInput, NotFound
+from crate_cli.vault.names import check_org
 
 
 def _credentials_place(session: Session) -> str:
@@ -28,16 +31,37 @@ def _credentials_place(session: Session) -> str:
     help="Read the token from stdin ('-'); without it, a hidden prompt asks.",
 )
 @click.option("--ca-file", metavar="FILE", help="Trust this CA for the server's certificate.")
-def login(server: str, token_source: str | None, ca_file: str | None) -> None:
+@click.option(
+    "--fingerprint",
+    metavar="SHA256:...",
+    help="The org key's fingerprint to expect (crate org fingerprint, where the server runs).",
+)
+def login(
+    server: str, token_source: str | None, ca_file: str | None, fingerprint: str | None
+) -> None:
     """Log in to a crate server: later commands use it instead of the local vault.
 
     The token is checked against the server, then kept in the OS keystore
-    (or a 0600 file where there is no secure one).
+    (or a 0600 file where there is no secure one). The organization's key is
+    pinned: values are sealed to it and every answer must be signed by it.
+    Give its fingerprint with --fingerprint; without it the key is trusted on
+    first use and its fingerprint shown, and a key that differs from the one
+    pinned before is refused (exit 5).
     """
     from pathlib import Path
 
     from crate_cli.context import read_stdin, stdin_is_terminal
-    from crate_cli.remote import TOKEN_LABEL, Credentials, Login, remove_login, write_login
+    from crate_cli.remote import (
+        TOKEN_LABEL,
+        Credentials,
+        Login,
+        fetch_pin,
+        pinned_key,
+        remove_login,
+        save_pin,
+        write_login,
+    )
+    from crate_cli.remote import fingerprint as shown
     from crate_cli.transport.http import HttpTransport, check_server_url
     from crate_cli.vault.tokens import looks_like_token
 
@@ -58,13 +82,32 @@ def login(server: str, token_source: str | None, ca_file: str | None) -> None:
         token = click.prompt("API token", hide_input=True, err=True).strip()
     if not looks_like_token(token):
         raise InvalidInput("that is not a crate API token (crate_ and 43 letters or digits)")
+    expected = _expected_fingerprint(fingerprint)
     session = Session()
-    who = HttpTransport(server, token, ca_file).request("GET", "/whoami")
+    transport = HttpTransport(server, token, ca_file)
+    who = transport.request("GET", "/whoami")
+    org = check_org(str(who.get("organization")))
+    pin = fetch_pin(transport, org)
+    before = pinned_key(session.home, server, org)
+    if expected is not None and pin.kid != expected:
+        raise IntegrityError(
+            f"{server} offers organization {org!r}'s key {shown(pin.kid)}, not the "
+            f"{shown(expected)} you gave: a relay may be in the middle; nothing was saved",
+            "check the fingerprint with: crate org fingerprint, where the server runs",
+        )
+    if expected is None and before is not None and before.kid != pin.kid:
+        raise IntegrityError(
+            f"{server} offers organization {org!r}'s key {shown(pin.kid)}, but "
+            f"{shown(before.kid)} was pinned before: a relay may be in the middle, or the key "
+            "was replaced; nothing was saved",
+            f"if an admin replaced it, check the new one with them and log in with "
+            f"--fingerprint {shown(pin.kid)}",
+        )
     place = _credentials_place(session)
     remove_login(session.home)  # the previous token may be kept somewhere else
     Credentials(session.home, place).set(TOKEN_LABEL, token)
-    org = who.get("organization")
-    write_login(session.home, Login(server, org, ca_file, place))
+    save_pin(session.home, server, org, pin)
+    write_login(session.home, Login(server, org, ca_file, place, os.urandom(16).hex()))
     where = "the OS keyring" if place == "keyring" else "a 0600 file"
     scope = ", ".join(who.get("environments") or []) or "all environments"
     click.echo(
@@ -72,11 +115,34 @@ def login(server: str, token_source: str | None, ca_file: str | None) -> None:
         f"{scope}); token kept in {where}",
         err=True,
     )
+    if expected is None and before is None:
+        click.echo(
+            f"crate: trusting organization {org!r}'s key {shown(pin.kid)} on first use; "
+            "compare it with `crate org fingerprint` where the server runs (or log in with "
+            "--fingerprint)",
+            err=True,
+        )
+    else:
+        click.echo(f"crate: organization {org!r}'s key is {shown(pin.kid)}", err=True)
+
+
+def _expected_fingerprint(text: str | None) -> str | None:
+    """The key id in `--fingerprint SHA256:...` (the prefix may be left out)."""
+    if text is None:
+        return None
+    kid = text.strip().removeprefix("SHA256:")
+    if len(kid) != 43 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in kid):
+        raise InvalidInput(
+            "--fingerprint takes SHA256: and 43 letters, digits, '-' or '_' "
+            "(as crate org fingerprint prints it)"
+        )
+    return kid
 
 
 @click.command()
 def logout() -> None:
-    """Forget the server and its token; commands use the local vault again."""
+    """Forget the server, its token and its offline copies; commands use the
+    local vault again. The org keys pinned for it stay (see crate login)."""
     from crate_cli.remote import remove_login
 
     session = Session()
@@ -84,4 +150,6 @@ def logout() -> None:
     if login is None:
         click.echo("crate: not logged in", err=True)
         return
-    click.echo(f"crate: logged out of {login.server}", err=True)
+    click.echo(
+        f"crate: logged out of {login.server}; its token and offline copies are gone", err=True
+    )

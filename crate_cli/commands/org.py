@@ -112,6 +112,27 @@ def allowed_names(org: str | None, as_json: bool) -> None:
         click.echo(f"no steering names are allowed in organization {chosen!r}", err=True)
 
 
+@org.command("fingerprint")
+@org_option
+@json_option
+def fingerprint(org: str | None, as_json: bool) -> None:
+    """The fingerprint of an organization's key, to check a teammate's login.
+
+    Run it where the vault is (the machine of `crate server`); a teammate
+    compares it with what `crate login` shows, or passes it with
+    `crate login --fingerprint`.
+    """
+    from crate_cli.remote import fingerprint as shown
+
+    session = Session.for_terminal()
+    chosen = session.org(org, local=True)
+    kid = session.service.public_key(chosen)["key_id"]
+    if as_json:
+        print_json({"organization": chosen, "fingerprint": shown(kid)})
+        return
+    click.echo(shown(kid))
+
+
 def confirm_destruction(question: str, yes: bool) -> None:
     """Ask on a terminal; without one, insist on --yes."""
     if yes:

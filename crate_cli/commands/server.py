@@ -166,9 +166,17 @@ def server(
         shown = f"[{host}]" if ":" in host else host
         where = f"{'https' if tls_cert else 'http'}://{shown}:{port}"
     names = ", ".join(served or sorted(existing)) or "(none yet)"
+    # What teammates compare with `crate login`'s fingerprint (or pass to it).
+    fingerprints = [
+        f"crate: organization {org!r}'s key is SHA256:{session.service.public_key(org)['key_id']}"
+        for org in served or sorted(existing)
+    ]
+    session.close()
 
     def started() -> None:
         click.echo(f"crate: serving {names} on {where} (Ctrl-C or SIGTERM stops)", err=True)
+        for line in fingerprints:
+            click.echo(line, err=True)
 
     limits = Limits(
         max_in_flight=max_in_flight,

@@ -56,7 +56,7 @@ from crate_cli.errors import (
     TokenExpired,
     Unauthorized,
 )
-from crate_cli.vault import audit
+from crate_cli.vault import audit, jwe
 from crate_cli.vault.audit import Caller
 from crate_cli.vault.names import ENV_RE, SECRET_RE
 from crate_cli.vault.service import OrgKeys, SealedItem, VaultService
@@ -648,7 +648,10 @@ class ApiCore:
         layout = _field(body, "layout", str, required=False)
         if layout not in (None, "rows", "columns"):
             raise InvalidInput("layout must be rows or columns")
-        bundle = self.service.retrieve(
+        signature = _field(body, "signature", str, required=False)
+        if signature not in (None, jwe.SIGNATURE_ALG):
+            raise InvalidInput(f"signature must be {jwe.SIGNATURE_ALG}")
+        answer = self.service.retrieve(
             call.params["org"],
             env,
             names,
@@ -659,8 +662,9 @@ class ApiCore:
             call.principal.tags,
             call.caller,
             columns=layout == "columns",
+            signed=signature is not None,
         )
-        return Response(200, {"bundle": bundle})
+        return Response(200, answer)
 
     @route("DELETE", "/organization/{org}/secrets/{name}", "write", "delete")
     def _delete(self, call: Call) -> Response:

@@ -240,3 +240,49 @@ def thumbprint(public_key: rsa.RSAPublicKey) -> str:
 
 def _int_bytes(value: int) -> bytes:
     return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+
+
+# -- the org key's signature over a retrieval's answer ----------------------------
+#
+# A relay that can read and change the traffic (a TLS-intercepting proxy, a
+# stolen certificate) could swap the client's ephemeral key for its own and
+# re-seal the answer to the client: the JWE alone proves nothing about who
+# made it. So the server signs, with the org's RSA key (RSA-PSS, SHA-256), a
+# message binding the answer to this request: the org, the key id, the
+# thumbprint of the client's ephemeral key, its nonce and the bundle. The
+# client checks it against the key it pinned at login.
+
+SIGNATURE_ALG = "PS256"
+SIGNATURE_PURPOSE = "crate/retrieve-signature/v1"
+
+
+def _pss() -> padding.PSS:
+    return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+
+
+def signed_message(org: str, kid: str, client_key: str, nonce: str, bundle: str) -> bytes:
+    """What the org key signs for one retrieval (`client_key`: the RFC 7638
+    thumbprint of the client's ephemeral key). Fields are joined by NUL,
+    which none may hold."""
+    fields = (SIGNATURE_PURPOSE, org, kid, client_key, nonce, bundle)
+    if any("\x00" in f for f in fields):
+        raise MalformedJWE("a field of the signed message holds NUL")
+    return "\x00".join(fields).encode("utf-8")
+
+
+def sign(private_key: rsa.RSAPrivateKey, message: bytes) -> str:
+    """RSA-PSS (SHA-256, 32-byte salt) over `message`, base64url."""
+    return b64u_encode(private_key.sign(message, _pss(), hashes.SHA256()))
+
+
+def verify(public_key: rsa.RSAPublicKey, message: bytes, signature: object) -> None:
+    """Raise IntegrityError unless `signature` is the key's RSA-PSS over `message`."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        raw = b64u_decode(signature) if isinstance(signature, str) else b""
+        public_key.verify(raw, message, _pss(), hashes.SHA256())
+    except (InvalidSignature, IntegrityError, ValueError):
+        raise IntegrityError(
+            "the retrieval's answer is not signed by the organization's pinned key"
+        ) from None

@@ -1047,12 +1047,15 @@ class VaultService:
         tag_scope: frozenset[str] = frozenset(),
         caller: Caller | None = None,
         columns: bool = False,
-    ) -> str:
-        """The ephemeral retrieval: selected values, encrypted to the client's key.
-        The audit entry (with the names returned) commits before the answer leaves.
-        The bundle holds the secrets as `secrets: [{name, value, version}]`, or
-        with `columns` as three lists `names`, `values`, `versions`, which are
-        encoded and parsed three times faster."""
+        signed: bool = False,
+    ) -> dict[str, Any]:
+        """The ephemeral retrieval: selected values, encrypted to the client's key,
+        as `{"bundle": JWE}`. The audit entry (with the names returned) commits
+        before the answer leaves. The bundle holds the secrets as `secrets:
+        [{name, value, version}]`, or with `columns` as three lists `names`,
+        `values`, `versions`, which are encoded and parsed three times faster.
+        With `signed`, the answer also carries the org key's signature over
+        the bundle, this client key and this nonce (jwe.signed_message)."""
         try:
             public = jwe.public_key_from_jwk(client_jwk)
         except IntegrityError as e:  # a bad request, not a damaged vault
@@ -1085,7 +1088,17 @@ class VaultService:
                 for n, v, value in zip(*selected, strict=True)
             ]
         plaintext = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        return jwe.encrypt(public, plaintext)
+        answer: dict[str, Any] = {"bundle": jwe.encrypt(public, plaintext)}
+        if signed:
+            keys = self.org(org)
+            kid, _ = keys.active_public_key()
+            message = jwe.signed_message(org, kid, jwe.thumbprint(public), nonce, answer["bundle"])
+            answer["signature"] = {
+                "alg": jwe.SIGNATURE_ALG,
+                "kid": kid,
+                "value": jwe.sign(keys.private_key(kid), message),
+            }
+        return answer
 
     def history(
         self,

@@ -117,6 +117,8 @@ def test_login_from_stdin_then_logout(crate: CrateRunner, shared: tuple[CrateSer
     assert token not in done.stderr
 
     saved = json.loads((crate.home / "login.json").read_text())
+    login_id = saved.pop("id")  # what the login's offline copies are bound to
+    assert len(login_id) == 32
     assert saved == {
         "format": 1,
         "server": server.url,
@@ -448,10 +450,13 @@ def test_offline_copy(crate: CrateRunner, tmp_path: Path) -> None:
         fetched = crate("secrets", "fetch", "--format", "json", check=True)
         assert json.loads(fetched.stdout) == {"A": ALPHA, "B": BRAVO}
 
-        copies = sorted((crate.home / "fallback").glob("*.copy"))
+        # fallback/<server>/<login and token>/*.copy, under a key of that login.
+        copies = sorted((crate.home / "fallback").rglob("*.copy"))
         assert copies
-        assert mode(crate.home / "fallback") == 0o700
-        fallback_key = crate.home / "credentials" / "fallback-key"
+        for folder in {copies[0].parent, copies[0].parent.parent, crate.home / "fallback"}:
+            assert mode(folder) == 0o700
+        (fallback_key,) = (crate.home / "credentials").glob("fallback-key:*")
+        assert fallback_key.name == f"fallback-key:{copies[0].parent.name}"
         assert mode(fallback_key) == 0o600
         for copy in copies:
             assert mode(copy) == 0o600
@@ -555,7 +560,7 @@ def test_login_keeps_the_token_in_the_keyring(
     ran = crate("run", "--", "sh", "-c", 'printf %s "$DB_URL"', env=env, check=True)
     assert ran.stdout == SERVER_SECRETS["DB_URL"]
     # The offline copy's key shares the token's custody.
-    assert not (crate.home / "credentials" / "fallback-key").exists()
+    assert not list((crate.home / "credentials").glob("fallback-key*"))
     assert any(k.startswith("fallback-key:") for k in keyring_service.crate_items())
     assert not (crate.home / "credentials").exists() or not any(
         (crate.home / "credentials").iterdir()
