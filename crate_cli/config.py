@@ -114,9 +114,17 @@ def ensure_private_dir(path: Path) -> None:
 
 def check_private_dir(path: Path) -> None:
     """Raise NotPrivate unless `path` is a folder of this user that nobody
-    else can enter (a symlink to one is fine)."""
+    else can enter (a symlink to one is fine, if it is this user's or root's)."""
     import stat
 
+    link = path.lstat()
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (os.getuid(), 0):
+        # Whoever owns the link can point it at a folder of theirs at any time.
+        raise NotPrivate(
+            f"{path} is a symbolic link that belongs to another user (uid {link.st_uid}); "
+            "crate keeps keys and vaults there, so it was not used",
+            "use a folder of your own, e.g. CRATE_HOME=~/.crate",
+        )
     st = path.stat()
     if not stat.S_ISDIR(st.st_mode):
         raise NotPrivate(f"{path} is not a folder", "point CRATE_HOME at a folder")

@@ -138,6 +138,7 @@ def remove_login(home: CrateHome) -> Login | None:
         if token:
             forget_copies(home, credentials, login.server, copy_binding(login, login.server, token))
         credentials.delete(TOKEN_LABEL)
+        credentials.delete(FALLBACK_KEY_LABEL)  # the key of unbound copies (older crates)
         forget_server_copies(home, login.server)
     (home.data_dir / LOGIN_FILE).unlink(missing_ok=True)
     return login

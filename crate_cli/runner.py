@@ -442,8 +442,8 @@ def prepare(run: RunArgs, client: "SecretsClient", env: str, mask: bool) -> Laun
         from crate_cli.transformers import transform
 
         pairs = transform(pairs, run.name_transformer)
-    if not run.no_env:
-        refuse_steering(client, env, list(zip(found.names, (n for n, _ in pairs), strict=True)))
+    # In the environment, or in a mount file that a tool may load into one.
+    refuse_steering(client, env, list(zip(found.names, (n for n, _ in pairs), strict=True)))
     child_env = child_environment(
         os.environ, [] if run.no_env else pairs, run.preserve_env, run.inherit_env
     )

@@ -102,7 +102,7 @@ def log(
             )
             if jsonl:
                 for entry in page:
-                    click.echo(json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
+                    click.echo(json.dumps(entry, ensure_ascii=True, separators=(",", ":")))
             else:
                 entries.extend(page)
             if not more_pages or not page:
@@ -124,7 +124,7 @@ def log(
             before = page[0]["seq"]
     if jsonl:
         for entry in entries:
-            click.echo(json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
+            click.echo(json.dumps(entry, ensure_ascii=True, separators=(",", ":")))
         return
     if as_json:
         print_json(entries)
@@ -147,9 +147,16 @@ def _names(names: list[str]) -> str:
 
 
 def _table(entries: list[dict[str, Any]]) -> None:
+    from typing import cast
+
     from rich.markup import escape
     from rich.table import Table
 
+    from crate_cli.display import safe_value
+
+    # Actors, names and details come from the log (a failed unlock's actor was
+    # written without a key): no control or bidirectional character is shown.
+    entries = [cast("dict[str, Any]", safe_value(e)) for e in entries]
     colours = {"ok": "green", "denied": "red", "failed": "yellow"}
     table = Table(box=None, pad_edge=False)
     for column in ("SEQ", "TIME (UTC)", "ACTOR", "CLIENT", "ACTION", "ENV"):

@@ -54,7 +54,10 @@ def console(soft_wrap: bool = False) -> Any:
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """Data as JSON for scripts; every character beyond ASCII escaped, so that
+    text from a server or a vault (an actor, a name) brings no control or
+    bidirectional character to a terminal, and parses back the same."""
+    click.echo(json.dumps(data, indent=2, ensure_ascii=True))
 
 
 def split_tags(values: tuple[str, ...]) -> list[str]:

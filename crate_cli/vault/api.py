@@ -42,6 +42,7 @@ itself are not recorded.
 """
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -62,6 +63,10 @@ from crate_cli.vault.names import ENV_RE, SECRET_RE
 from crate_cli.vault.service import OrgKeys, SealedItem, VaultService
 
 MAX_RETRIEVE_NAMES = 1000
+# How long an org found not to exist is taken as such (a new org is served
+# after at most this long).
+UNKNOWN_ORG_TTL = 5.0
+MAX_UNKNOWN_ORGS = 4096
 # What each role may do.
 GRANTS = {
     "admin": frozenset({"read", "write", "admin"}),
@@ -302,6 +307,8 @@ class ApiCore:
         self.orgs = orgs
         self.denials = denials
         self._decoy: OrgKeys | None = None
+        # Orgs found not to exist, until when (monotonic): see _known_unknown.
+        self._unknown: dict[str, float] = {}
 
     def handle(self, request: Request) -> Response:
         """Route a request; every CrateError becomes its JSON error response."""
@@ -403,6 +410,18 @@ class ApiCore:
         if found is None:
             return None
         return self._authenticate(request.token, found[1].get("org"))
+
+    def _known_unknown(self, org: str) -> bool:
+        """Whether `org` was found not to exist in the last few seconds: a
+        stranger's guesses then cost a dict lookup, as a known org does,
+        rather than a failed open of its file (measurably slower)."""
+        until = self._unknown.get(org)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._unknown[org]
+            return False
+        return True
 
     def _decoy_keys(self) -> OrgKeys | None:
         """A served org's keys, to look tokens up in for orgs that do not exist."""
@@ -522,10 +541,13 @@ class ApiCore:
         # vault (a decoy) and the result thrown away, so that neither the
         # answer nor its time tells a stranger which orgs exist.
         keys: OrgKeys | None = None
-        if self.orgs is None or org in self.orgs:
+        if (self.orgs is None or org in self.orgs) and not self._known_unknown(org):
             try:
                 keys = self.service.org(org)
             except NotFound:
+                if len(self._unknown) >= MAX_UNKNOWN_ORGS:
+                    self._unknown.clear()
+                self._unknown[org] = time.monotonic() + UNKNOWN_ORG_TTL
                 keys = None
         lookup = keys if keys is not None else self._decoy_keys()
         try:

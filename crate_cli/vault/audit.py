@@ -145,7 +145,14 @@ class Checker:
 # The one entry crate writes without a key: a failed unlock, whose fields
 # are fixed but for the time, the actor and the master key version.
 _PENDING_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-_PENDING_ACTOR = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,256}")
+# `user@host` as context.local_actor makes it, or the service's default.
+_PENDING_ACTOR = re.compile(r"crate|[A-Za-z0-9._$\\-]{1,64}@[A-Za-z0-9._-]{1,253}")
+# A failed unlock is recorded as it happens: never from the future, nor from
+# long before the newest entry it follows (slack for a race between writers
+# and for clock steps).
+PENDING_SLACK = 3600.0
+# More failed unlocks than this waiting at once were not all crate's.
+MAX_PENDING = 1000
 _PENDING_DETAILS = re.compile(r'\{"error":"([a-z_]{1,40})","master_version":([1-9]\d{0,8})\}')
 PENDING_CLIENTS = ("cli", "server", "agent")
 
@@ -173,12 +180,38 @@ def pending_problem(row: tuple[Any, ...]) -> str | None:
     return None
 
 
-def _check_pending(keys: "OrgKeys", rows: Iterable[tuple[Any, ...]]) -> None:
-    """AuditChainBroken naming the first pending row (id first) that crate did not write."""
+def _check_pending(db: sqlite3.Connection, keys: "OrgKeys", rows: list[tuple[Any, ...]]) -> None:
+    """AuditChainBroken naming the first pending row (id first) that crate did not
+    write: not of a failed unlock's shape, or at a time it could not have been
+    written (after now, or well before the newest entry)."""
+    from datetime import UTC, datetime, timedelta
+
     from crate_cli.display import safe_text
 
+    if not rows:
+        return
+    if len(rows) > MAX_PENDING:
+        raise AuditChainBroken(
+            f"organization {keys.org!r} has {len(rows)} pending audit entries (failed unlocks "
+            f"recorded without a key), more than crate ever leaves ({MAX_PENDING}): they were "
+            "added outside crate and are not chained in",
+            f"check who can write {keys.store.path}, then remove them or restore a backup",
+        )
+    newest = db.execute("SELECT time FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
+    now = datetime.now(UTC).replace(tzinfo=None)
+    latest = (now + timedelta(seconds=PENDING_SLACK)).strftime(fmt)
+    earliest = ""
+    if newest is not None and isinstance(newest[0], str):
+        try:
+            floor = datetime.strptime(newest[0], fmt) - timedelta(seconds=PENDING_SLACK)
+            earliest = floor.strftime(fmt)
+        except ValueError:
+            earliest = ""
     for row in rows:
         problem = pending_problem(row[1:])
+        if problem is None and not earliest <= str(row[1]) <= latest:
+            problem = "its time is not one at which crate could have written it"
         if problem is not None:
             path = keys.store.path
             delete = f"DELETE FROM audit_pending WHERE id = {int(row[0])}"  # noqa: S608
@@ -296,7 +329,7 @@ def append(
     pending = db.execute(
         f"SELECT id, {_PENDING_FIELDS} FROM audit_pending ORDER BY id"  # noqa: S608
     ).fetchall()
-    _check_pending(keys, pending)
+    _check_pending(db, keys, pending)
     rows = []
     for row in pending:
         marked = {**json.loads(row[9]), "deferred": True}
@@ -499,13 +532,14 @@ def verify(keys: "OrgKeys") -> Verified:
     that every secret is at the version the log last recorded for it."""
     org = keys.org
     latest: dict[tuple[str, str], tuple[int, int]] = {}
-    revoked: dict[tuple[str, str], int] = {}  # (token name, time) -> seq
+    # (action, name, time) -> seq: the permanent records entries say they wrote.
+    records: dict[tuple[str, str, str], int] = {}
     with keys.store.read() as db:
         anchor = read_anchor(db, keys)
         pending_rows = db.execute(
             f"SELECT id, {_PENDING_FIELDS} FROM audit_pending ORDER BY id"  # noqa: S608
         ).fetchall()
-        _check_pending(keys, pending_rows)
+        _check_pending(db, keys, pending_rows)
         pending = len(pending_rows)
         expected = 1
         prev = b""
@@ -544,50 +578,84 @@ def verify(keys: "OrgKeys") -> Verified:
                 )
             if action in _VERSIONED and outcome == "ok":
                 _note_versions(latest, seq, text.split("\x00"))
-            elif action == "token-revoke" and outcome == "ok":
-                _note_revocation(revoked, seq, text.split("\x00"))
+            elif action in _PERMANENT and outcome == "ok":
+                _note_record(records, action, seq, text.split("\x00"))
             prev = tag
             expected += 1
         _check_anchor_reached(org, anchor, expected - 1, prev)
         _check_heads(db, org, latest)
-        _check_revocations(db, keys, revoked)
+        _check_records(db, keys, records)
     return Verified(expected - 1, prev, pending)
 
 
-def _note_revocation(revoked: dict[tuple[str, str], int], seq: int, fields: list[str]) -> None:
-    """Track, from an authenticated token-revoke entry, the revocation record it
-    wrote (entries from before schema 5 name none)."""
+# Actions whose entries name a permanent record they wrote in the same
+# transaction (details key -> the record's time): a token's revocation, the
+# end of a steering name's allowance. Without it, a row copied back from a
+# backup (the token, the allowance) would count again.
+_PERMANENT = {"token-revoke": "recorded", "name-disallow": "ended"}
+
+
+def _note_record(
+    records: dict[tuple[str, str, str], int], action: str, seq: int, fields: list[str]
+) -> None:
+    """Track, from an authenticated entry, the permanent record it wrote
+    (entries from before schema 5 name none)."""
     try:
-        details = json.loads(fields[9])
+        names, details = json.loads(fields[5]), json.loads(fields[9])
     except ValueError:
         return
-    if isinstance(details, dict) and isinstance(details.get("recorded"), str):
-        revoked[(str(details.get("token")), details["recorded"])] = seq
+    if not isinstance(details, dict) or not isinstance(details.get(_PERMANENT[action]), str):
+        return
+    if action == "token-revoke":
+        subject = str(details.get("token"))
+    elif isinstance(names, list) and names:
+        subject = str(names[0])
+    else:
+        return
+    records[(action, subject, details[_PERMANENT[action]])] = seq
 
 
-def _check_revocations(
-    db: sqlite3.Connection, keys: "OrgKeys", revoked: dict[tuple[str, str], int]
+def _check_records(
+    db: sqlite3.Connection, keys: "OrgKeys", records: dict[tuple[str, str, str], int]
 ) -> None:
-    """Every revocation the log recorded must still have its authentic record:
-    without it, the revoked token's row copied back would authenticate again."""
-    records = set()
+    """Every permanent record the log says was written must still be there,
+    authentic: else a revoked token, or an allowance that ended, could be
+    brought back by copying its row from a backup."""
+    found = set()
     for digest, name, revoked_at, actor, tag in db.execute(
         "SELECT hash, name, revoked_at, actor, mac FROM token_revocations"
     ):
-        try:
-            expected = keys.revocation_mac(bytes(digest), name, revoked_at, actor)
-        except (TypeError, ValueError):
-            continue  # not text, or a NUL byte: not a record crate wrote
-        if isinstance(tag, bytes) and hmac.compare_digest(expected, tag):
-            records.add((name, revoked_at))  # an edited record counts as gone
-    for (name, when), seq in sorted(revoked.items(), key=lambda item: item[1]):
-        if (name, when) not in records:
-            raise AuditChainBroken(
-                f"entry {seq} of organization {keys.org!r}'s audit log revoked token "
-                f"{name!r}, but the record of that revocation is gone or was changed: "
-                "the token may work again",
-                HINT,
-            )
+        if _authentic(keys.revocation_mac, (bytes(digest), name, revoked_at, actor), tag):
+            found.add(("token-revoke", name, revoked_at))
+    for name, allowed_at, ended_at, actor, tag in db.execute(
+        "SELECT name, allowed_at, ended_at, actor, mac FROM allowed_names_ended"
+    ):
+        if _authentic(keys.allowance_end_mac, (name, allowed_at, ended_at, actor), tag):
+            found.add(("name-disallow", name.upper(), allowed_at))
+    for (action, subject, when), seq in sorted(records.items(), key=lambda item: item[1]):
+        key = (action, subject.upper() if action == "name-disallow" else subject, when)
+        if key in found:
+            continue
+        what = (
+            f"revoked token {subject!r}"
+            if action == "token-revoke"
+            else f"ended the allowance of the name {subject}"
+        )
+        raise AuditChainBroken(
+            f"entry {seq} of organization {keys.org!r}'s audit log {what}, but the record of "
+            "that is gone or was changed: it may count again",
+            HINT,
+        )
+
+
+def _authentic(mac: Any, fields: tuple[Any, ...], tag: object) -> bool:
+    """Whether `tag` is the MAC `mac(*fields)` computes (False for a field
+    crate would never write, such as one holding NUL)."""
+    try:
+        expected = mac(*fields)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(tag, bytes) and hmac.compare_digest(expected, tag)
 
 
 # The actions whose entries say which version a secret is at.

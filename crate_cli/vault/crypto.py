@@ -49,6 +49,7 @@ SECRET_VERSION = "crate/secret-version/v1"
 API_TOKEN = "crate/api-token/v1"
 TOKEN_REVOCATION = "crate/token-revocation/v1"
 ALLOWED_NAME = "crate/allowed-name/v1"
+ALLOWED_NAME_ENDED = "crate/allowed-name-ended/v1"
 # Subkey of the org audit key that chains the audit log, and what it MACs.
 AUDIT_CHAIN_KEY = "crate/audit-chain-key/v1"
 AUDIT_ENTRY = "crate/audit-entry/v1"

@@ -297,6 +297,16 @@ class OrgKeys:
             crypto.mac_message(crypto.ALLOWED_NAME, self.org, name, allowed_at, actor),
         )
 
+    def allowance_end_mac(self, name: str, allowed_at: str, ended_at: str, actor: str) -> bytes:
+        """The MAC of an `allowed_names_ended` row: the allowance of `name`
+        made at `allowed_at` ended at `ended_at`, by `actor`."""
+        return crypto.mac(
+            self.row_key(),
+            crypto.mac_message(
+                crypto.ALLOWED_NAME_ENDED, self.org, name, allowed_at, ended_at, actor
+            ),
+        )
+
     def active_public_key(self) -> tuple[str, bytes]:
         with self.store.errors():
             row = self.store.conn.execute(
@@ -442,17 +452,22 @@ class VaultService:
     # -- names that steer processes (vault/names.py) ---------------------------
 
     def _allowed(self, db: sqlite3.Connection, keys: OrgKeys) -> dict[str, dict[str, str]]:
-        """The org's allowed steering names (upper case -> row), each row authenticated."""
+        """The org's allowed steering names (upper case -> row), each row
+        authenticated and not one whose allowance ended (an ended one copied
+        back from a backup stays ended, whatever its MAC)."""
+        import hmac
+
+        ended = set(db.execute("SELECT name, allowed_at FROM allowed_names_ended"))
         allowed = {}
         for name, allowed_at, actor, tag in db.execute(
             "SELECT name, allowed_at, actor, mac FROM allowed_names ORDER BY name"
         ):
-            crypto.verify_mac(
-                keys.row_key(),
-                crypto.mac_message(crypto.ALLOWED_NAME, keys.org, name, allowed_at, actor),
-                tag,
-            )
-            allowed[name.upper()] = {"name": name, "allowed_at": allowed_at, "actor": actor}
+            if not isinstance(tag, bytes) or not hmac.compare_digest(
+                keys.allowed_name_mac(name, allowed_at, actor), tag
+            ):
+                raise IntegrityError()
+            if (name, allowed_at) not in ended:
+                allowed[name.upper()] = {"name": name, "allowed_at": allowed_at, "actor": actor}
         return allowed
 
     def allowed_names(self, org: str) -> list[dict[str, str]]:
@@ -477,15 +492,33 @@ class VaultService:
                 return False
             if allow:
                 now = utc_now()
+                # OR REPLACE: over an ended allowance's row put back from a backup.
                 db.execute(
-                    "INSERT INTO allowed_names (name, allowed_at, actor, mac) VALUES (?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO allowed_names (name, allowed_at, actor, mac) "
+                    "VALUES (?, ?, ?, ?)",
                     (name, now, caller.actor, keys.allowed_name_mac(name, now, caller.actor)),
                 )
+                details = {"reason": reason}
             else:
                 assert present is not None
+                now = utc_now()
+                allowed_at = present["allowed_at"]
                 db.execute("DELETE FROM allowed_names WHERE name = ?", (present["name"],))
+                db.execute(
+                    "INSERT INTO allowed_names_ended (name, allowed_at, ended_at, actor, mac) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        present["name"],
+                        allowed_at,
+                        now,
+                        caller.actor,
+                        keys.allowance_end_mac(present["name"], allowed_at, now, caller.actor),
+                    ),
+                )
+                # `ended`: `crate audit verify` checks that the record is still there.
+                details = {"reason": reason, "ended": allowed_at}
             action = "name-allow" if allow else "name-disallow"
-            audit.append(db, keys, caller, action, names=[name], details={"reason": reason})
+            audit.append(db, keys, caller, action, names=[name], details=details)
         return True
 
     def _check_steering(self, db: sqlite3.Connection, keys: OrgKeys, names: Iterable[str]) -> None:

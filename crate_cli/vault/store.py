@@ -198,10 +198,11 @@ END;
 """
 
 # Org policy (schema 5): the steering names an admin allowed for the org
-# (vault/names.py: PATH, LD_PRELOAD ...), and the tokens revoked, by hash, so
-# that a token row copied back from a backup stays revoked. Both are MAC'd
-# under the org row key; revocations are permanent (the triggers, and the
-# audit log's cross-check in `crate audit verify`).
+# (vault/names.py: PATH, LD_PRELOAD ...) and the allowances that ended, so
+# that an allowance copied back from a backup stays ended; and the tokens
+# revoked, by hash, so that a token row copied back stays revoked. All are
+# MAC'd under the org row key; ended allowances and revocations are
+# permanent (the triggers, and `crate audit verify`'s cross-check).
 _POLICY_TABLES = """
 CREATE TABLE allowed_names (
     name TEXT PRIMARY KEY,
@@ -223,6 +224,22 @@ END;
 CREATE TRIGGER token_revocations_permanent_delete BEFORE DELETE ON token_revocations
 BEGIN
     SELECT RAISE(ABORT, 'a revocation is permanent');
+END;
+CREATE TABLE allowed_names_ended (
+    name TEXT NOT NULL,
+    allowed_at TEXT NOT NULL,
+    ended_at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    mac BLOB NOT NULL,
+    PRIMARY KEY (name, allowed_at)
+) STRICT;
+CREATE TRIGGER allowed_names_ended_permanent_update BEFORE UPDATE ON allowed_names_ended
+BEGIN
+    SELECT RAISE(ABORT, 'an ended allowance is permanent');
+END;
+CREATE TRIGGER allowed_names_ended_permanent_delete BEFORE DELETE ON allowed_names_ended
+BEGIN
+    SELECT RAISE(ABORT, 'an ended allowance is permanent');
 END;
 """
 
@@ -282,6 +299,11 @@ class OrgStore:
         self.conn = conn
         self._key: str | None = None  # counted in _OPEN while open
         self._after: list[Callable[[], None]] = []
+        # SQLite's schema cookie when check_schema last passed (None: not yet).
+        # A long-running process (a server, the agent) keeps its connection:
+        # a trigger planted meanwhile is caught by the next write, before it
+        # could fire.
+        self._schema_seen: int | None = None
 
     @classmethod
     def open(cls, path: Path) -> OrgStore:
@@ -329,9 +351,13 @@ class OrgStore:
         _OPEN[key] = _OPEN.get(key, 0) + 1
         store = cls(path, conn)
         store._key = key
+        store._schema_seen = store._schema_cookie()
         if version < SCHEMA_VERSION:
             store._migrate(version)
         return store
+
+    def _schema_cookie(self) -> int:
+        return int(self.conn.execute("PRAGMA schema_version").fetchone()[0])
 
     @classmethod
     def create(cls, path: Path) -> OrgStore:
@@ -350,6 +376,7 @@ class OrgStore:
             ):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        store._schema_seen = store._schema_cookie()
         return store
 
     def _migrate(self, version: int) -> None:
@@ -360,6 +387,7 @@ class OrgStore:
                     self.conn.execute(statement)
                 current += 1
                 self.conn.execute(f"PRAGMA user_version = {current}")
+        self._schema_seen = self._schema_cookie()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -368,6 +396,7 @@ class OrgStore:
             with self._writer(), self.errors():
                 self.conn.execute("BEGIN IMMEDIATE")
                 try:
+                    self._recheck_schema()
                     yield self.conn
                 except BaseException:
                     self.conn.execute("ROLLBACK")
@@ -375,6 +404,17 @@ class OrgStore:
                 self.conn.execute("COMMIT")
         finally:
             self._run_after()
+
+    def _recheck_schema(self) -> None:
+        """Inside a write transaction (the schema cannot change under it): if
+        the schema changed since it was checked, check it again."""
+        if self._schema_seen is None:
+            return
+        cookie = self._schema_cookie()
+        if cookie != self._schema_seen:
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            check_schema(self.conn, self.path, version)
+            self._schema_seen = cookie
 
     def _writer(self) -> threading.Lock:
         key = self._key or str(self.path.absolute())
@@ -467,6 +507,18 @@ def expected_schema(version: int) -> dict[str, tuple[str, str]]:
     return found
 
 
+def _sqlite_own(kind: object, name: object, sql: object) -> bool:
+    """Whether a schema row is SQLite's own: the index behind a UNIQUE or
+    PRIMARY KEY (no SQL), or one of its internal tables. Any trigger or view
+    is someone's, whatever its name (`PRAGMA writable_schema` lets a
+    `sqlite_` name be written)."""
+    if not isinstance(name, str) or not name.startswith("sqlite_"):
+        return False
+    if kind == "index":
+        return sql is None and name.startswith("sqlite_autoindex_")
+    return kind == "table" and name in ("sqlite_sequence", "sqlite_stat1", "sqlite_stat4")
+
+
 def check_schema(conn: sqlite3.Connection, path: Path, version: int) -> None:
     """Refuse a vault whose schema holds what crate did not create: a view, a
     trigger or index of someone else's, or one of crate's own with another
@@ -474,11 +526,10 @@ def check_schema(conn: sqlite3.Connection, path: Path, version: int) -> None:
     from crate_cli.display import safe_text
 
     expected = expected_schema(version)
-    rows = conn.execute(
-        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
-    ).fetchall()
     present = set()
-    for kind, name, sql in rows:
+    for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master"):
+        if _sqlite_own(kind, name, sql):
+            continue
         present.add(name)
         if expected.get(name) != (kind, sql):
             raise VaultCorrupted(

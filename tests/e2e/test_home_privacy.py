@@ -70,3 +70,20 @@ def test_a_new_home_and_its_parents_are_private(tmp_path: Path) -> None:
         os.umask(old)
     for folder in (tmp_path / "a", tmp_path / "a" / "b", home, home / "orgs", home / "keys"):
         assert mode(folder) == 0o700, folder
+
+
+def test_a_link_to_a_private_home_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    """The link's owner could point it at a folder of theirs at any moment."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a link to another uid")
+    home = tmp_path / "mine"
+    CrateRunner(home)("secrets", "set", "A=value-1234", check=True)
+    link = tmp_path / "link"
+    link.symlink_to(home)
+    os.lchown(link, 65534, 65534)
+    result = CrateRunner(link)("secrets", "get", "A")
+    assert_clean_error(result, 1, hidden=("value-1234",))
+    assert "is a symbolic link that belongs to another user (uid 65534)" in result.stderr
+    mine = tmp_path / "my-link"
+    mine.symlink_to(home)
+    assert CrateRunner(mine)("secrets", "get", "A", check=True).stdout == "value-1234"

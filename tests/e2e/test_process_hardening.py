@@ -36,20 +36,15 @@ from typing import NamedTuple
 import pytest
 from conftest import CrateRunner, crate_executable
 
+from crate_cli.config import CREDENTIAL_VARIABLES
+
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux: prctl, /proc"),
 ]
 
 PASSPHRASE = "hardening-passphrase-5c31e7d2"
-CREDENTIALS = (
-    "CRATE_PASSPHRASE",
-    "CRATE_PASSPHRASE_FD",
-    "CRATE_MASTER_KEY",
-    "CRATE_PKCS11_PIN",
-    "CRATE_TPM2_PIN",
-    "CRATE_TOKEN",
-)
+CREDENTIALS = CREDENTIAL_VARIABLES
 
 
 def allow_core_dumps() -> None:

@@ -56,11 +56,20 @@ def test_crate_run_refuses_a_steering_secret_it_was_not_allowed(
     refused = crate("run", "--name-transformer", "lower-snake", "--", "touch", str(marker))
     assert_clean_error(refused, 4)
     assert "secret BASH_ENV (as bash_env)" in refused.stderr
-    # Kept out of the environment (only in a mount), it steers nothing.
-    mount = tmp_path / "secrets.json"
-    done = crate("run", "--mount", str(mount), "--no-env", "--", "cat", str(mount))
-    assert done.returncode == 0, done
-    assert "/tmp/owned.sh" in done.stdout
+    # Nor in a mount file, which a tool may load into an environment.
+    mount = tmp_path / "secrets.env"
+    done = crate(
+        "run",
+        "--mount",
+        str(mount),
+        "--mount-format",
+        "dotenv",
+        "--no-env",
+        "--",
+        "cat",
+        str(mount),
+    )
+    assert_clean_error(done, 4, hidden=("/tmp/owned.sh",))
 
 
 @pytest.mark.parametrize("extra", [[], ["--mask"]], ids=["exec", "supervised"])

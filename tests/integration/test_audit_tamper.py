@@ -35,6 +35,7 @@ from vault_state import restore_triggers, run_sql
 
 from crate_cli.errors import ExitCode
 from crate_cli.vault import crypto
+from crate_cli.vault.masterkey import utc_now
 
 ORG = "personal"
 TRIGGERS = (
@@ -631,7 +632,7 @@ def test_failed_unlock_of_a_retrieval_is_pending(home: Home, key_file: Path) -> 
 def plant(home: Path, action: str, names: str, outcome: str, details: str, **more: str) -> None:
     """A row in `audit_pending` as someone who can write the file but holds no key could."""
     row = {
-        "time": "2026-01-01T00:00:00.000000Z",
+        "time": utc_now(),
         "actor": "alice@laptop",
         "env": "",
         "request_id": "",
@@ -687,6 +688,27 @@ FORGED = {
     ),
     "an unlock with a NUL byte": ("unlock", "[]", "failed", LOCKED, {"actor": "mal\x00lory"}),
     "an unlock at a made-up time": ("unlock", "[]", "failed", LOCKED, {"time": "yesterday"}),
+    "an unlock long before the log's newest entry": (
+        "unlock",
+        "[]",
+        "failed",
+        LOCKED,
+        {"time": "2019-01-01T00:00:00.000000Z"},
+    ),
+    "an unlock from the future": (
+        "unlock",
+        "[]",
+        "failed",
+        LOCKED,
+        {"time": "2099-01-01T00:00:00.000000Z"},
+    ),
+    "an unlock by a made-up actor": (
+        "unlock",
+        "[]",
+        "failed",
+        LOCKED,
+        {"actor": "alice@laptop \u202e(revoked by ci)"},
+    ),
 }
 
 
@@ -708,6 +730,24 @@ def test_forged_pending_rows_are_never_chained_in(home: Home, kind: str) -> None
     doc = verify_json(home.crate)
     assert (doc["entries"], doc["pending"]) == (before, 0)
     assert all(e["action"] != action or e["seq"] <= before for e in log_json(home.crate))
+
+
+def test_a_flood_of_failed_unlocks_is_not_chained_in(home: Home) -> None:
+    """More pending rows than crate could leave are refused as a whole."""
+    before = verify_json(home.crate)["entries"]
+    db = sqlite3.connect(vault_path(home.path))
+    now = utc_now()
+    db.executemany(
+        "INSERT INTO audit_pending (time, actor, action, env, names, outcome, request_id, "
+        "client, details) VALUES (?, 'alice@laptop', 'unlock', '', '[]', 'failed', '', 'cli', ?)",
+        [(now, LOCKED)] * 1001,
+    )
+    db.commit()
+    db.close()
+    assert_broken(home.crate("audit", "verify"), "1001 pending audit entries")
+    assert_broken(store(home.crate, "S0", "next-write"), "1001 pending audit entries")
+    vault_sql(home.path, "DELETE FROM audit_pending")
+    assert verify_json(home.crate)["entries"] == before
 
 
 def test_a_planted_failed_unlock_is_all_a_forger_can_add(home: Home) -> None:

@@ -135,6 +135,11 @@ def test_a_writer_cannot_store_a_name_that_steers_processes(
     served: Served, admin: SecretsClient
 ) -> None:
     writer = served.client("writer")
+    # Names of everyday secrets are not steering names.
+    writer.store(
+        "dev",
+        [(n, "x") for n in ("DATABASE_URL", "STRIPE_SECRET_KEY", "NODE_ENV", "SENTRY_DSN")],
+    )
     for name in (
         "LD_PRELOAD",
         "PATH",
@@ -145,6 +150,17 @@ def test_a_writer_cannot_store_a_name_that_steers_processes(
         "CRATE_TOKEN",
         "ld_preload",
         "Path",
+        # Each of these runs code from its value alone (an outside review's
+        # finding): man, bash -i, tar, make, vim.
+        "MANPAGER",
+        "PS0",
+        "TAR_OPTIONS",
+        "MAKEFLAGS",
+        "VIMINIT",
+        # ... and these decide whom the reader's programs trust.
+        "HTTPS_PROXY",
+        "REQUESTS_CA_BUNDLE",
+        "SSLKEYLOGFILE",
     ):
         with pytest.raises(Forbidden, match=f"secret name {name} is refused"):
             writer.store("dev", [(name, "/tmp/evil.so")])
@@ -210,6 +226,7 @@ def test_a_revoked_token_row_copied_back_grants_nothing(served: Served) -> None:
     # The careful attacker also removes the revocation record (past its
     # triggers, put back afterwards): requests are served again, and `audit
     # verify` names the revocation whose record is gone.
+    (record,) = run_sql(vault, "SELECT * FROM token_revocations WHERE name = 'laptop-lost'")
     db = sqlite3.connect(vault)
     db.execute("DROP TRIGGER token_revocations_permanent_delete")
     db.execute("DELETE FROM token_revocations WHERE name = 'laptop-lost'")
@@ -218,7 +235,11 @@ def test_a_revoked_token_row_copied_back_grants_nothing(served: Served) -> None:
     db.close()
     verify = served.crate("audit", "verify")
     assert verify.returncode == 5, verify
-    assert "revoked token 'laptop-lost', but the record of that revocation is gone" in verify.stderr
+    assert "revoked token 'laptop-lost', but the record of that is gone" in verify.stderr
+    # Put back, for the module's other tests.
+    run_sql(vault, "INSERT INTO token_revocations VALUES (?, ?, ?, ?, ?)", record)
+    run_sql(vault, "DELETE FROM tokens WHERE name = 'laptop-lost'")
+    assert served.crate("audit", "verify").returncode == 0
 
 
 # -- item 4: references are no confused deputy ----------------------------------------------
@@ -306,3 +327,38 @@ def test_a_reader_resolves_only_within_its_own_scope(
     assert "you may not read environment 'prod'" in failed.value.message
     assert prod_secret not in failed.value.message
     assert resolve_pairs(admin, "dev", pairs) == [("FROM_PROD", f"pw={prod_secret}")]
+
+
+def test_an_allowance_copied_back_from_a_backup_stays_ended(
+    served: Served, admin: SecretsClient
+) -> None:
+    """Allow a name, keep a backup of its row, disallow it, put the row back:
+    the name stays refused, and a careful vandal who also removes the record
+    of the end is named by `crate audit verify`."""
+    vault = served.home / "orgs" / f"{ORG}.vault"
+    admin.allow_name("GRADLE_OPTS")
+    (row,) = run_sql(vault, "SELECT * FROM allowed_names WHERE name = 'GRADLE_OPTS'")
+    admin.allow_name("GRADLE_OPTS", allow=False)
+    run_sql(vault, "INSERT INTO allowed_names VALUES (?, ?, ?, ?)", row)
+    assert "GRADLE_OPTS" not in [r["name"] for r in admin.allowed_names()]
+    with pytest.raises(Forbidden, match="secret name GRADLE_OPTS is refused"):
+        admin.store("dev", [("GRADLE_OPTS", "-Dx=y")])
+    assert served.crate("audit", "verify").returncode == 0
+    # Allowed again on purpose: a new allowance, over the row put back.
+    assert admin.allow_name("GRADLE_OPTS") is True
+    assert admin.allow_name("GRADLE_OPTS", allow=False) is True
+
+    db = sqlite3.connect(vault)
+    db.execute("DROP TRIGGER allowed_names_ended_permanent_delete")
+    db.execute(
+        "DELETE FROM allowed_names_ended WHERE name = 'GRADLE_OPTS' AND allowed_at = ?", (row[1],)
+    )
+    restore_triggers(lambda sql: db.execute(sql).fetchall())
+    db.commit()
+    db.close()
+    run_sql(vault, "INSERT OR REPLACE INTO allowed_names VALUES (?, ?, ?, ?)", row)
+    verify = served.crate("audit", "verify")
+    assert verify.returncode == 5, verify
+    assert "ended the allowance of the name GRADLE_OPTS, but the record of that is gone" in (
+        verify.stderr
+    )

@@ -55,7 +55,7 @@ def test_v1_vault_gains_tokens_table_and_keeps_secrets(session: Session, crate_h
             r[0]
             for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
         }
-        assert len(triggers) == 3 + 5 + 2  # the audit log's, the snapshots', the revocations'
+        assert len(triggers) == 3 + 5 + 2 + 2  # the audit log's, the snapshots', the policy's
         indexes = store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
         assert "secrets_head_macs" in {r[0] for r in indexes}
     finally:

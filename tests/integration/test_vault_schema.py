@@ -111,3 +111,46 @@ def test_trusted_schema_is_off(acme_home: Path) -> None:
         assert opened.conn.execute("PRAGMA trusted_schema").fetchone() == (0,)
     finally:
         opened.close()
+
+
+def test_a_trigger_with_sqlite_s_own_prefix_is_refused(acme_home: Path, crate: CrateRunner) -> None:
+    """`PRAGMA writable_schema` lets a trigger be named `sqlite_…`, a prefix
+    SQLite keeps for its own objects: any trigger or view is someone's."""
+    vault = acme_home / "orgs" / "acme.vault"
+    db = sqlite3.connect(vault)
+    db.execute("PRAGMA writable_schema = ON")
+    db.execute(
+        "CREATE TRIGGER sqlite_no_revocation BEFORE INSERT ON token_revocations "
+        "BEGIN SELECT RAISE(IGNORE); END"
+    )
+    db.commit()
+    db.close()
+    for args in (("token", "list", "--org", "acme"), ("secrets", "list", "--org", "acme")):
+        result = crate(*args)
+        assert_clean_error(result, 5)
+        assert "trigger 'sqlite_no_revocation' that crate did not create" in result.stderr
+
+
+def test_a_trigger_planted_while_a_server_runs_is_caught_before_it_fires(
+    acme_home: Path, vault_sql: Sql
+) -> None:
+    """A long-running process keeps its connection: the next write checks the
+    schema again when SQLite says it changed, before the trigger could run."""
+    from crate_server import CrateServer
+
+    from crate_cli.client import SecretsClient
+    from crate_cli.errors import IntegrityError
+    from crate_cli.transport.http import HttpTransport
+
+    server = CrateServer(acme_home, "--org", "acme")
+    token = server.token("ci", "admin", "--org", "acme")
+    with server:
+        client = SecretsClient(HttpTransport(server.url, token), "acme")
+        client.store("dev", [("BEFORE", "fine-value")])
+        vault_sql(
+            "CREATE TRIGGER evil_live BEFORE INSERT ON secret_versions "
+            "BEGIN SELECT RAISE(ABORT, 'evil'); END"
+        )
+        with pytest.raises(IntegrityError, match="trigger 'evil_live' that crate did not create"):
+            client.store("dev", [("AFTER", "refused-value")])
+    assert vault_sql("SELECT count(*) FROM secrets WHERE name = 'AFTER'") == [(0,)]
