@@ -126,6 +126,8 @@ _STARTS = "it names a program that others start"
 _TRUST = "it decides whom programs trust on the network"
 STEERING_NAMES: dict[str, str] = {
     **dict.fromkeys(("PATH", "CDPATH", "SHELL", "BROWSER", "VISUAL", "FCEDIT"), _RUNS),
+    **dict.fromkeys(("PAGER", "EDITOR"), _STARTS),
+    "HOME": _CONFIG,
     **dict.fromkeys(
         ("CC", "CXX", "CPP", "LD", "AR", "AS", "FC", "MAKE", "MAKEFILES", "TMPDIR", "TEMP", "TMP"),
         _RUNS,
@@ -236,6 +238,8 @@ STEERING_PREFIXES: dict[str, str] = {
     "TPM2": "it decides how crate and tpm2-tools reach the TPM",
     "CRATE_": "it is crate's own",
 }
+# A name that ends so, after at least one character of its own (FLAGS alone
+# steers nothing; MAKEFLAGS does).
 STEERING_SUFFIXES: dict[str, str] = {
     "PATH": _RUNS,  # MANPATH, FPATH, GOPATH, QT_PLUGIN_PATH, LIBRARY_PATH ...
     "HOME": _CONFIG,  # HOME, GNUPGHOME, JAVA_HOME, CARGO_HOME ...
@@ -273,7 +277,7 @@ def steering_reason(name: str) -> str | None:
         if upper.startswith(prefix):
             return why
     for suffix, why in STEERING_SUFFIXES.items():
-        if upper.endswith(suffix):
+        if upper.endswith(suffix) and len(upper) > len(suffix):
             return why
     return None
 
@@ -295,7 +299,7 @@ def steering_names(names: list[str]) -> list[str]:
         suffixes = "|".join(re.escape(x[::-1]) for x in STEERING_SUFFIXES)
         _steering_re = (
             re.compile(rf"\n(?:(?:{exact})\n|{prefixes})"),
-            re.compile(rf"\n(?:{suffixes})"),
+            re.compile(rf"\n(?:{suffixes})[^\n]"),
         )
     text = "\n" + "\n".join(names).upper() + "\n"
     if _steering_re[0].search(text) is None and _steering_re[1].search(text[::-1]) is None:

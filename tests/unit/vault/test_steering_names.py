@@ -1,0 +1,154 @@
+"""The names that steer processes (vault/names.py): the rule, and the fast check
+`crate run` uses, which must never miss a name the rule refuses."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crate_cli.vault.names import (
+    STEERING_NAMES,
+    STEERING_PREFIXES,
+    STEERING_SUFFIXES,
+    steering_names,
+    steering_reason,
+)
+
+# Each runs code from its value alone, or decides whom programs trust (found
+# by an attack review of the first list).
+STEERING = [
+    "PATH",
+    "path",
+    "LD_PRELOAD",
+    "DYLD_INSERT_LIBRARIES",
+    "BASH_ENV",
+    "ENV",
+    "IFS",
+    "PS0",
+    "PS1",
+    "PS4",
+    "PROMPT_COMMAND",
+    "PYTHONPATH",
+    "PYTHONSTARTUP",
+    "NODE_OPTIONS",
+    "PERL5OPT",
+    "RUBYOPT",
+    "GIT_SSH_COMMAND",
+    "CRATE_TOKEN",
+    "MANPAGER",
+    "PAGER",
+    "EDITOR",
+    "VISUAL",
+    "VIMINIT",
+    "EXINIT",
+    "MAKEFLAGS",
+    "TAR_OPTIONS",
+    "SYSTEMD_PAGER",
+    "KUBE_EDITOR",
+    "JAVA_TOOL_OPTIONS",
+    "CLASSPATH",
+    "MAVEN_OPTS",
+    "KUBECONFIG",
+    "DOCKER_HOST",
+    "RUSTC_WRAPPER",
+    "CC",
+    "CMAKE_C_COMPILER_LAUNCHER",
+    "GOFLAGS",
+    "GOPROXY",
+    "CARGO_HOME",
+    "GEM_PATH",
+    "PIP_INDEX_URL",
+    "DOTNET_STARTUP_HOOKS",
+    "CORECLR_PROFILER_PATH",
+    "LUA_INIT",
+    "ERL_AFLAGS",
+    "PHPRC",
+    "PSQLRC",
+    "INPUTRC",
+    "HISTFILE",
+    "FPATH",
+    "TERMINFO",
+    "QT_PLUGIN_PATH",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "SSLKEYLOGFILE",
+    "NODE_TLS_REJECT_UNAUTHORIZED",
+    "TMPDIR",
+    "XDG_CONFIG_HOME",
+    "TPM2TOOLS_TCTI",
+]
+# Names of everyday secrets and settings, and the suffixes on their own.
+EVERYDAY = [
+    "DATABASE_URL",
+    "API_KEY",
+    "STRIPE_SECRET_KEY",
+    "SENTRY_DSN",
+    "NODE_ENV",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "GITHUB_TOKEN",
+    "REDIS_URL",
+    "JWT_SECRET",
+    "SMTP_PASSWORD",
+    "DB_HOST",
+    "DB_USER",
+    "SECRET_KEY_BASE",
+    "OPENAI_API_KEY",
+    "TWILIO_AUTH_TOKEN",
+    "GOOGLE_API_KEY",
+    "SLACK_WEBHOOK_URL",
+    "POSTGRES_PASSWORD",
+    "RAILS_MASTER_KEY",
+    "NEXT_PUBLIC_API_URL",
+    "VITE_API_KEY",
+    "APP_ENV",
+    "LOG_LEVEL",
+    "PORT",
+    "HOST",
+    "GREETING",
+    "FLAGS",
+    "INIT",
+    "OPTS",
+    "OPTIONS",
+    "PROXY",
+    "RC",
+]
+
+
+@pytest.mark.parametrize("name", STEERING)
+def test_a_steering_name_is_refused(name: str) -> None:
+    assert steering_reason(name) is not None
+    assert steering_names([*EVERYDAY, name]) == [name]
+
+
+@pytest.mark.parametrize("name", EVERYDAY)
+def test_an_everyday_name_is_not(name: str) -> None:
+    assert steering_reason(name) is None
+    assert steering_names([name]) == []
+
+
+FRAGMENTS = [
+    *STEERING_NAMES,
+    *STEERING_PREFIXES,
+    *STEERING_SUFFIXES,
+    "A",
+    "_",
+    "X1",
+    "DB",
+    "KEY",
+    "path",
+    "Home",
+]
+NAMES = (
+    st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=3)
+    .map("".join)
+    .filter(lambda n: not n[0].isdigit())
+)
+
+
+@given(st.lists(NAMES, max_size=20))
+def test_the_fast_check_finds_exactly_what_the_rule_refuses(names: list[str]) -> None:
+    assert steering_names(names) == [n for n in names if steering_reason(n) is not None]
