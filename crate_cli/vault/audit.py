@@ -22,7 +22,6 @@ unlock are chained; anything else there was written by someone else, and
 stops that writer and `verify()` with AuditChainBroken.
 """
 
-import hmac
 import json
 import re
 import sqlite3
@@ -184,12 +183,12 @@ def _check_pending(db: sqlite3.Connection, keys: "OrgKeys", rows: list[tuple[Any
     """AuditChainBroken naming the first pending row (id first) that crate did not
     write: not of a failed unlock's shape, or at a time it could not have been
     written (after now, or well before the newest entry)."""
+    if not rows:
+        return  # the usual case, on every append: nothing imported for it
     from datetime import UTC, datetime, timedelta
 
     from crate_cli.display import safe_text
 
-    if not rows:
-        return
     if len(rows) > MAX_PENDING:
         raise AuditChainBroken(
             f"organization {keys.org!r} has {len(rows)} pending audit entries (failed unlocks "
@@ -651,6 +650,8 @@ def _check_records(
 def _authentic(mac: Any, fields: tuple[Any, ...], tag: object) -> bool:
     """Whether `tag` is the MAC `mac(*fields)` computes (False for a field
     crate would never write, such as one holding NUL)."""
+    import hmac  # not at the top: it loads OpenSSL's hashlib, 3 ms on crate run's path
+
     try:
         expected = mac(*fields)
     except (TypeError, ValueError):

@@ -8,6 +8,8 @@ pasted into a name field by mistake is not echoed back.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import Any
 
 from crate_cli.errors import InvalidInput, PayloadTooLarge
 
@@ -282,26 +284,58 @@ def steering_reason(name: str) -> str | None:
     return None
 
 
+# Up to this many names, substring searches find a steering name fastest;
+# beyond, two expressions (tries of the prefixes and reversed suffixes), whose
+# compiling (about 3 ms) the search then repays.
+_FEW_NAMES = 2000
+_EXACT = frozenset(STEERING_NAMES)
+_PREFIX_NEEDLES = tuple(f"\n{p}" for p in STEERING_PREFIXES)
+_SUFFIX_NEEDLES = tuple(f"{x}\n" for x in STEERING_SUFFIXES)
 _steering_re: tuple[re.Pattern[str], re.Pattern[str]] | None = None
 
 
 def steering_names(names: list[str]) -> list[str]:
-    """The names among `names` that steer processes. `crate run` checks up to
-    10,000 on every start: their upper-cased text joined by newlines, searched
-    by one expression for the exact names and prefixes and, in the reversed
-    text, one for the suffixes (each anchored at a line's start, which Python's
-    engine finds fast: about 2.5 ms for 10,000 names), and a look name by name
-    only when one matches."""
+    """The names among `names` that steer processes. `crate run` checks every
+    name it passes on, so this is a fast filter (0.3 ms for 300 names, 4 ms
+    for 10,000; no regular expression to compile for the usual few hundred),
+    and `steering_reason` decides for the names it lets through."""
+    body = "\n".join(names).upper()
+    if not _EXACT.isdisjoint(body.split("\n")) or _affixes_in("\n" + body + "\n", len(names)):
+        return [n for n in names if steering_reason(n) is not None]
+    return []
+
+
+def _affixes_in(text: str, count: int) -> bool:
+    """Whether some line of `text` starts with a steering prefix or ends with a
+    steering suffix (maybe the whole line: the caller decides)."""
     global _steering_re
+    if count <= _FEW_NAMES:
+        return any(n in text for n in _PREFIX_NEEDLES) or any(n in text for n in _SUFFIX_NEEDLES)
     if _steering_re is None:
-        exact = "|".join(re.escape(n) for n in STEERING_NAMES)
-        prefixes = "|".join(re.escape(p) for p in STEERING_PREFIXES)
-        suffixes = "|".join(re.escape(x[::-1]) for x in STEERING_SUFFIXES)
         _steering_re = (
-            re.compile(rf"\n(?:(?:{exact})\n|{prefixes})"),
-            re.compile(rf"\n(?:{suffixes})[^\n]"),
+            re.compile("\n" + _trie(STEERING_PREFIXES)),
+            re.compile("\n" + _trie([x[::-1] for x in STEERING_SUFFIXES])),
         )
-    text = "\n" + "\n".join(names).upper() + "\n"
-    if _steering_re[0].search(text) is None and _steering_re[1].search(text[::-1]) is None:
-        return []
-    return [n for n in names if steering_reason(n) is not None]
+    return (
+        _steering_re[0].search(text) is not None or _steering_re[1].search(text[::-1]) is not None
+    )
+
+
+def _trie(words: Iterable[str]) -> str:
+    """A regular expression matching any of `words`, as a trie (one branch per
+    character), which Python's engine tries in steps rather than word by word."""
+    root: dict[str, Any] = {}
+    for word in words:
+        node = root
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def build(node: dict[str, Any]) -> str:
+        if set(node) == {""}:
+            return ""
+        branches = [re.escape(c) + build(child) for c, child in sorted(node.items()) if c]
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return build(root)

@@ -523,8 +523,6 @@ def check_schema(conn: sqlite3.Connection, path: Path, version: int) -> None:
     """Refuse a vault whose schema holds what crate did not create: a view, a
     trigger or index of someone else's, or one of crate's own with another
     body. Such an object would run inside crate's own queries and writes."""
-    from crate_cli.display import safe_text
-
     expected = expected_schema(version)
     present = set()
     for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master"):
@@ -532,6 +530,8 @@ def check_schema(conn: sqlite3.Connection, path: Path, version: int) -> None:
             continue
         present.add(name)
         if expected.get(name) != (kind, sql):
+            from crate_cli.display import safe_text
+
             raise VaultCorrupted(
                 f"vault {path} holds a {safe_text(str(kind), 20)} '{safe_text(str(name), 64)}' "
                 "that crate did not create: it was edited outside crate and left untouched",

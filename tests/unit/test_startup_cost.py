@@ -49,3 +49,61 @@ def test_records_on_the_run_path_have_evaluated_annotations(module_name: str) ->
             if isinstance(hint, (str, typing.ForwardRef))
         }
         assert not strings, f"{record.__qualname__}: annotations left as strings: {strings}"
+
+
+# Modules that `crate run` must not import: each costs milliseconds on every
+# dev command, and none is needed to start one (docs/ARCHITECTURE.md).
+NOT_ON_THE_RUN_PATH = (
+    "click",
+    "rich",
+    "tomllib",
+    "hashlib",  # with hmac: OpenSSL's hash bindings, about 3 ms
+    "hmac",
+    "secrets",
+    "tempfile",
+    "dataclasses",
+    "ctypes",
+    "uvicorn",
+    "http.client",
+    "ssl",
+    "crate_cli.display",
+    "crate_cli.remote",
+)
+
+RUN_AND_LIST_MODULES = """
+import os, sys
+def done(*args):
+    print(" ".join(sorted(sys.modules)))
+    os._exit(0)
+os.execve = done
+from crate_cli.cli import main
+sys.argv = ["crate", "run", "--", "true"]
+main()
+"""
+
+
+def test_crate_run_imports_nothing_it_does_not_need(tmp_path: object) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    home = Path(str(tmp_path)) / "home"
+    env = {**os.environ, "CRATE_HOME": str(home), "CRATE_KEYSTORE": "file"}
+    env.pop("CRATE_SERVER", None)
+    subprocess.run(
+        [sys.executable, "-m", "crate_cli", "secrets", "set", "A=1", "B=${A}"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST_MODULES],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    loaded = set(done.stdout.split())
+    assert "crate_cli.runner" in loaded  # it did run
+    assert not loaded & set(NOT_ON_THE_RUN_PATH), loaded & set(NOT_ON_THE_RUN_PATH)

@@ -152,3 +152,12 @@ NAMES = (
 @given(st.lists(NAMES, max_size=20))
 def test_the_fast_check_finds_exactly_what_the_rule_refuses(names: list[str]) -> None:
     assert steering_names(names) == [n for n in names if steering_reason(n) is not None]
+
+
+@given(st.lists(NAMES, max_size=20))
+def test_the_fast_check_of_many_names_finds_the_same(names: list[str]) -> None:
+    """Beyond a few thousand names the check takes another path (tries of
+    regular expressions): it must agree too."""
+    filler = [f"SECRET_NUMBER_{i}" for i in range(2500)]
+    expected = [n for n in names if steering_reason(n) is not None]
+    assert steering_names([*filler, *names]) == expected
