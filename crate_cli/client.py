@@ -138,9 +138,10 @@ class SecretsClient:
         kid, key = self.public_key()
         if len(values) == 1:
             name, value = values[0]
-            token = jwe.encrypt(
-                key, value.encode("utf-8"), {"kid": kid, "org": self.org, "env": env, "name": name}
-            )
+            # The tags are sealed too (null: keep the secret's): a relay that
+            # cannot open the value cannot re-tag it either.
+            header = {"kid": kid, "org": self.org, "env": env, "name": name, "tags": tags}
+            token = jwe.encrypt(key, value.encode("utf-8"), header)
             body: dict[str, Any] = {
                 "name": name,
                 "environment": env,
@@ -151,7 +152,7 @@ class SecretsClient:
                 body["tags"] = tags
             return [self.transport.request("PUT", self._path("secrets"), body=body)]
         plaintext = json.dumps(dict(values), ensure_ascii=False).encode("utf-8")
-        token = jwe.encrypt(key, plaintext, {"kid": kid, "org": self.org, "env": env})
+        token = jwe.encrypt(key, plaintext, {"kid": kid, "org": self.org, "env": env, "tags": tags})
         entries: list[dict[str, Any]] = []
         for name, _ in values:
             entry: dict[str, Any] = {"name": name}
@@ -208,7 +209,7 @@ class SecretsClient:
             body["signature"] = jwe.SIGNATURE_ALG
         reply = self.transport.request("POST", self._path("secrets", "retrieve"), body=body)
         if self.pinned is not None:
-            self._check_signature(reply, key, nonce)
+            self._check_signature(reply, key, nonce, body)
         try:
             bundle = json.loads(jwe.decrypt(key, str(reply["bundle"])).plaintext)
             returned, values, numbers = _columns(bundle)
@@ -232,10 +233,13 @@ class SecretsClient:
             raise IntegrityError("the retrieval bundle holds an invalid name")
         return RetrievedColumns(returned, values, numbers)
 
-    def _check_signature(self, reply: dict[str, Any], key: Any, nonce: str) -> None:
+    def _check_signature(
+        self, reply: dict[str, Any], key: Any, nonce: str, body: dict[str, Any]
+    ) -> None:
         """The answer must be signed by the pinned org key, for this org, this
-        ephemeral key and this nonce: a relay that re-sealed the bundle to the
-        client (having swapped the key in the request) cannot sign it."""
+        ephemeral key, this nonce and this selection (`body`, the request as
+        sent): a relay that re-sealed the bundle to the client (having swapped
+        the key in the request), or changed what was asked for, cannot sign it."""
         assert self.pinned is not None
         kid, public = self.pinned
         signature = reply.get("signature")
@@ -243,7 +247,18 @@ class SecretsClient:
             if not isinstance(signature, dict) or signature.get("kid") != kid:
                 raise IntegrityError()
             message = jwe.signed_message(
-                self.org, kid, jwe.thumbprint(key.public_key()), nonce, str(reply.get("bundle"))
+                self.org,
+                kid,
+                jwe.thumbprint(key.public_key()),
+                nonce,
+                jwe.selection_digest(
+                    body["environment"],
+                    body["names"],
+                    body["tags"],
+                    body.get("versions") or {},
+                    body["layout"],
+                ),
+                str(reply.get("bundle")),
             )
             jwe.verify(public, message, signature.get("value"))
         except IntegrityError:

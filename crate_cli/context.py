@@ -271,7 +271,13 @@ class Session:
         bits = int(self.settings.get("crypto.ephemeral_rsa_bits"))
         remote = self.remote
         if remote is not None:
-            from crate_cli.remote import FallbackClient, pinned_key, trusted_key
+            from crate_cli.remote import (
+                FINGERPRINT_ENV,
+                FallbackClient,
+                expected_fingerprint,
+                pinned_key,
+                trusted_key,
+            )
 
             http = remote.transport()
             if fallback is not None and fallback.mode == "only":
@@ -286,7 +292,8 @@ class Session:
                 pin = pinned_key(self.home, remote.server, org)
                 pinned = pin.key() if pin is not None else None
             else:
-                pinned = trusted_key(self.home, remote.server, org, http, self.notify)
+                expected = expected_fingerprint(self.environ.get(FINGERPRINT_ENV), FINGERPRINT_ENV)
+                pinned = trusted_key(self.home, remote.server, org, http, self.notify, expected)
             if fallback is not None:
                 return FallbackClient(
                     http, org, bits, self.home, remote, fallback, self.notify, pinned

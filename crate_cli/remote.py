@@ -14,17 +14,16 @@
   known_hosts: a key that changes is never accepted silently.
 - `CRATE_SERVER`, `CRATE_TOKEN` and `CRATE_CA_FILE` override the login.
 - After each successful remote retrieval the values are kept encrypted
-  (AES-256-GCM, the key above) per server, org, env and selection, in a
-  folder of the login (or of the token, without one) under a key of the
-  same: when the server cannot be reached, `crate run` and `fetch` use that
-  copy. Logging out removes the server's copies and their key, and so does
-  the server's refusal of the token (a revocation) the next time it is asked.
+  (AES-256-GCM under a key derived from the token) per server, org, env and
+  selection, in a folder of the login (or of the token, without one): when
+  the server cannot be reached, `crate run` and `fetch` use that copy.
+  Logging out removes the server's copies, and so does the server's refusal
+  of the token (a revocation) the next time it is asked.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -47,7 +46,7 @@ if TYPE_CHECKING:
 LOGIN_FILE = "login.json"
 PINS_FILE = "pins.json"
 TOKEN_LABEL = "api-token"
-FALLBACK_KEY_LABEL = "fallback-key"  # and, per binding, fallback-key:<binding>
+FALLBACK_KEY_LABEL = "fallback-key"  # where older crates kept the key of their copies
 FALLBACK_PURPOSE = "crate/fallback/v2"
 
 
@@ -134,12 +133,9 @@ def remove_login(home: CrateHome) -> Login | None:
     login = read_login(home)
     if login is not None:
         credentials = Credentials(home, login.credentials)
-        token = credentials.get(TOKEN_LABEL)
-        if token:
-            forget_copies(home, credentials, login.server, copy_binding(login, login.server, token))
         credentials.delete(TOKEN_LABEL)
         credentials.delete(FALLBACK_KEY_LABEL)  # the key of unbound copies (older crates)
-        forget_server_copies(home, login.server)
+        forget_server_copies(home, _spelled(login.server) or login.server)
     (home.data_dir / LOGIN_FILE).unlink(missing_ok=True)
     return login
 
@@ -156,12 +152,11 @@ def _server_folder(home: CrateHome, server: str) -> Path:
     return home.data_dir / "fallback" / sha256_hex(server.encode("utf-8"))[:32]
 
 
-def forget_copies(home: CrateHome, credentials: Credentials, server: str, binding: str) -> None:
-    """Remove the offline copies of one binding and their key."""
+def forget_copies(home: CrateHome, server: str, binding: str) -> None:
+    """Remove the offline copies of one binding (their key is the token's)."""
     import shutil
 
     shutil.rmtree(_server_folder(home, server) / binding, ignore_errors=True)
-    credentials.delete(f"{FALLBACK_KEY_LABEL}:{binding}")
 
 
 def forget_server_copies(home: CrateHome, server: str) -> None:
@@ -237,6 +232,64 @@ def pinned_key(home: CrateHome, server: str, org: str) -> Pin | None:
     return read_pins(home).get(_pin_name(server, org))
 
 
+def pinned_orgs(home: CrateHome, server: str) -> list[str]:
+    """The orgs of `server` whose keys are pinned."""
+    prefix = f"{server}|"
+    return sorted(name[len(prefix) :] for name in read_pins(home) if name.startswith(prefix))
+
+
+FINGERPRINT_ENV = "CRATE_FINGERPRINT"
+
+
+def expected_fingerprint(text: str | None, where: str = "--fingerprint") -> str | None:
+    """The key id in `SHA256:...` (the prefix may be left out), or None."""
+    if not text:
+        return None
+    kid = text.strip().removeprefix("SHA256:")
+    if len(kid) != 43 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in kid):
+        raise InvalidInput(
+            f"{where} takes SHA256: and 43 letters, digits, '-' or '_' "
+            "(as crate org fingerprint prints it)"
+        )
+    return kid
+
+
+def check_new_pin(home: CrateHome, server: str, org: str, pin: Pin, expected: str | None) -> None:
+    """Whether `pin`, offered by `server` for `org`, may be pinned: it must be
+    the expected one when a fingerprint was given; without one, trust on
+    first use holds only for a server with no pin at all. Else IntegrityError
+    (exit 5), nothing saved."""
+    if expected is not None:
+        if pin.kid != expected:
+            raise IntegrityError(
+                f"{server} offers organization {org!r}'s key {fingerprint(pin.kid)}, not the "
+                f"{fingerprint(expected)} you gave: a relay may be in the middle; nothing "
+                "was saved",
+                "check the fingerprint with: crate org fingerprint, where the server runs",
+            )
+        return
+    before = pinned_key(home, server, org)
+    if before is not None and before.kid != pin.kid:
+        raise IntegrityError(
+            f"{server} offers organization {org!r}'s key {fingerprint(pin.kid)}, but "
+            f"{fingerprint(before.kid)} was pinned before: a relay may be in the middle, or "
+            "the key was replaced; nothing was saved",
+            f"if an admin replaced it, check the new one with them and log in with "
+            f"--fingerprint {fingerprint(pin.kid)}",
+        )
+    others = [o for o in pinned_orgs(home, server) if o != org]
+    if before is None and others:
+        # A relay that names another org than the pinned ones (in /whoami,
+        # which is not signed) would otherwise be trusted on first use.
+        raise IntegrityError(
+            f"{server} offers a key for organization {org!r}, which was never pinned there, "
+            f"though {', '.join(repr(o) for o in others)} was: a relay may be in the middle; "
+            "nothing was saved",
+            f"check its fingerprint (crate org fingerprint, where the server runs) and give it "
+            f"with --fingerprint or {FINGERPRINT_ENV}",
+        )
+
+
 def save_pin(home: CrateHome, server: str, org: str, pin: Pin) -> None:
     from crate_cli.config import file_lock
 
@@ -261,17 +314,33 @@ def fetch_pin(transport: Any, org: str) -> Pin:
 
 
 def trusted_key(
-    home: CrateHome, server: str, org: str, transport: Any, notify: Any
+    home: CrateHome,
+    server: str,
+    org: str,
+    transport: Any,
+    notify: Any,
+    expected: str | None = None,
 ) -> tuple[str, Any]:
-    """The org key to trust for `server`: the pinned one, or on first use the
-    one the server offers, pinned now and said so on stderr."""
+    """The org key to trust for `server`: the pinned one; else the one the
+    server offers if it has `expected` as fingerprint (CRATE_FINGERPRINT), or
+    on first use (said on stderr), pinned now."""
     pin = pinned_key(home, server, org)
-    if pin is None:
-        pin = fetch_pin(transport, org)
-        save_pin(home, server, org, pin)
+    if pin is not None:
+        if expected is not None and pin.kid != expected:
+            raise IntegrityError(
+                f"organization {org!r}'s key pinned for {server} is {fingerprint(pin.kid)}, "
+                f"not the {fingerprint(expected)} that {FINGERPRINT_ENV} gives",
+                "if an admin replaced the key, log in again with --fingerprint",
+            )
+        return pin.key()
+    pin = fetch_pin(transport, org)
+    check_new_pin(home, server, org, pin, expected)
+    save_pin(home, server, org, pin)
+    if expected is None:
         notify(
             f"crate: trusting organization {org!r}'s key {fingerprint(pin.kid)} from {server} "
-            "on first use; compare it with `crate org fingerprint` where the server runs"
+            f"on first use; compare it with `crate org fingerprint` where the server runs, or "
+            f"set {FINGERPRINT_ENV}"
         )
     return pin.key()
 
@@ -305,7 +374,7 @@ def resolve_remote(home: CrateHome, environ: dict[str, str]) -> Remote | None:
     from crate_cli.transport.http import check_server_url
 
     server = check_server_url(server)
-    same = login is not None and login.server == server
+    same = login is not None and _spelled(login.server) == server
     where = login.credentials if login is not None and same else "file"
     credentials = Credentials(home, where)
     token = environ.get("CRATE_TOKEN") or (credentials.get(TOKEN_LABEL) if same else None)
@@ -323,6 +392,16 @@ def resolve_remote(home: CrateHome, environ: dict[str, str]) -> Remote | None:
         credentials,
         login if same else None,
     )
+
+
+def _spelled(url: str) -> str | None:
+    """A stored server URL in check_server_url's spelling (None if it is not one)."""
+    from crate_cli.transport.http import check_server_url
+
+    try:
+        return check_server_url(url)
+    except InvalidInput:
+        return None
 
 
 def token_org(home: CrateHome, remote: Remote) -> str:
@@ -378,14 +457,14 @@ class FallbackClient(SecretsClient):
         super().__init__(transport, org, ephemeral_bits, pinned)
         self.home = home
         self.server = transport.base_url
-        self.credentials = remote.credentials
         self.policy = policy
         self.notify = notify
         self.binding = copy_binding(remote.login, remote.server, remote.token)
-
-    @property
-    def _label(self) -> str:
-        return f"{FALLBACK_KEY_LABEL}:{self.binding}"
+        # The copies' key comes from the token: nothing at rest opens them
+        # that would not fetch them from the server too (and with the token
+        # in the OS keyring or only in the environment, a copy of the home
+        # folder opens none).
+        self._token = remote.token
 
     def _copy_path(self, env: str, selection: str) -> tuple[Path, bytes]:
         ident = "|".join([self.server, self.binding, self.org, env, selection])
@@ -393,16 +472,12 @@ class FallbackClient(SecretsClient):
         folder = _server_folder(self.home, self.server) / self.binding
         return folder / f"{digest}.copy", ident.encode("utf-8")
 
-    def _key(self, create: bool) -> bytes | None:
-        import base64
+    def _key(self) -> bytes:
+        from crate_cli.vault import crypto
 
-        text = self.credentials.get(self._label)
-        if text is None:
-            if not create:
-                return None
-            text = base64.b64encode(os.urandom(32)).decode("ascii")
-            self.credentials.set(self._label, text)
-        return base64.b64decode(text)
+        return crypto.derive_subkey(
+            self._token.encode("utf-8"), f"{FALLBACK_PURPOSE}|key|{self.binding}"
+        )
 
     def retrieve_columns(
         self,
@@ -429,7 +504,7 @@ class FallbackClient(SecretsClient):
         except Unauthorized:
             # The server no longer takes this token (revoked, expired):
             # neither does the offline copy it fetched.
-            forget_copies(self.home, self.credentials, self.server, self.binding)
+            forget_copies(self.home, self.server, self.binding)
             raise
         if self.policy.mode != "never":
             self._save(path, aad, found)
@@ -438,8 +513,7 @@ class FallbackClient(SecretsClient):
     def _save(self, path: Path, aad: bytes, found: RetrievedColumns) -> None:
         from crate_cli.vault import crypto
 
-        key = self._key(create=True)
-        assert key is not None
+        key = self._key()
         plaintext = json.dumps(
             {"saved_at": time.time(), "secrets": list(zip(*found, strict=True))},
             ensure_ascii=False,
@@ -465,9 +539,7 @@ class FallbackClient(SecretsClient):
                 f"no offline copy of {where} is kept here",
                 "run the command once while the server is reachable",
             ) from None
-        key = self._key(create=False)
-        if key is None:
-            raise NotFound(f"the key of the offline copy of {where} is missing")
+        key = self._key()
         data = json.loads(crypto.decrypt(key, blob, crypto.aad(FALLBACK_PURPOSE, aad.hex())))
         age = max(0.0, time.time() - float(data["saved_at"]))
         if age > self.policy.max_age:

@@ -9,7 +9,11 @@ TLS-intercepting proxy or a stolen certificate would let an attacker do. Its
   rewrites each retrieval: the client's ephemeral key is replaced by its
   own, the answer opened, read (`stolen`) and sealed again to the client's
   key, with the server's signature passed along;
-- `tamper`: like `swap-key`, but it also changes a value it re-seals.
+- `tamper`: like `swap-key`, but it also changes a value it re-seals;
+- `versions`: asks the server for version 1 of every secret the client
+  retrieves (rolling a rotated secret back), passing the answer on as it is;
+- `drop-tags`: removes the client's tag filter from retrievals;
+- `retag`: replaces the tags of what the client stores with `web`.
 
 relay = Relay(server_url); relay.start(); relay.url ... relay.stop()
 """
@@ -95,6 +99,24 @@ class Relay:
         self, method: str, path: str, headers: Any, body: bytes
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         if self.mode == "honest":
+            return self._upstream(method, path, headers, body)
+        if self.mode in ("versions", "drop-tags") and path.endswith("/secrets/retrieve"):
+            request = json.loads(body)
+            if self.mode == "drop-tags":
+                request["tags"] = []
+            else:
+                if not request.get("names"):  # name them all, from an unsigned list
+                    listing = path.removesuffix("/retrieve") + "?env=" + request["environment"]
+                    _, _, raw = self._upstream("GET", listing, headers, b"")
+                    request["names"] = [s["name"] for s in json.loads(raw)["secrets"]]
+                request["versions"] = dict.fromkeys(request["names"], 1)
+            return self._upstream(method, path, headers, json.dumps(request).encode())
+        if self.mode == "retag" and method == "PUT" and path.endswith("/secrets"):
+            request = json.loads(body)
+            for entry in request.get("secrets", [request]):
+                entry["tags"] = ["web"]
+            return self._upstream(method, path, headers, json.dumps(request).encode())
+        if self.mode in ("versions", "drop-tags", "retag"):
             return self._upstream(method, path, headers, body)
         if path.endswith("/secrets/public-key"):
             pem = self.key.public_key().public_bytes(

@@ -7,7 +7,7 @@ import os
 import click
 
 from crate_cli.context import Session
-from crate_cli.errors import IntegrityError, InvalidInput, NotFound
+from crate_cli.errors import InvalidInput, NotFound
 from crate_cli.vault.names import check_org
 
 
@@ -52,9 +52,12 @@ def login(
 
     from crate_cli.context import read_stdin, stdin_is_terminal
     from crate_cli.remote import (
+        FINGERPRINT_ENV,
         TOKEN_LABEL,
         Credentials,
         Login,
+        check_new_pin,
+        expected_fingerprint,
         fetch_pin,
         pinned_key,
         remove_login,
@@ -82,27 +85,16 @@ def login(
         token = click.prompt("API token", hide_input=True, err=True).strip()
     if not looks_like_token(token):
         raise InvalidInput("that is not a crate API token (crate_ and 43 letters or digits)")
-    expected = _expected_fingerprint(fingerprint)
     session = Session()
+    expected = expected_fingerprint(fingerprint) or expected_fingerprint(
+        session.environ.get(FINGERPRINT_ENV), FINGERPRINT_ENV
+    )
     transport = HttpTransport(server, token, ca_file)
     who = transport.request("GET", "/whoami")
     org = check_org(str(who.get("organization")))
     pin = fetch_pin(transport, org)
     before = pinned_key(session.home, server, org)
-    if expected is not None and pin.kid != expected:
-        raise IntegrityError(
-            f"{server} offers organization {org!r}'s key {shown(pin.kid)}, not the "
-            f"{shown(expected)} you gave: a relay may be in the middle; nothing was saved",
-            "check the fingerprint with: crate org fingerprint, where the server runs",
-        )
-    if expected is None and before is not None and before.kid != pin.kid:
-        raise IntegrityError(
-            f"{server} offers organization {org!r}'s key {shown(pin.kid)}, but "
-            f"{shown(before.kid)} was pinned before: a relay may be in the middle, or the key "
-            "was replaced; nothing was saved",
-            f"if an admin replaced it, check the new one with them and log in with "
-            f"--fingerprint {shown(pin.kid)}",
-        )
+    check_new_pin(session.home, server, org, pin, expected)
     place = _credentials_place(session)
     remove_login(session.home)  # the previous token may be kept somewhere else
     Credentials(session.home, place).set(TOKEN_LABEL, token)
@@ -124,19 +116,6 @@ def login(
         )
     else:
         click.echo(f"crate: organization {org!r}'s key is {shown(pin.kid)}", err=True)
-
-
-def _expected_fingerprint(text: str | None) -> str | None:
-    """The key id in `--fingerprint SHA256:...` (the prefix may be left out)."""
-    if text is None:
-        return None
-    kid = text.strip().removeprefix("SHA256:")
-    if len(kid) != 43 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in kid):
-        raise InvalidInput(
-            "--fingerprint takes SHA256: and 43 letters, digits, '-' or '_' "
-            "(as crate org fingerprint prints it)"
-        )
-    return kid
 
 
 @click.command()

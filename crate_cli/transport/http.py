@@ -177,21 +177,42 @@ def is_loopback_host(host: str) -> bool:
 
 
 def check_server_url(url: str) -> str:
-    """A server URL without its trailing slash; plain http only for loopback."""
+    """A server URL in one spelling (lower-case scheme and host, no default
+    port, no trailing slash: pins and offline copies are kept by it); plain
+    http only for loopback."""
+    if "crate_" in url.lower():
+        # A token pasted in its place must not be echoed, nor looked up in DNS.
+        raise InvalidInput(
+            "invalid server URL: it holds what looks like an API token; give the server's "
+            "address (the token goes to the prompt or --token -)"
+        )
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or port == -1:
         # The text is not repeated: a token pasted in its place must not be echoed.
         raise InvalidInput(
             "invalid server URL: use https://HOST[:PORT] (http:// only for loopback)"
         )
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+    if (
+        parts.path not in ("", "/")
+        or "?" in url
+        or "#" in url
+        or parts.username is not None
+        or parts.password is not None
+    ):
         raise InvalidInput("invalid server URL: give only https://HOST[:PORT], nothing more")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+    scheme, host = parts.scheme.lower(), parts.hostname.lower()
+    if scheme == "http" and not is_loopback_host(host):
         raise InvalidInput(
-            f"refusing to send a token over plain HTTP to {parts.hostname}",
+            f"refusing to send a token over plain HTTP to {host}",
             "use https:// (the server takes --tls-cert/--tls-key)",
         )
-    return url.rstrip("/")
+    shown = f"[{host}]" if ":" in host else host
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{shown}" + (f":{port}" if port is not None and port != default else "")
 
 
 class HttpTransport:

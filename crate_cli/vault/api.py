@@ -685,6 +685,7 @@ class ApiCore:
             call.caller,
             columns=layout == "columns",
             signed=signature is not None,
+            layout=layout,
         )
         return Response(200, answer)
 

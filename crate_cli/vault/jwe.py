@@ -249,8 +249,9 @@ def _int_bytes(value: int) -> bytes:
 # re-seal the answer to the client: the JWE alone proves nothing about who
 # made it. So the server signs, with the org's RSA key (RSA-PSS, SHA-256), a
 # message binding the answer to this request: the org, the key id, the
-# thumbprint of the client's ephemeral key, its nonce and the bundle. The
-# client checks it against the key it pinned at login.
+# thumbprint of the client's ephemeral key, its nonce, what it selected
+# (names, tags, versions, layout) and the bundle. The client checks it
+# against the key it pinned at login.
 
 SIGNATURE_ALG = "PS256"
 SIGNATURE_PURPOSE = "crate/retrieve-signature/v1"
@@ -260,11 +261,41 @@ def _pss() -> padding.PSS:
     return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
 
 
-def signed_message(org: str, kid: str, client_key: str, nonce: str, bundle: str) -> bytes:
+def selection_digest(
+    environment: str,
+    names: list[str],
+    tags: list[str],
+    versions: dict[str, int],
+    layout: str | None,
+) -> str:
+    """SHA-256 (hex) of what a retrieval asked for, as the request carried it
+    (missing members as empty, layout `rows` by default): signed with the
+    answer, so that a relay cannot change the selection (roll a secret back
+    to an older version, drop a tag filter) and pass the answer on."""
+    canonical = json.dumps(
+        {
+            "environment": environment,
+            "names": names,
+            "tags": tags,
+            "versions": versions,
+            "layout": layout or "rows",
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(canonical.encode("ascii"))
+    return digest.finalize().hex()
+
+
+def signed_message(
+    org: str, kid: str, client_key: str, nonce: str, selection: str, bundle: str
+) -> bytes:
     """What the org key signs for one retrieval (`client_key`: the RFC 7638
-    thumbprint of the client's ephemeral key). Fields are joined by NUL,
-    which none may hold."""
-    fields = (SIGNATURE_PURPOSE, org, kid, client_key, nonce, bundle)
+    thumbprint of the client's ephemeral key; `selection`: selection_digest).
+    Fields are joined by NUL, which none may hold."""
+    fields = (SIGNATURE_PURPOSE, org, kid, client_key, nonce, selection, bundle)
     if any("\x00" in f for f in fields):
         raise MalformedJWE("a field of the signed message holds NUL")
     return "\x00".join(fields).encode("utf-8")

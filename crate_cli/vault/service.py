@@ -662,7 +662,18 @@ class VaultService:
         pem = f"-----BEGIN PUBLIC KEY-----\n{body}-----END PUBLIC KEY-----\n"
         return {"public_key_pem": pem, "key_id": kid, "alg": jwe.ALG}
 
-    def _unseal(self, keys: OrgKeys, token: object, env: str, name: str | None) -> bytes:
+    def _unseal(
+        self,
+        keys: OrgKeys,
+        token: object,
+        env: str,
+        name: str | None,
+        tags: list[list[str] | None],
+    ) -> bytes:
+        """The plaintext of a value sealed to the org key for exactly this org,
+        env and name (None: a batch). A JWE whose protected header names the
+        tags (crate's client always does) must name the ones each item of the
+        request carries (`tags`): a relay cannot re-tag what it cannot open."""
         if not isinstance(token, str):
             raise InvalidSealedValue("the sealed value must be a JWE compact string")
         try:
@@ -680,6 +691,11 @@ class VaultService:
         kid = header.get("kid")
         if not isinstance(kid, str):
             raise InvalidSealedValue("the sealed value has no key id (kid)")
+        if "tags" in header and any(header["tags"] != t for t in tags):
+            raise InvalidSealedValue(
+                "the tags sent with the value are not the ones sealed with it",
+                "a relay may have changed the request; seal it again",
+            )
         private = keys.private_key(kid)
         try:
             return jwe.decrypt(private, token).plaintext
@@ -713,11 +729,11 @@ class VaultService:
         values: list[tuple[SealedItem, str]] = []
         for item, token in items or []:
             check_secret_name(item.name)
-            raw = self._unseal(keys, token, env, item.name)
+            raw = self._unseal(keys, token, env, item.name, [item.tags])
             values.append((item, check_value(item.name, raw, self.max_value_bytes)))
         if batch is not None:
             batch_items, token = batch
-            raw = self._unseal(keys, token, env, None)
+            raw = self._unseal(keys, token, env, None, [i.tags for i in batch_items])
             try:
                 mapping = json.loads(raw)
             except (UnicodeDecodeError, ValueError):
@@ -1081,6 +1097,7 @@ class VaultService:
         caller: Caller | None = None,
         columns: bool = False,
         signed: bool = False,
+        layout: str | None = None,
     ) -> dict[str, Any]:
         """The ephemeral retrieval: selected values, encrypted to the client's key,
         as `{"bundle": JWE}`. The audit entry (with the names returned) commits
@@ -1088,7 +1105,8 @@ class VaultService:
         [{name, value, version}]`, or with `columns` as three lists `names`,
         `values`, `versions`, which are encoded and parsed three times faster.
         With `signed`, the answer also carries the org key's signature over
-        the bundle, this client key and this nonce (jwe.signed_message)."""
+        the bundle, this client key, this nonce and the selection as the
+        request gave it (`layout` its member, jwe.signed_message)."""
         try:
             public = jwe.public_key_from_jwk(client_jwk)
         except IntegrityError as e:  # a bad request, not a damaged vault
@@ -1125,7 +1143,10 @@ class VaultService:
         if signed:
             keys = self.org(org)
             kid, _ = keys.active_public_key()
-            message = jwe.signed_message(org, kid, jwe.thumbprint(public), nonce, answer["bundle"])
+            selection = jwe.selection_digest(env, names, tags, versions or {}, layout)
+            message = jwe.signed_message(
+                org, kid, jwe.thumbprint(public), nonce, selection, answer["bundle"]
+            )
             answer["signature"] = {
                 "alg": jwe.SIGNATURE_ALG,
                 "kid": kid,

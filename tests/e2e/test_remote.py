@@ -450,20 +450,18 @@ def test_offline_copy(crate: CrateRunner, tmp_path: Path) -> None:
         fetched = crate("secrets", "fetch", "--format", "json", check=True)
         assert json.loads(fetched.stdout) == {"A": ALPHA, "B": BRAVO}
 
-        # fallback/<server>/<login and token>/*.copy, under a key of that login.
+        # fallback/<server>/<login and token>/*.copy, under a key derived from
+        # the token: no key of their own at rest.
         copies = sorted((crate.home / "fallback").rglob("*.copy"))
         assert copies
         for folder in {copies[0].parent, copies[0].parent.parent, crate.home / "fallback"}:
             assert mode(folder) == 0o700
-        (fallback_key,) = (crate.home / "credentials").glob("fallback-key:*")
-        assert fallback_key.name == f"fallback-key:{copies[0].parent.name}"
-        assert mode(fallback_key) == 0o600
+        assert not list((crate.home / "credentials").glob("fallback-key*"))
         for copy in copies:
             assert mode(copy) == 0o600
             blob = copy.read_bytes()
             for clear in (ALPHA, BRAVO, "alpha-secret", "bravo-secret", token):
                 assert clear.encode() not in blob
-            assert fallback_key.read_text().strip().encode() not in blob
 
         # --fallback-only while the server runs: the copy, not the server's new value.
         crate("secrets", "set", f"A={ALPHA_NEW}", check=True)
@@ -559,9 +557,9 @@ def test_login_keeps_the_token_in_the_keyring(
     )
     ran = crate("run", "--", "sh", "-c", 'printf %s "$DB_URL"', env=env, check=True)
     assert ran.stdout == SERVER_SECRETS["DB_URL"]
-    # The offline copy's key shares the token's custody.
-    assert not list((crate.home / "credentials").glob("fallback-key*"))
-    assert any(k.startswith("fallback-key:") for k in keyring_service.crate_items())
+    # The offline copy's key comes from the token, in the keyring: nothing on disk.
+    assert (crate.home / "fallback").exists()
+    assert not any(k.startswith("fallback-key") for k in keyring_service.crate_items())
     assert not (crate.home / "credentials").exists() or not any(
         (crate.home / "credentials").iterdir()
     )

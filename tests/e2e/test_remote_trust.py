@@ -149,11 +149,9 @@ def test_logout_ends_offline_access(crate: CrateRunner, server: CrateServer) -> 
     login(crate, server.url, token)
     assert crate("run", "--", "printenv", "A", check=True).stdout == f"{VALUE}\n"
     assert copies(crate)
-    assert list((crate.home / "credentials").glob("fallback-key:*"))
     out = crate("logout", check=True)
     assert "offline copies are gone" in out.stderr
     assert copies(crate) == []
-    assert list((crate.home / "credentials").glob("fallback-key*")) == []
     # Logged in again (a new login), with the server down: nothing to fall back on.
     login(crate, server.url, token)
     server.stop()
@@ -204,3 +202,109 @@ def test_a_revoked_token_ends_offline_access(crate: CrateRunner, server: CrateSe
         assert gone.returncode != 0
         assert VALUE not in gone.stdout + gone.stderr
     assert json.loads((crate.home / "login.json").read_text())["server"] == server.url
+
+
+# -- a second attack review: what the signature and the pins cover -----------------------
+
+
+def test_a_relay_cannot_change_what_a_retrieval_selects(
+    crate: CrateRunner, server: CrateServer, relay: Relay
+) -> None:
+    """Roll a rotated secret back to its first version, or drop a tag filter:
+    the signature covers the selection the client sent."""
+    server.crate("secrets", "set", "A=rotated-value-v2", check=True)
+    server.crate("secrets", "set", "TAGGED=db-only", "--tag", "db", check=True)
+    login(crate, relay.url, server.token("dev", "reader"), "--fingerprint", fingerprint(server))
+    assert crate("secrets", "get", "A", check=True).stdout == "rotated-value-v2"
+    relay.mode = "versions"
+    for args in (("secrets", "get", "A"), ("run", "--", "printenv", "A"), ("secrets", "fetch")):
+        rolled = crate(*args)
+        assert_clean_error(rolled, ExitCode.INTEGRITY, hidden=(VALUE, "rotated-value-v2"))
+        assert "not signed by organization 'personal''s pinned key" in rolled.stderr
+    relay.mode = "drop-tags"
+    widened = crate("secrets", "fetch", "--tags", "db")
+    assert_clean_error(widened, ExitCode.INTEGRITY, hidden=(VALUE, "rotated-value-v2"))
+
+
+def test_a_relay_cannot_retag_what_is_stored(
+    crate: CrateRunner, server: CrateServer, relay: Relay
+) -> None:
+    """The tags are sealed with the value: changed on the way, the store is refused."""
+    login(crate, relay.url, server.token("dev", "writer"), "--fingerprint", fingerprint(server))
+    relay.mode = "retag"
+    for args in (("DB_ONLY=db-only-secret", "--tag", "db"), ("X=1", "Y=2", "--tag", "db")):
+        refused = crate("secrets", "set", *args)
+        assert_clean_error(refused, ExitCode.USAGE, hidden=("db-only-secret",))
+        assert "not the ones sealed with it" in refused.stderr
+    relay.mode = "honest"
+    crate("secrets", "set", "DB_ONLY=db-only-secret", "--tag", "db", check=True)
+    listed = json.loads(server.crate("secrets", "list", "--json", check=True).stdout)
+    assert {r["name"]: r["tags"] for r in listed}["DB_ONLY"] == ["db"]
+
+
+def test_a_second_org_on_a_pinned_server_needs_its_fingerprint(
+    crate: CrateRunner, server: CrateServer
+) -> None:
+    """A relay that names another org in /whoami (unsigned) would be trusted
+    on first use: on a server with pins, a new org's key needs its fingerprint."""
+    login(crate, server.url, server.token("dev", "admin"))
+    server.crate("org", "create", "second", check=True)
+    token = server.token("second-dev", "admin", "--org", "second")
+    second = server.crate("org", "fingerprint", "--org", "second", check=True).stdout.strip()
+    refused = login(crate, server.url, token)
+    assert_clean_error(refused, ExitCode.INTEGRITY, hidden=(token,))
+    assert "which was never pinned there" in refused.stderr
+    done = login(crate, server.url, token, "--fingerprint", second)
+    assert done.returncode == 0, done
+    # The same without a login: the first org is pinned on first use, the second is not.
+    ci = CrateRunner(crate.home.parent / "ci-home")
+    first = ci(
+        "env", "list", env={"CRATE_SERVER": server.url, "CRATE_TOKEN": server.token("ci", "reader")}
+    )
+    assert first.returncode == 0, first
+    env_only = ci("env", "list", env={"CRATE_SERVER": server.url, "CRATE_TOKEN": token})
+    assert_clean_error(env_only, ExitCode.INTEGRITY)
+    assert "which was never pinned there" in env_only.stderr
+
+
+def test_one_server_has_one_spelling(crate: CrateRunner, server: CrateServer) -> None:
+    """HTTP://127.0.0.1:0PORT/ is the server pinned as http://127.0.0.1:PORT."""
+    token = server.token("dev", "reader")
+    login(crate, server.url, token, "--fingerprint", fingerprint(server))
+    port = server.url.rsplit(":", 1)[1]
+    for spelled in (f"HTTP://127.0.0.1:0{port}/", f"http://127.0.0.1:{port}/"):
+        got = crate("secrets", "get", "A", env={"CRATE_SERVER": spelled, "CRATE_TOKEN": token})
+        assert (got.returncode, got.stdout) == (0, VALUE), got
+        assert "first use" not in got.stderr
+    for bad in (f"http://127.0.0.1:{port}#", f"http://127.0.0.1:{port}/?x=1"):
+        refused = crate("secrets", "get", "A", env={"CRATE_SERVER": bad, "CRATE_TOKEN": token})
+        assert_clean_error(refused, ExitCode.USAGE)
+
+
+def test_a_fingerprint_in_the_environment_checks_first_use(
+    crate: CrateRunner, server: CrateServer, relay: Relay
+) -> None:
+    """CI has no login: CRATE_FINGERPRINT makes its first use checked, not trusted."""
+    token = server.token("ci", "reader")
+    env = {
+        "CRATE_SERVER": relay.url,
+        "CRATE_TOKEN": token,
+        "CRATE_FINGERPRINT": fingerprint(server),
+    }
+    relay.mode = "swap-key"
+    refused = crate("secrets", "get", "A", env=env)
+    assert_clean_error(refused, ExitCode.INTEGRITY, hidden=(VALUE,))
+    assert "not the " + fingerprint(server) in refused.stderr
+    relay.mode = "honest"
+    got = crate("secrets", "get", "A", env=env)
+    assert (got.returncode, got.stdout) == (0, VALUE), got
+    assert "first use" not in got.stderr
+
+
+def test_a_token_typed_as_the_server_is_not_echoed(crate: CrateRunner, server: CrateServer) -> None:
+    token = server.token("dev", "reader")
+    for url in (f"https://{token}", f"http://{token}", f"https://{token}.example"):
+        refused = crate("secrets", "list", env={"CRATE_SERVER": url, "CRATE_TOKEN": token})
+        assert_clean_error(refused, ExitCode.USAGE, hidden=(token, token.lower()))
+        refused = crate("login", "--server", url, input=token + "\n")
+        assert_clean_error(refused, ExitCode.USAGE, hidden=(token, token.lower()))
