@@ -29,9 +29,6 @@ COMMANDS = {
     "completion": ("crate_cli.commands.completion", "completion"),
 }
 
-# Set by main() for `crate run`, picked up by the run command: the argv after
-# `--` (split off here, because click would drop the first `--`).
-run_command: list[str] | None = None
 # Commands that retrieve secrets: main() starts their ephemeral key first.
 RETRIEVING = (["run"], ["secrets", "get"], ["secrets", "fetch"])
 
@@ -93,7 +90,7 @@ def _build_root() -> Any:
         crate secrets set NAME VALUE      store a secret (sealed, encrypted at rest)
         crate run -- CMD ARGS...          run CMD with the secrets in its environment
         """
-        ctx.obj = {"debug": debug}
+        ctx.ensure_object(dict)["debug"] = debug
 
     return crate
 
@@ -118,7 +115,6 @@ def restore_environment(environ: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn CrateErrors into exit codes."""
-    global run_command
     if getattr(sys, "frozen", False):
         import os
 
@@ -136,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         if any(words[: len(c)] == c for c in RETRIEVING):
             import gc
 
-            from crate_cli import ephemeral
+            from crate_cli.client import ephemeral
 
             # Short-lived (`crate run` execs): collecting reference cycles
             # among the imports and the secrets would only cost time. A
@@ -145,18 +141,21 @@ def main(argv: list[str] | None = None) -> None:
 
             # Key generation releases the GIL: it overlaps everything below.
             ephemeral.prestart()
+        run_command = None
         if words[:1] == ["run"]:
-            # `crate run` parses its own options (runner.RUN_OPTIONS), not click;
-            # the command after `--` is split off here (click would drop `--`).
+            # `crate run` parses its own options (run/args.py), not click; the
+            # command after `--` is split off here (click would drop `--`) and
+            # reaches the click command (`crate --debug run`) in its context.
             cut = args.index("--") if "--" in args else len(args)
             run_command = args[cut + 1 :] or None
             if args[:1] == ["run"]:
-                from crate_cli.runner import run_command_line
+                from crate_cli.run.command import run_command_line
+                from crate_cli.session import Session
 
-                run_command_line(args[1:cut], run_command)
+                run_command_line(args[1:cut], run_command, Session.for_terminal)
                 return
             args = args[:cut]
-        _click_main(args)
+        _click_main(args, run_command)
     except CrateError as e:
         if debug:
             import traceback
@@ -207,7 +206,7 @@ def _usage_message(error: Any) -> str:
     return message
 
 
-def _click_main(args: list[str]) -> None:
+def _click_main(args: list[str], run_command: list[str] | None = None) -> None:
     import os
 
     import click
@@ -221,7 +220,7 @@ def _click_main(args: list[str]) -> None:
     try:
         # Not click's main(): it turns a reader that went away (EPIPE) into
         # exit status 1, where crate's is 0 (see main). The rest is the same.
-        with root.make_context("crate", args) as ctx:
+        with root.make_context("crate", args, obj={"run_command": run_command}) as ctx:
             root.invoke(ctx)
     except (click.exceptions.Abort, EOFError, KeyboardInterrupt):
         sys.stderr.write("crate: aborted\n")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from crate_cli.context import Session
+from crate_cli.session import Session
 
 if TYPE_CHECKING:
     from keyring_service import SecretService
@@ -69,7 +69,7 @@ def memory_dir() -> Iterator[Path]:
     disk. /dev/shm is tmpfs on Linux; a machine without one skips (CI fails)."""
     import tempfile
 
-    from crate_cli.keyreserve import in_memory
+    from crate_cli.client.keyreserve import in_memory
 
     if not (os.path.isdir("/dev/shm") and in_memory("/dev/shm")):
         if IN_CI:

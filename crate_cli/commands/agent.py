@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from crate_cli.commands.options import json_option, print_json
-from crate_cli.context import Session
+from crate_cli.session import Session
 
 
 @click.group()
@@ -60,9 +60,9 @@ def status(as_json: bool) -> None:
     """Say whether the agent runs (exit 0) or not (exit 3)."""
     import sys
 
-    from crate_cli.server import agent as agent_core
+    from crate_cli.client.agent import status as agent_status
 
-    info = agent_core.status(Session().home)
+    info = agent_status(Session().home)
     if as_json:
         print_json(info or {"running": False})
     elif info is None:

@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from crate_cli.commands.options import console, json_option, org_option, print_json
-from crate_cli.context import Session
 from crate_cli.errors import InvalidInput
+from crate_cli.session import Session
 
 PAGE = 10_000
 NAMES_SHOWN = 3

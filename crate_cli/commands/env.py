@@ -9,7 +9,7 @@ from crate_cli.commands.options import (
     org_option,
     print_json,
 )
-from crate_cli.context import Session
+from crate_cli.session import Session
 
 
 @click.group()

@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from crate_cli.commands.options import slot_creation_options
-from crate_cli.context import KEYSTORES, Session, stdin_is_terminal
 from crate_cli.errors import Conflict
+from crate_cli.session import KEYSTORES, Session, stdin_is_terminal
 
 
 @click.command()

@@ -13,8 +13,8 @@ from crate_cli.commands.options import (
     print_json,
     slot_creation_options,
 )
-from crate_cli.context import Session, stdin_is_terminal
 from crate_cli.errors import CrateError, InvalidInput
+from crate_cli.session import Session, stdin_is_terminal
 from crate_cli.vault.slots import SLOT_TYPES
 
 
@@ -242,7 +242,7 @@ def _rotate_master(session: Session) -> None:
             "crate keys export-env",
             err=True,
         )
-    from crate_cli.server.agent import status as agent_status
+    from crate_cli.client.agent import status as agent_status
 
     if agent_status(session.home) is not None:
         click.echo(

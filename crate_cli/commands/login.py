@@ -6,8 +6,8 @@ import os
 
 import click
 
-from crate_cli.context import Session
 from crate_cli.errors import InvalidInput, NotFound
+from crate_cli.session import Session
 from crate_cli.vault.names import check_org
 
 
@@ -50,8 +50,7 @@ def login(
     """
     from pathlib import Path
 
-    from crate_cli.context import read_stdin, stdin_is_terminal
-    from crate_cli.remote import (
+    from crate_cli.client.remote import (
         FINGERPRINT_ENV,
         TOKEN_LABEL,
         Credentials,
@@ -64,8 +63,9 @@ def login(
         save_pin,
         write_login,
     )
-    from crate_cli.remote import fingerprint as shown
-    from crate_cli.transport.http import HttpTransport, check_server_url
+    from crate_cli.client.remote import fingerprint as shown
+    from crate_cli.client.transport.http import HttpTransport, check_server_url
+    from crate_cli.session import read_stdin, stdin_is_terminal
     from crate_cli.vault.tokens import looks_like_token
 
     server = check_server_url(server)
@@ -122,7 +122,7 @@ def login(
 def logout() -> None:
     """Forget the server, its token and its offline copies; commands use the
     local vault again. The org keys pinned for it stay (see crate login)."""
-    from crate_cli.remote import remove_login
+    from crate_cli.client.remote import remove_login
 
     session = Session()
     login = remove_login(session.home)

@@ -6,8 +6,8 @@ import click
 
 from crate_cli.commands.options import json_option, org_option, print_json
 from crate_cli.config import Settings
-from crate_cli.context import Session, stdin_is_terminal
 from crate_cli.errors import CrateError, InvalidInput
+from crate_cli.session import Session, stdin_is_terminal
 
 
 @click.group()
@@ -122,7 +122,7 @@ def fingerprint(org: str | None, as_json: bool) -> None:
     compares it with what `crate login` shows, or passes it with
     `crate login --fingerprint`.
     """
-    from crate_cli.remote import fingerprint as shown
+    from crate_cli.client.remote import fingerprint as shown
 
     session = Session.for_terminal()
     chosen = session.org(org, local=True)

@@ -1,7 +1,7 @@
 """`crate run`: run a command with the secrets in its environment.
 
 `crate_cli.cli.main` runs `crate run ...` itself, without click (see
-`runner.parse_run_args`). This command is reached only when global options
+`run.args.parse_run_args`). This command is reached only when global options
 come first (`crate --debug run ...`); it hands the same arguments to the
 same parser, so both paths accept exactly the same options.
 """
@@ -24,11 +24,11 @@ def _after_dashes(incomplete: str) -> bool:
 
 
 class RunCommand(click.Command):
-    """`crate run` parses its own options (runner.RUN_OPTIONS); shell
+    """`crate run` parses its own options (run.args.RUN_OPTIONS); shell
     completion offers them from the same table, and nothing after `--`."""
 
     def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
-        from crate_cli.runner import RUN_OPTIONS
+        from crate_cli.run.args import RUN_OPTIONS
 
         if _after_dashes(incomplete) or not incomplete.startswith("-"):
             return []
@@ -54,9 +54,13 @@ def complete_value(ctx: click.Context, param: click.Parameter, incomplete: str) 
     add_help_option=False,
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, shell_complete=complete_value)
-def run(args: tuple[str, ...]) -> None:
+@click.pass_obj
+def run(obj: dict[str, object], args: tuple[str, ...]) -> None:
     """Run CMD with the secrets in its environment: crate run [OPTIONS] [NAME...] -- CMD ARGS..."""
-    from crate_cli import cli
-    from crate_cli.runner import run_command_line
+    from crate_cli.run.command import run_command_line
+    from crate_cli.session import Session
 
-    run_command_line(list(args), cli.run_command)
+    command = obj.get("run_command")  # cli.main split it off at `--`
+    run_command_line(
+        list(args), command if isinstance(command, list) else None, Session.for_terminal
+    )

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from crate_cli.client import SecretsClient
+from crate_cli.client.secrets import SecretsClient
 from crate_cli.commands.options import (
     console,
     env_option,
@@ -17,8 +17,8 @@ from crate_cli.commands.options import (
     split_tags,
     tags_option,
 )
-from crate_cli.context import Session, read_stdin, stdin_is_terminal
 from crate_cli.errors import InvalidInput
+from crate_cli.session import Session, read_stdin, stdin_is_terminal
 from crate_cli.vault.names import check_secret_name, check_value
 
 
@@ -229,8 +229,8 @@ def fetch(
 
     References to other secrets (${NAME}, ${env.NAME}) are resolved unless --raw.
     """
+    from crate_cli.client.fallback import fallback_policy
     from crate_cli.formats import dotenv_docker_incompatible, dotenv_interpolated, render
-    from crate_cli.runner import fallback_policy
 
     policy = fallback_policy(fallback_only, no_fallback, fallback_max_age)
     session = Session.for_terminal()
@@ -240,7 +240,7 @@ def fetch(
     found = client.retrieve(env_name, list(names), split_tags(tags))
     pairs = [(s.name, s.value) for s in found]
     if not raw:
-        from crate_cli.references import resolve_pairs
+        from crate_cli.run.references import resolve_pairs
 
         pairs = resolve_pairs(client, env_name, pairs)
     fmt = "json" if as_json else fmt

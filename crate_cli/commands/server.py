@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from crate_cli.context import Session
 from crate_cli.errors import InvalidInput, NotFound
+from crate_cli.session import Session
 
 
 @click.command()
@@ -93,6 +93,7 @@ def server(
     Limits per client address (an IPv6 client's /64): behind a proxy every
     client has the proxy's address, so raise them there.
     """
+    from crate_cli.client.transport.http import is_loopback_host
     from crate_cli.server import hardening
     from crate_cli.server.app import CrateApp, Limits
     from crate_cli.server.serve import (
@@ -103,7 +104,6 @@ def server(
         parse_listen,
         run_uvicorn,
     )
-    from crate_cli.transport.http import is_loopback_host
     from crate_cli.vault.api import ApiCore, Denials
     from crate_cli.vault.names import check_org
     from crate_cli.vault.orgs import list_orgs

@@ -6,8 +6,8 @@ import click
 
 from crate_cli.commands.options import env_option, json_option, org_option, print_json
 from crate_cli.config import Settings
-from crate_cli.context import Session
 from crate_cli.errors import NotFound
+from crate_cli.session import Session
 
 
 @click.group()

@@ -11,7 +11,7 @@ from crate_cli.commands.options import (
     print_json,
     split_tags,
 )
-from crate_cli.context import Session
+from crate_cli.session import Session
 
 
 @click.group()
@@ -48,9 +48,9 @@ def create(
     """Create token NAME and print it once: store it now, it cannot be shown again."""
     from datetime import UTC, datetime, timedelta
 
-    from crate_cli.context import local_actor
     from crate_cli.durations import parse_duration
     from crate_cli.vault import tokens
+    from crate_cli.vault.audit import local_actor
     from crate_cli.vault.masterkey import utc_now
 
     expires_at = ""

@@ -21,8 +21,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from crate_cli.client.transport.http import peer_uid
 from crate_cli.server.guard import ConnectionCounter, client_key
-from crate_cli.transport.http import peer_uid
 
 log = logging.getLogger("crate.server")
 

@@ -42,6 +42,21 @@ OUTCOMES = ("ok", "denied", "failed")
 HINT = "see what changed with: crate audit verify; restore the vault from a backup"
 
 
+def local_actor() -> str:
+    """`user@host` for local calls (as getpass.getuser, without its imports)."""
+    import os
+
+    user = os.environ.get("LOGNAME") or os.environ.get("USER")
+    if not user:
+        import pwd
+
+        try:
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            user = str(os.getuid())
+    return f"{user}@{os.uname().nodename}"
+
+
 class Caller(NamedTuple):
     """Who an entry is recorded for: the actor, through which client, and the
     id of the request (empty outside the API)."""
@@ -144,7 +159,7 @@ class Checker:
 # The one entry crate writes without a key: a failed unlock, whose fields
 # are fixed but for the time, the actor and the master key version.
 _PENDING_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-# `user@host` as context.local_actor makes it, or the service's default.
+# `user@host` as local_actor makes it, or the service's default.
 _PENDING_ACTOR = re.compile(r"crate|[A-Za-z0-9._$\\-]{1,64}@[A-Za-z0-9._-]{1,253}")
 # A failed unlock is recorded as it happens: never from the future, nor from
 # long before the newest entry it follows (slack for a race between writers

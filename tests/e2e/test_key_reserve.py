@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import CrateRunner
 
-from crate_cli import keyreserve
+from crate_cli.client import keyreserve
 from crate_cli.config import Settings, resolve_home
 
 pytestmark = [

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import CrateRunner
 
-from crate_cli import keyreserve
+from crate_cli.client import keyreserve
 
 pytestmark = [
     pytest.mark.e2e,

@@ -37,7 +37,7 @@ import pytest
 from conftest import CrateRunner, assert_clean_error
 from test_run_mount_watch import Running, wait_for
 
-from crate_cli.mount import own_private_group
+from crate_cli.run.mount import own_private_group
 
 pytestmark = pytest.mark.e2e
 

@@ -97,7 +97,7 @@ def store_as_an_older_crate(home: Path, env: str, values: dict[str, str]) -> Non
     """Values whose references never resolve, which crate now refuses to store
     (a missing target, a cycle): what a crate that did not check references
     at store could have left in a vault, and `run` must still refuse."""
-    from crate_cli.context import Session
+    from crate_cli.session import Session
     from crate_cli.vault.service import VaultService
 
     session = Session(environ={"CRATE_HOME": str(home), "CRATE_KEYSTORE": "file"})
@@ -133,7 +133,7 @@ def run_exact(home: CrateRunner, args: list[str], environ: dict[str, str]) -> Re
 
 
 def test_help_lists_every_option(home: CrateRunner) -> None:
-    from crate_cli.runner import RUN_OPTIONS
+    from crate_cli.run.args import RUN_OPTIONS
 
     done = home("run", "--help", check=True)
     for flag, *_ in RUN_OPTIONS:

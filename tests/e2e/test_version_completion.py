@@ -243,7 +243,7 @@ def test_bash_completes_orgs_of_the_home(crate: CrateRunner, tmp_path: Path) -> 
 def test_bash_completes_the_options_of_run(crate: CrateRunner, tmp_path: Path) -> None:
     """`crate run` parses its own options; completion offers them, the orgs
     after `--org`, and nothing among the command's words after `--`."""
-    from crate_cli.runner import RUN_OPTIONS
+    from crate_cli.run.args import RUN_OPTIONS
 
     found = bash_words(crate, tmp_path, "crate", "run", "--")
     assert set(found) == {flag for flag, *_ in RUN_OPTIONS}, found

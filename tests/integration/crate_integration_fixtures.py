@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from vault_state import run_sql
 
-from crate_cli.context import Session
+from crate_cli.session import Session
 from crate_cli.vault.orgs import create_org
 
 # What the template home holds: org -> env -> name -> versions (oldest first).

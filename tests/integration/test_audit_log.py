@@ -43,9 +43,9 @@ from conftest import CrateRunner, Result
 from crate_server import CrateServer
 from vault_state import restore_triggers, run_sql
 
-from crate_cli.context import local_actor
 from crate_cli.errors import ExitCode, IntegrityError
 from crate_cli.vault import crypto
+from crate_cli.vault.audit import local_actor
 from crate_cli.vault.store import expected_schema
 
 ORG = "personal"

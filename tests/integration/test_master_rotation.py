@@ -33,8 +33,8 @@ from conftest import CrateRunner, Result, assert_clean_error
 from keyring_service import SecretService
 from tpm_simulator import Swtpm
 
-from crate_cli.context import Session
 from crate_cli.errors import ExitCode
+from crate_cli.session import Session
 
 ORGS = ("alpha", "beta", "gamma")
 PER_ORG = 334  # about 1,000 secrets in all

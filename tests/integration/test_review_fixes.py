@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conftest import CrateRunner, assert_clean_error
 
-from crate_cli.client import SecretsClient
+from crate_cli.client.secrets import SecretsClient
 from crate_cli.config import CrateHome, Settings
 from crate_cli.errors import ExitCode, IntegrityError, InvalidInput
 from crate_cli.vault import jwe

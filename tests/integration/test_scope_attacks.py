@@ -23,10 +23,10 @@ from conftest import CrateRunner
 from crate_server import CrateServer
 from vault_state import restore_triggers, run_sql
 
-from crate_cli.client import SecretsClient
-from crate_cli.ephemeral import EphemeralKey
+from crate_cli.client.ephemeral import EphemeralKey
+from crate_cli.client.secrets import SecretsClient
+from crate_cli.client.transport.http import HttpTransport
 from crate_cli.errors import Forbidden, InvalidInput, Unauthorized
-from crate_cli.transport.http import HttpTransport
 
 ORG = "personal"
 
@@ -316,7 +316,7 @@ def test_a_dollar_brace_that_is_no_reference_is_stored_with_a_warning(
 def test_a_reader_resolves_only_within_its_own_scope(
     served: Served, admin: SecretsClient, prod_secret: str
 ) -> None:
-    from crate_cli.references import UnresolvedReference, resolve_pairs
+    from crate_cli.run.references import UnresolvedReference, resolve_pairs
 
     admin.store("dev", [("FROM_PROD", "pw=${prod.PROD_DB_PASSWORD}")])
     dev_reader = served.client("reader", "--env", "dev")

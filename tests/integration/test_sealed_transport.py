@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from crate_cli.context import Session
 from crate_cli.errors import IntegrityError
+from crate_cli.session import Session
 from crate_cli.vault import jwe
 from crate_cli.vault.api import MAX_RETRIEVE_NAMES, ApiCore, Principal, Request, Response
 

@@ -37,11 +37,11 @@ from conftest import CrateRunner, Result, assert_clean_error
 from crate_server import CrateServer
 from tls_ca import make_tls
 
-from crate_cli.client import SecretsClient
-from crate_cli.ephemeral import EphemeralKey
+from crate_cli.client.ephemeral import EphemeralKey
+from crate_cli.client.secrets import SecretsClient
+from crate_cli.client.transport.http import HttpTransport, ServerUnreachable, TlsFailure
 from crate_cli.errors import CrateError
 from crate_cli.server.app import OPENAPI_PATH
-from crate_cli.transport.http import HttpTransport, ServerUnreachable, TlsFailure
 from crate_cli.vault import jwe
 from crate_cli.vault.api import MAX_RETRIEVE_NAMES
 
@@ -273,7 +273,7 @@ class RecordingTransport(HttpTransport):
     def _open(self) -> Any:
         if self.source is None:
             return super()._open()
-        from crate_cli.transport.http import _TcpConnection
+        from crate_cli.client.transport.http import _TcpConnection
 
         opened = _TcpConnection.__new__(_TcpConnection)
         host, port = address(self.base_url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from crate_cli.context import Session
+from crate_cli.session import Session
 from crate_cli.vault import crypto, tokens
 from crate_cli.vault.masterkey import utc_now
 from crate_cli.vault.store import SCHEMA_VERSION, OrgStore, expected_schema

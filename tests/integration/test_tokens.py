@@ -30,10 +30,10 @@ import pytest
 from conftest import CrateRunner, Result, assert_clean_error
 from crate_server import CrateServer
 
-from crate_cli.client import SecretsClient
-from crate_cli.ephemeral import EphemeralKey
+from crate_cli.client.ephemeral import EphemeralKey
+from crate_cli.client.secrets import SecretsClient
+from crate_cli.client.transport.http import HttpTransport
 from crate_cli.errors import Forbidden, TokenExpired, Unauthorized
-from crate_cli.transport.http import HttpTransport
 from crate_cli.vault.tokens import new_token
 
 ORG = "personal"

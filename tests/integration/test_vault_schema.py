@@ -138,9 +138,9 @@ def test_a_trigger_planted_while_a_server_runs_is_caught_before_it_fires(
     schema again when SQLite says it changed, before the trigger could run."""
     from crate_server import CrateServer
 
-    from crate_cli.client import SecretsClient
+    from crate_cli.client.secrets import SecretsClient
+    from crate_cli.client.transport.http import HttpTransport
     from crate_cli.errors import IntegrityError
-    from crate_cli.transport.http import HttpTransport
 
     server = CrateServer(acme_home, "--org", "acme")
     token = server.token("ci", "admin", "--org", "acme")

@@ -1,4 +1,4 @@
-"""The reserve of ephemeral RSA keys (crate_cli.keyreserve), in process.
+"""The reserve of ephemeral RSA keys (crate_cli.client.keyreserve), in process.
 
 What is tested: the reserve file format (dump_key/parse_key); refill() filling
 a private folder with TARGET keys and take() handing each out once; the files
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from crate_cli import keyreserve
+from crate_cli.client import keyreserve
 
 BITS = 2048
 
@@ -475,7 +475,7 @@ def test_refill_removes_stale_files_and_keeps_fresh_ones(
 
 TAKER = """
 import sys
-from crate_cli import keyreserve
+from crate_cli.client import keyreserve
 print("ready", flush=True)
 sys.stdin.readline()
 key = keyreserve.take(2048)

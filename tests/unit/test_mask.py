@@ -1,4 +1,4 @@
-"""The output filter of `crate run --mask` (crate_cli.mask.Masker).
+"""The output filter of `crate run --mask` (crate_cli.run.mask.Masker).
 
 The filter is checked against a plain reference (find every occurrence, merge
 the ones that overlap, replace each merged span by `***`) over random streams
@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from crate_cli.mask import MASK, MIN_LENGTH, Masker
+from crate_cli.run.mask import MASK, MIN_LENGTH, Masker
 
 
 def reference(data: bytes, values: list[bytes]) -> bytes:

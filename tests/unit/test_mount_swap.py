@@ -1,4 +1,4 @@
-"""The mount (crate_cli.mount.Mount) against a path swapped as crate makes it.
+"""The mount (crate_cli.run.mount.Mount) against a path swapped as crate makes it.
 
 tests/e2e/test_run_mount_attacks.py swaps the path between two readers, as
 an attacker can time it from outside. The window between crate's mkfifo and
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from crate_cli.errors import CrateError, InvalidInput
-from crate_cli.mount import Mount
+from crate_cli.run.mount import Mount
 
 CONTENT = b'{"TOKEN": "unit-mount-token-3b7e"}\n'
 NOBODY = 65534

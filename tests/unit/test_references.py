@@ -8,9 +8,15 @@ from typing import Any
 
 import pytest
 
-from crate_cli.client import RetrievedSecret
+from crate_cli.client.secrets import RetrievedSecret
 from crate_cli.errors import CrateError, ExitCode, NotFound
-from crate_cli.references import MAX_DEPTH, UnresolvedReference, references, resolve, resolve_pairs
+from crate_cli.run.references import (
+    MAX_DEPTH,
+    UnresolvedReference,
+    references,
+    resolve,
+    resolve_pairs,
+)
 from crate_cli.vault.names import SECRET_RE
 
 

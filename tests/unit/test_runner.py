@@ -6,12 +6,8 @@ import pytest
 
 from crate_cli.config import CREDENTIAL_VARIABLES
 from crate_cli.errors import InvalidInput
-from crate_cli.runner import (
-    RunArgs,
-    check_run_args,
-    child_environment,
-    parse_run_args,
-)
+from crate_cli.run.args import RunArgs, check_run_args, parse_run_args
+from crate_cli.run.launch import child_environment
 
 
 def test_parses_names_and_options_in_any_order() -> None:

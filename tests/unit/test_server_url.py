@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from crate_cli.client.transport.http import check_server_url
 from crate_cli.errors import InvalidInput
-from crate_cli.transport.http import check_server_url
 
 TOKEN = "crate_" + "Ab3" * 14 + "x"
 

@@ -14,9 +14,11 @@ import typing
 import pytest
 
 RUN_PATH_RECORDS = (
-    "crate_cli.client",
+    "crate_cli.client.fallback",
+    "crate_cli.client.secrets",
     "crate_cli.config",
-    "crate_cli.runner",
+    "crate_cli.run.args",
+    "crate_cli.run.launch",
     "crate_cli.vault.api",
     "crate_cli.vault.audit",
     "crate_cli.vault.jwe",
@@ -67,7 +69,7 @@ NOT_ON_THE_RUN_PATH = (
     "http.client",
     "ssl",
     "crate_cli.display",
-    "crate_cli.remote",
+    "crate_cli.client.remote",
 )
 
 RUN_AND_LIST_MODULES = """
@@ -105,5 +107,5 @@ def test_crate_run_imports_nothing_it_does_not_need(tmp_path: object) -> None:
         text=True,
     )
     loaded = set(done.stdout.split())
-    assert "crate_cli.runner" in loaded  # it did run
+    assert "crate_cli.run.command" in loaded  # it did run
     assert not loaded & set(NOT_ON_THE_RUN_PATH), loaded & set(NOT_ON_THE_RUN_PATH)

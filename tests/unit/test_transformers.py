@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crate_cli.errors import ExitCode, InvalidInput
-from crate_cli.transformers import TRANSFORMERS, check_transformer, transform
+from crate_cli.run.transformers import TRANSFORMERS, check_transformer, transform
 
 KINDS = ("camel", "upper-camel", "lower-snake", "lower-kebab", "tf-var", "dotnet-env")
 

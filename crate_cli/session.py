@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from crate_cli.client import SecretsClient
+from crate_cli.client.secrets import SecretsClient
 from crate_cli.config import CrateHome, Settings, check_home, resolve_home
 from crate_cli.errors import Conflict, InvalidInput, NotFound
 from crate_cli.vault.masterkey import MasterKeys, MasterVersion
@@ -20,9 +20,9 @@ from crate_cli.vault.names import check_env, check_org
 from crate_cli.vault.slots.base import SecretPrompt
 
 if TYPE_CHECKING:
-    from crate_cli.client import FallbackPolicy
-    from crate_cli.remote import Remote
-    from crate_cli.transport import Transport
+    from crate_cli.client.fallback import FallbackPolicy
+    from crate_cli.client.remote import Remote
+    from crate_cli.client.transport import Transport
     from crate_cli.vault.audit import Caller
     from crate_cli.vault.service import VaultService
 
@@ -30,19 +30,6 @@ DEFAULT_ORG = "personal"
 KEYSTORES = ("auto", "tpm2", "keyring", "pkcs11", "passphrase", "file")
 # What `auto` tries, best first; `file` is the fallback of last resort.
 AUTO_KEYSTORES = ("tpm2", "keyring")
-
-
-def local_actor() -> str:
-    """`user@host` for local calls (as getpass.getuser, without its imports)."""
-    user = os.environ.get("LOGNAME") or os.environ.get("USER")
-    if not user:
-        import pwd
-
-        try:
-            user = pwd.getpwuid(os.getuid()).pw_name
-        except KeyError:
-            user = str(os.getuid())
-    return f"{user}@{os.uname().nodename}"
 
 
 def stdin_is_terminal() -> bool:
@@ -172,15 +159,15 @@ class Session:
             or self.environ.get("CRATE_TOKEN")
             or (self.home.data_dir / "login.json").exists()
         ):
-            return None  # local use: one stat, and crate_cli.remote stays unimported
-        from crate_cli.remote import resolve_remote
+            return None  # local use: one stat, and crate_cli.client.remote stays unimported
+        from crate_cli.client.remote import resolve_remote
 
         return resolve_remote(self.home, self.environ)
 
     @cached_property
     def agent(self) -> Transport | None:
         """This home's running agent, if its socket exists (local use only)."""
-        from crate_cli.server.agent import running_transport
+        from crate_cli.client.agent import running_transport
 
         return running_transport(self.home)
 
@@ -196,7 +183,7 @@ class Session:
         if remote is not None:
             if remote.org:
                 return check_org(remote.org)
-            from crate_cli.remote import token_org
+            from crate_cli.client.remote import token_org
 
             return check_org(token_org(self.home, remote))
         chosen = str(self.settings.get("session.org") or "")
@@ -231,7 +218,7 @@ class Session:
 
     def caller(self, client: str = "cli") -> Caller:
         """This process as the audit log records it (no request behind it)."""
-        from crate_cli.vault.audit import Caller
+        from crate_cli.vault.audit import Caller, local_actor
 
         return Caller(local_actor(), client)
 
@@ -271,9 +258,10 @@ class Session:
         bits = int(self.settings.get("crypto.ephemeral_rsa_bits"))
         remote = self.remote
         if remote is not None:
-            from crate_cli.remote import (
+            from crate_cli.client.fallback import FallbackClient
+            from crate_cli.client.remote import (
                 FINGERPRINT_ENV,
-                FallbackClient,
+                copy_binding,
                 expected_fingerprint,
                 pinned_key,
                 trusted_key,
@@ -295,20 +283,22 @@ class Session:
                 expected = expected_fingerprint(self.environ.get(FINGERPRINT_ENV), FINGERPRINT_ENV)
                 pinned = trusted_key(self.home, remote.server, org, http, self.notify, expected)
             if fallback is not None:
+                binding = copy_binding(remote.login, remote.server, remote.token)
                 return FallbackClient(
-                    http, org, bits, self.home, remote, fallback, self.notify, pinned
+                    http, org, bits, self.home, binding, remote.token, fallback, self.notify, pinned
                 )
             return SecretsClient(http, org, ephemeral_bits=bits, pinned=pinned)
         if self.agent is not None:
-            from crate_cli.transport.http import ServerUnreachable
+            from crate_cli.client.transport.http import ServerUnreachable
 
             try:
                 self.agent.request("GET", "/agent")
                 return SecretsClient(self.agent, org, ephemeral_bits=bits)
             except ServerUnreachable:
                 self.agent = None  # a stale socket: serve in-process
-        from crate_cli.transport.loopback import LoopbackTransport
+        from crate_cli.client.transport.loopback import LoopbackTransport
         from crate_cli.vault.api import ApiCore, Principal
+        from crate_cli.vault.audit import local_actor
 
         self.init()
         transport = LoopbackTransport(ApiCore(self.service), Principal(actor=local_actor()))

@@ -14,9 +14,9 @@ import json
 import os
 from typing import Any, NamedTuple
 
-from crate_cli.ephemeral import DEFAULT_EPHEMERAL_BITS, EphemeralKey, take
+from crate_cli.client.ephemeral import DEFAULT_EPHEMERAL_BITS, EphemeralKey, take
+from crate_cli.client.transport import Transport
 from crate_cli.errors import IntegrityError
-from crate_cli.transport import Transport
 from crate_cli.vault import jwe
 from crate_cli.vault.names import (
     all_secret_names,
@@ -25,15 +25,6 @@ from crate_cli.vault.names import (
     check_secret_name,
     check_tags,
 )
-
-DEFAULT_FALLBACK_MAX_AGE = 7 * 86400.0
-
-
-class FallbackPolicy(NamedTuple):
-    """When a remote client may use its offline copy (crate_cli/remote.py)."""
-
-    mode: str = "auto"  # auto: when unreachable; only: never contact; never: no copy
-    max_age: float = DEFAULT_FALLBACK_MAX_AGE
 
 
 class RetrievedSecret(NamedTuple):
@@ -90,7 +81,7 @@ class SecretsClient:
         pinned: "tuple[str, Any] | None" = None,
     ) -> None:
         """`pinned`: the org key (kid, RSA public key) the user trusts for this
-        server (crate_cli/remote.py): values are sealed to it without asking
+        server (crate_cli/client/remote.py): values are sealed to it without asking
         the server for a key, and every retrieval's answer must carry its
         signature. Without one (the in-process server, the agent), the key
         is fetched and answers are not signed."""

@@ -1,4 +1,4 @@
-"""The remote client's state: the login, its credentials, pinned org keys, the offline copy.
+"""The remote client's state: the login, its credentials, pinned org keys.
 
 - `login.json` in the crate home records the server URL, the org the token
   belongs to, an optional CA file, where the credentials live and the
@@ -13,41 +13,32 @@
   that swaps keys is caught (exit 5). It stays after logout, like ssh's
   known_hosts: a key that changes is never accepted silently.
 - `CRATE_SERVER`, `CRATE_TOKEN` and `CRATE_CA_FILE` override the login.
-- After each successful remote retrieval the values are kept encrypted
-  (AES-256-GCM under a key derived from the token) per server, org, env and
-  selection, in a folder of the login (or of the token, without one): when
-  the server cannot be reached, `crate run` and `fetch` use that copy.
-  Logging out removes the server's copies, and so does the server's refusal
-  of the token (a revocation) the next time it is asked.
+- Logging out removes the server's offline copies (fallback.py) with the
+  token they are bound to (copy_binding).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from crate_cli.client import FallbackPolicy, RetrievedColumns, SecretsClient
 from crate_cli.config import CrateHome, ensure_private_dir, write_private_file
 from crate_cli.errors import (
     CrateError,
     IntegrityError,
     InvalidInput,
-    NotFound,
-    Unauthorized,
     UnsupportedVersion,
 )
 from crate_cli.vault.crypto import sha256_hex
 
 if TYPE_CHECKING:
-    from crate_cli.transport.http import HttpTransport
+    from crate_cli.client.transport.http import HttpTransport
 
 LOGIN_FILE = "login.json"
 PINS_FILE = "pins.json"
 TOKEN_LABEL = "api-token"
 FALLBACK_KEY_LABEL = "fallback-key"  # where older crates kept the key of their copies
-FALLBACK_PURPOSE = "crate/fallback/v2"
 
 
 class Credentials:
@@ -135,6 +126,8 @@ def remove_login(home: CrateHome) -> Login | None:
         credentials = Credentials(home, login.credentials)
         credentials.delete(TOKEN_LABEL)
         credentials.delete(FALLBACK_KEY_LABEL)  # the key of unbound copies (older crates)
+        from crate_cli.client.fallback import forget_server_copies
+
         forget_server_copies(home, _spelled(login.server) or login.server)
     (home.data_dir / LOGIN_FILE).unlink(missing_ok=True)
     return login
@@ -146,27 +139,6 @@ def copy_binding(login: Login | None, server: str, token: str) -> str:
     CRATE_TOKEN). Another login, or another token, finds none of them."""
     owner = login.id if login is not None and login.server == server and login.id else "env"
     return sha256_hex(f"{owner}|{server}|{token}".encode())[:32]
-
-
-def _server_folder(home: CrateHome, server: str) -> Path:
-    return home.data_dir / "fallback" / sha256_hex(server.encode("utf-8"))[:32]
-
-
-def forget_copies(home: CrateHome, server: str, binding: str) -> None:
-    """Remove the offline copies of one binding (their key is the token's)."""
-    import shutil
-
-    shutil.rmtree(_server_folder(home, server) / binding, ignore_errors=True)
-
-
-def forget_server_copies(home: CrateHome, server: str) -> None:
-    """Remove every offline copy of `server` (whatever token made it), and the
-    copies of crate versions that kept them unbound (fallback/*.copy)."""
-    import shutil
-
-    shutil.rmtree(_server_folder(home, server), ignore_errors=True)
-    for old in (home.data_dir / "fallback").glob("*.copy"):
-        old.unlink(missing_ok=True)
 
 
 # -- pinned org keys ----------------------------------------------------------
@@ -306,6 +278,7 @@ def fetch_pin(transport: Any, org: str) -> Pin:
     """The org key a server offers now, checked against its key id."""
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+    from crate_cli.client.secrets import SecretsClient
     from crate_cli.vault.masterkey import utc_now
 
     kid, public = SecretsClient(transport, org).public_key()
@@ -356,7 +329,7 @@ class Remote(NamedTuple):
     login: Login | None  # the stored login for this server, if there is one
 
     def transport(self) -> HttpTransport:
-        from crate_cli.transport.http import HttpTransport
+        from crate_cli.client.transport.http import HttpTransport
 
         return HttpTransport(self.server, self.token, self.ca_file)
 
@@ -371,7 +344,7 @@ def resolve_remote(home: CrateHome, environ: dict[str, str]) -> Remote | None:
                 "CRATE_TOKEN is set but no server is: set CRATE_SERVER or run crate login"
             )
         return None
-    from crate_cli.transport.http import check_server_url
+    from crate_cli.client.transport.http import check_server_url
 
     server = check_server_url(server)
     same = login is not None and _spelled(login.server) == server
@@ -396,7 +369,7 @@ def resolve_remote(home: CrateHome, environ: dict[str, str]) -> Remote | None:
 
 def _spelled(url: str) -> str | None:
     """A stored server URL in check_server_url's spelling (None if it is not one)."""
-    from crate_cli.transport.http import check_server_url
+    from crate_cli.client.transport.http import check_server_url
 
     try:
         return check_server_url(url)
@@ -428,130 +401,3 @@ def token_org(home: CrateHome, remote: Remote) -> str:
     ensure_private_dir(path.parent)
     write_private_file(path, json.dumps(known).encode("utf-8"))
     return org
-
-
-# -- the offline copy ----------------------------------------------------------
-
-
-def _age_text(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
-
-
-class FallbackClient(SecretsClient):
-    """A remote client whose retrievals are kept for when the server is down."""
-
-    def __init__(
-        self,
-        transport: HttpTransport,
-        org: str,
-        ephemeral_bits: int,
-        home: CrateHome,
-        remote: Remote,
-        policy: FallbackPolicy,
-        notify: Any,
-        pinned: tuple[str, Any] | None = None,
-    ) -> None:
-        super().__init__(transport, org, ephemeral_bits, pinned)
-        self.home = home
-        self.server = transport.base_url
-        self.policy = policy
-        self.notify = notify
-        self.binding = copy_binding(remote.login, remote.server, remote.token)
-        # The copies' key comes from the token: nothing at rest opens them
-        # that would not fetch them from the server too (and with the token
-        # in the OS keyring or only in the environment, a copy of the home
-        # folder opens none).
-        self._token = remote.token
-
-    def _copy_path(self, env: str, selection: str) -> tuple[Path, bytes]:
-        ident = "|".join([self.server, self.binding, self.org, env, selection])
-        digest = sha256_hex(ident.encode("utf-8"))[:40]
-        folder = _server_folder(self.home, self.server) / self.binding
-        return folder / f"{digest}.copy", ident.encode("utf-8")
-
-    def _key(self) -> bytes:
-        from crate_cli.vault import crypto
-
-        return crypto.derive_subkey(
-            self._token.encode("utf-8"), f"{FALLBACK_PURPOSE}|key|{self.binding}"
-        )
-
-    def retrieve_columns(
-        self,
-        env: str,
-        names: list[str] | None = None,
-        tags: list[str] | None = None,
-        versions: dict[str, int] | None = None,
-        ephemeral: Any = None,
-    ) -> RetrievedColumns:
-        selection = json.dumps(
-            [sorted(names or []), sorted(tags or []), sorted((versions or {}).items())]
-        )
-        path, aad = self._copy_path(env, selection)
-        if self.policy.mode == "only":
-            return self._from_copy(path, aad, env, None)
-        from crate_cli.transport.http import ServerUnreachable
-
-        try:
-            found = super().retrieve_columns(env, names, tags, versions, ephemeral)
-        except ServerUnreachable as e:
-            if self.policy.mode == "never":
-                raise
-            return self._from_copy(path, aad, env, e)
-        except Unauthorized:
-            # The server no longer takes this token (revoked, expired):
-            # neither does the offline copy it fetched.
-            forget_copies(self.home, self.server, self.binding)
-            raise
-        if self.policy.mode != "never":
-            self._save(path, aad, found)
-        return found
-
-    def _save(self, path: Path, aad: bytes, found: RetrievedColumns) -> None:
-        from crate_cli.vault import crypto
-
-        key = self._key()
-        plaintext = json.dumps(
-            {"saved_at": time.time(), "secrets": list(zip(*found, strict=True))},
-            ensure_ascii=False,
-        ).encode("utf-8")
-        ensure_private_dir(path.parent)
-        write_private_file(
-            path, crypto.encrypt(key, plaintext, crypto.aad(FALLBACK_PURPOSE, aad.hex()))
-        )
-
-    def _from_copy(
-        self, path: Path, aad: bytes, env: str, error: CrateError | None
-    ) -> RetrievedColumns:
-        from crate_cli.vault import crypto
-
-        where = f"{self.org}/{env} from {self.server}"
-        try:
-            blob = path.read_bytes()
-        except FileNotFoundError:
-            if error is not None:
-                error.hint = f"and no offline copy of {where} is kept here"
-                raise error from None
-            raise NotFound(
-                f"no offline copy of {where} is kept here",
-                "run the command once while the server is reachable",
-            ) from None
-        key = self._key()
-        data = json.loads(crypto.decrypt(key, blob, crypto.aad(FALLBACK_PURPOSE, aad.hex())))
-        age = max(0.0, time.time() - float(data["saved_at"]))
-        if age > self.policy.max_age:
-            raise CrateError(
-                f"the offline copy of {where} is {_age_text(age)} old, older than "
-                f"--fallback-max-age {_age_text(self.policy.max_age)}",
-                "reach the server again, or allow an older copy with --fallback-max-age",
-            )
-        if error is not None:
-            self.notify(
-                f"crate: warning: {error.message}; using the offline copy of {where} "
-                f"saved {_age_text(age)} ago"
-            )
-        saved = [(str(n), str(v), int(ver)) for n, v, ver in data["secrets"]]
-        return RetrievedColumns([s[0] for s in saved], [s[1] for s in saved], [s[2] for s in saved])

@@ -312,27 +312,25 @@ def reap() -> None:
             os.waitpid(pid, 0)
 
 
-def _configured_bits(default: int) -> int:
+def _configured_bits() -> int:
     """The home's `crypto.ephemeral_rsa_bits`: what its next retrievals will ask for."""
-    try:
-        from crate_cli.config import Settings, resolve_home
+    from crate_cli.config import DEFAULTS, Settings, resolve_home
 
+    try:
         return int(Settings.load(resolve_home()).get("crypto.ephemeral_rsa_bits"))
     except Exception:  # a broken settings file is the foreground's to report
-        return default
+        return int(DEFAULTS["crypto.ephemeral_rsa_bits"])
 
 
 def main() -> None:
     """The refill process (`crate __refill-key-reserve`, started by crate only).
     It runs niced: the command that crate started comes first."""
-    from crate_cli.ephemeral import DEFAULT_EPHEMERAL_BITS
-
     os.closerange(3, max(os.sysconf("SC_OPEN_MAX"), 1 << 16))  # inherited files
     os.chdir("/")
     with contextlib.suppress(OSError):
         os.nice(10)
 
-    refill(_configured_bits(DEFAULT_EPHEMERAL_BITS))
+    refill(_configured_bits())
 
 
 def refill(bits: int) -> int:

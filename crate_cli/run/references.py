@@ -24,7 +24,7 @@ from crate_cli.vault.references import MAX_DEPTH, TOKEN, Key, has_references, re
 from crate_cli.vault.references import show as _show
 
 if TYPE_CHECKING:
-    from crate_cli.client import SecretsClient
+    from crate_cli.client.secrets import SecretsClient
 # Fetches the named secrets of an environment; returns the ones that exist.
 # Raises NotFound when the environment itself does not exist.
 Fetch = Callable[[str, list[str]], Mapping[str, str]]

@@ -1,6 +1,6 @@
 """`crate run` when crate must stay the command's parent: --mask, --mount, --watch.
 
-Without them, crate execs the command and is gone (runner.exec_command).
+Without them, crate execs the command and is gone (launch.exec_command).
 With them, crate starts the command with posix_spawn, filters its output
 (--mask), serves and then removes the mount (--mount), restarts the command
 when its secrets change (--watch), and ends with its status (128+N when it
@@ -50,13 +50,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from crate_cli.mask import Masker
-from crate_cli.mount import write_all
-from crate_cli.runner import Launch, resolve_command, start_failure
+from crate_cli.run.launch import Launch, exit_status, resolve_command, start_failure
+from crate_cli.run.mask import Masker
+from crate_cli.run.mount import write_all
 from crate_cli.threads import start_thread
 
 if TYPE_CHECKING:
-    from crate_cli.mount import Mount
+    from crate_cli.run.mount import Mount
 
 FORWARDED = (
     signal.SIGINT,
@@ -70,13 +70,6 @@ FORWARDED = (
 RELAYED = {*FORWARDED, signal.SIGCHLD}  # what the supervisor waits for
 SI_KERNEL = 0x80  # si_code of a signal the kernel sent (a terminal's, for these)
 CHUNK = 1 << 16
-
-
-def exit_status(wait_status: int) -> int:
-    """A shell's view of a wait status: the exit code, or 128+N for signal N."""
-    if os.WIFSIGNALED(wait_status):
-        return 128 + os.WTERMSIG(wait_status)
-    return os.waitstatus_to_exitcode(wait_status)
 
 
 def same_destination(first: int, second: int) -> bool:

@@ -54,7 +54,7 @@ class Replaced(Exception):
 class Mount:
     """A mounted secrets file at `path` (`mode` fifo or file); `close()` removes it.
 
-    The options are checked by runner.check_run_args. `notice` says one line
+    The options are checked by args.check_run_args. `notice` says one line
     on stderr (the supervisor sets its own, which knows about raw terminals).
     """
 

@@ -49,7 +49,7 @@ class EphemeralKey:
     """
 
     def __init__(self, bits: int = DEFAULT_EPHEMERAL_BITS, key: Any = None) -> None:
-        """`key`: one made ahead (crate_cli.keyreserve); no search starts."""
+        """`key`: one made ahead (crate_cli.client.keyreserve); no search starts."""
         self.bits = bits
         self._key: Any = key
         self._errors: list[BaseException] = []
@@ -116,7 +116,7 @@ def prestart(bits: int = DEFAULT_EPHEMERAL_BITS) -> None:
     """Take a key made ahead (and start a refill of the reserve), or start
     searching one."""
     global _prestarted
-    from crate_cli import keyreserve
+    from crate_cli.client import keyreserve
 
     # Any size: the home's setting (crypto.ephemeral_rsa_bits) is not read
     # yet, and the refill makes keys of that size. `take` checks the size.
@@ -138,6 +138,6 @@ def take(bits: int) -> EphemeralKey:
     key, _prestarted = _prestarted, None
     if key is not None and key.bits == bits:
         return key
-    from crate_cli import keyreserve
+    from crate_cli.client import keyreserve
 
     return EphemeralKey(bits, keyreserve.take(bits))
