@@ -161,12 +161,10 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        sys.stderr.write(f"crate: error: {e.message}\n")
-        if e.hint:
-            sys.stderr.write(f"crate: {e.hint}\n")
+        sys.stderr.write(e.render())
         sys.exit(int(e.exit_code))
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     except BrokenPipeError:
         # The reader went away (`crate secrets list | head`): not an error.
         # What is still buffered goes to /dev/null: the flush at exit must not
@@ -211,7 +209,7 @@ def _click_main(args: list[str], run_command: list[str] | None = None) -> None:
 
     import click
 
-    from crate_cli.errors import ExitCode
+    from crate_cli.errors import CrateError, ExitCode, InvalidInput
 
     root = root_command()
     if "_CRATE_COMPLETE" in os.environ:
@@ -224,14 +222,15 @@ def _click_main(args: list[str], run_command: list[str] | None = None) -> None:
             root.invoke(ctx)
     except (click.exceptions.Abort, EOFError, KeyboardInterrupt):
         sys.stderr.write("crate: aborted\n")
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
+    # click's own errors are shown as crate's: the same lines, from the same render.
     except click.UsageError as e:
-        sys.stderr.write(f"crate: error: {_usage_message(e)}\n")
         command = e.ctx.command_path if e.ctx is not None else "crate"
-        sys.stderr.write(f"crate: see '{command} --help'\n")
-        sys.exit(ExitCode.USAGE)
+        usage = InvalidInput(_usage_message(e), f"see '{command} --help'")
+        sys.stderr.write(usage.render())
+        sys.exit(usage.exit_code)
     except click.ClickException as e:
-        sys.stderr.write(f"crate: error: {e.format_message()}\n")
+        sys.stderr.write(CrateError(e.format_message()).render())
         sys.exit(ExitCode.USAGE if e.exit_code == 2 else e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

@@ -2,9 +2,9 @@
 
 Every failure a user can meet is a `CrateError` subclass that carries the
 message the user sees, the process exit code (DESIGN §7) and, for the API
-core, a stable wire code and HTTP status. The CLI renders them in one or two
-lines; the API core turns them into `{"error": {"code", "message"}}`; the
-client turns such a response back into the same class.
+core, a stable wire code and HTTP status. The CLI prints what `render` says,
+one or two lines; the API core turns them into `{"error": {"code",
+"message"}}`; the client turns such a response back into the same class.
 
 Messages never contain a secret value: they are built from names only.
 """
@@ -27,6 +27,8 @@ class ExitCode(IntEnum):
     # `crate run` only, as a shell reports them.
     CANNOT_EXECUTE = 126
     COMMAND_NOT_FOUND = 127
+    # Ctrl-C, or a prompt abandoned: 128 + SIGINT, as a shell reports it.
+    INTERRUPTED = 130
 
 
 class CrateError(Exception):
@@ -46,6 +48,14 @@ class CrateError(Exception):
         if self.hint:
             return f"{self.message}\n{self.hint}"
         return self.message
+
+    def render(self) -> str:
+        """The lines crate prints on stderr for this error, each ending in a newline:
+        `crate: error: MESSAGE`, then `crate: HINT` when there is a hint."""
+        text = f"crate: error: {self.message}\n"
+        if self.hint:
+            text += f"crate: {self.hint}\n"
+        return text
 
 
 class InvalidInput(CrateError):
@@ -160,6 +170,41 @@ class RateLimited(CrateError):
     exit_code = ExitCode.DENIED
     api_code = "rate_limited"
     http_status = 429
+
+
+class MalformedJWE(IntegrityError):
+    """Not a JWE of crate's form (wrong shape, algorithm or header)."""
+
+    def __init__(self, message: str = "not a valid RSA-OAEP-256/A256GCM JWE") -> None:
+        super().__init__(message)
+
+
+class AuditSeqTaken(Conflict):
+    """An audit entry with this sequence number is already stored (or storage
+    refused to overwrite one)."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"the audit log already holds an entry {seq}")
+        self.seq = seq
+
+
+class UnresolvedReference(CrateError):
+    """A reference that cannot be resolved: missing, or part of a cycle (exit 1)."""
+
+
+class ServerUnreachable(CrateError):
+    """No answer from the server: the case the offline fallback covers."""
+
+    api_code = "server_unreachable"
+
+
+class TlsFailure(CrateError):
+    """The server's certificate did not verify."""
+
+
+class HardeningError(CrateError):
+    """The kernel refused to make the process undumpable: crate does not go on
+    to hold a key in a process that could be dumped."""
 
 
 def _all_subclasses(cls: type[CrateError]) -> list[type[CrateError]]:

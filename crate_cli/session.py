@@ -23,13 +23,21 @@ if TYPE_CHECKING:
     from crate_cli.client.fallback import FallbackPolicy
     from crate_cli.client.remote import Remote
     from crate_cli.client.transport import Transport
-    from crate_cli.vault.audit import Caller
+    from crate_cli.vault.keys import Caller
     from crate_cli.vault.service import VaultService
+    from crate_cli.vault.storage.interface import Storage
 
 DEFAULT_ORG = "personal"
 KEYSTORES = ("auto", "tpm2", "keyring", "pkcs11", "passphrase", "file")
 # What `auto` tries, best first; `file` is the fallback of last resort.
 AUTO_KEYSTORES = ("tpm2", "keyring")
+
+
+def open_storage(home: CrateHome) -> Storage:
+    """Where the home's org vaults are kept: one SQLite file per org."""
+    from crate_cli.vault.storage.sqlite import SqliteStorage
+
+    return SqliteStorage(home)
 
 
 def stdin_is_terminal() -> bool:
@@ -86,6 +94,10 @@ class Session:
         home = resolve_home(self.environ)
         check_home(home)  # never work in a folder that others can enter
         return home
+
+    @cached_property
+    def storage(self) -> Storage:
+        return open_storage(self.home)
 
     @cached_property
     def settings(self) -> Settings:
@@ -189,13 +201,13 @@ class Session:
         chosen = str(self.settings.get("session.org") or "")
         if chosen:
             return check_org(chosen)
-        from crate_cli.vault.orgs import create_org, list_orgs
+        from crate_cli.vault.orgs import create_org
 
         self.init()
-        orgs = list_orgs(self.home)
+        orgs = self.storage.list_orgs()
         if not orgs:
             try:
-                create_org(self.home, self.master, DEFAULT_ORG, self.caller())
+                create_org(self.storage, self.master, DEFAULT_ORG, self.caller())
                 self.notify(f"crate: created organization {DEFAULT_ORG!r} and selected it")
             except Conflict:
                 pass  # another crate process created it first
@@ -216,9 +228,20 @@ class Session:
     def service(self) -> VaultService:
         return self.new_service()
 
+    def credentials_place(self) -> str:
+        """Where a login's token goes: the secure OS keystore when one answers,
+        else a 0600 file (always with CRATE_KEYSTORE=file)."""
+        if (self.environ.get("CRATE_KEYSTORE") or "auto") == "file":
+            return "file"
+        from crate_cli.vault.slots import provider
+        from crate_cli.vault.slots.base import SlotContext
+
+        ctx = SlotContext(home=self.home, environ=self.environ, prompt=None)
+        return "keyring" if provider("keyring").probe(ctx) is None else "file"
+
     def caller(self, client: str = "cli") -> Caller:
         """This process as the audit log records it (no request behind it)."""
-        from crate_cli.vault.audit import Caller, local_actor
+        from crate_cli.vault.keys import Caller, local_actor
 
         return Caller(local_actor(), client)
 
@@ -235,7 +258,7 @@ class Session:
 
             rotate_every = parse_duration(every, "setting keys.rotate_org_every")
         return VaultService(
-            self.home,
+            self.storage,
             self.master,
             int(self.settings.get("secrets.max_value_bytes")),
             rotate_org_every=rotate_every,
@@ -289,7 +312,7 @@ class Session:
                 )
             return SecretsClient(http, org, ephemeral_bits=bits, pinned=pinned)
         if self.agent is not None:
-            from crate_cli.client.transport.http import ServerUnreachable
+            from crate_cli.errors import ServerUnreachable
 
             try:
                 self.agent.request("GET", "/agent")
@@ -298,7 +321,7 @@ class Session:
                 self.agent = None  # a stale socket: serve in-process
         from crate_cli.client.transport.loopback import LoopbackTransport
         from crate_cli.vault.api import ApiCore, Principal
-        from crate_cli.vault.audit import local_actor
+        from crate_cli.vault.keys import local_actor
 
         self.init()
         transport = LoopbackTransport(ApiCore(self.service), Principal(actor=local_actor()))

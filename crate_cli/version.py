@@ -73,10 +73,10 @@ def _distribution(name: str) -> str | None:
         return None
 
 
-def report() -> dict[str, Any]:
-    """Everything `crate version --json` prints: what to paste into a bug report."""
+def report(sqlite_version: str) -> dict[str, Any]:
+    """Everything `crate version --json` prints: what to paste into a bug report
+    (`sqlite_version`: the library the vaults are read with)."""
     import platform
-    import sqlite3
 
     import cryptography
     from cryptography.hazmat.backends.openssl import backend
@@ -90,7 +90,7 @@ def report() -> dict[str, Any]:
         "platform": f"{platform.system().lower()}-{platform.machine()}",
         "cryptography": cryptography.__version__,
         "openssl": backend.openssl_version_text(),
-        "sqlite": sqlite3.sqlite_version,
+        "sqlite": sqlite_version,
         # The optional parts a key slot or the server needs: null when absent.
         "components": {
             name: _distribution(name)

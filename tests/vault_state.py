@@ -66,7 +66,7 @@ def restore_triggers(sql: Any) -> None:
     a careful attacker edits rows behind the triggers and then restores them,
     so that the vault's schema looks untouched (crate refuses one that is not).
     `sql` runs one statement on the vault (the `vault_sql` fixture's shape)."""
-    from crate_cli.vault.store import expected_schema
+    from crate_cli.vault.storage.sqlite.schema import expected_schema
 
     ((version,),) = sql("PRAGMA user_version")
     present = {name for (name,) in sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}

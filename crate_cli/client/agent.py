@@ -94,7 +94,7 @@ def running_transport(home: CrateHome) -> HttpTransport | None:
 
 def status(home: CrateHome) -> dict[str, Any] | None:
     """The running agent's status, or None when none answers."""
-    from crate_cli.client.transport.http import ServerUnreachable
+    from crate_cli.errors import ServerUnreachable
 
     transport = running_transport(home)
     if transport is None:

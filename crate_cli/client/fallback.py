@@ -127,7 +127,7 @@ class FallbackClient(SecretsClient):
         path, aad = self._copy_path(env, selection)
         if self.policy.mode == "only":
             return self._from_copy(path, aad, env, None)
-        from crate_cli.client.transport.http import ServerUnreachable
+        from crate_cli.errors import ServerUnreachable
 
         try:
             found = super().retrieve_columns(env, names, tags, versions, ephemeral)

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -279,7 +280,7 @@ def fetch_pin(transport: Any, org: str) -> Pin:
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     from crate_cli.client.secrets import SecretsClient
-    from crate_cli.vault.masterkey import utc_now
+    from crate_cli.clock import utc_now
 
     kid, public = SecretsClient(transport, org).public_key()
     pem = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
@@ -316,6 +317,39 @@ def trusted_key(
             f"set {FINGERPRINT_ENV}"
         )
     return pin.key()
+
+
+class LoggedIn(NamedTuple):
+    """A login that succeeded: who the token says the caller is, its org, the
+    org key pinned, and whether that key was trusted on first use."""
+
+    who: dict[str, Any]
+    org: str
+    pin: Pin
+    first_use: bool
+
+
+def log_in(
+    home: CrateHome, server: str, token: str, ca_file: str | None, expected: str | None, place: str
+) -> LoggedIn:
+    """Check `token` against `server` (whoami), pin its org's key (refusing
+    one that differs from `expected` or from the key pinned before), then keep
+    the token in `place` (keyring or file) and the login in login.json, in
+    place of any login before."""
+    from crate_cli.client.transport.http import HttpTransport
+    from crate_cli.vault.names import check_org
+
+    transport = HttpTransport(server, token, ca_file)
+    who = transport.request("GET", "/whoami")
+    org = check_org(str(who.get("organization")))
+    pin = fetch_pin(transport, org)
+    before = pinned_key(home, server, org)
+    check_new_pin(home, server, org, pin, expected)
+    remove_login(home)  # the previous token may be kept somewhere else
+    Credentials(home, place).set(TOKEN_LABEL, token)
+    save_pin(home, server, org, pin)
+    write_login(home, Login(server, org, ca_file, place, os.urandom(16).hex()))
+    return LoggedIn(who, org, pin, expected is None and before is None)
 
 
 class Remote(NamedTuple):

@@ -12,7 +12,7 @@ this module does not care.
 
 import json
 import os
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crate_cli.client.ephemeral import DEFAULT_EPHEMERAL_BITS, EphemeralKey, take
 from crate_cli.client.transport import Transport
@@ -25,6 +25,12 @@ from crate_cli.vault.names import (
     check_secret_name,
     check_tags,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+# Audit entries asked for per request (the server's most).
+AUDIT_PAGE = 10_000
 
 
 class RetrievedSecret(NamedTuple):
@@ -310,6 +316,36 @@ class SecretsClient:
         """One page of the org's audit log (see ApiCore._audit_log for `query`)."""
         reply = self.transport.request("GET", self._path("audit"), query=query)
         return list(reply["entries"]), bool(reply["more"])
+
+    def audit_oldest_first(self, query: dict[str, str]) -> "Iterator[list[dict[str, Any]]]":
+        """Every entry matching `query`, oldest first, a page at a time (each
+        page can be shown before the next is asked for)."""
+        after = 0
+        while True:
+            page, more = self.audit_entries(
+                {**query, "after": str(after), "limit": str(AUDIT_PAGE)}
+            )
+            yield page
+            if not more or not page:
+                return
+            after = page[-1]["seq"]
+
+    def audit_newest(self, query: dict[str, str], limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """The newest `limit` entries matching `query`, oldest first, and
+        whether there are older ones."""
+        entries: list[dict[str, Any]] = []
+        more = False
+        before: int | None = None
+        while len(entries) < limit:
+            page_query = {**query, "limit": str(min(limit - len(entries), AUDIT_PAGE))}
+            if before is not None:
+                page_query["before"] = str(before)
+            page, more = self.audit_entries(page_query)
+            entries[:0] = page
+            if not more or not page:
+                break
+            before = page[0]["seq"]
+        return entries, more
 
     def audit_verify(self) -> dict[str, Any]:
         return dict(self.transport.request("GET", self._path("audit", "verify")))

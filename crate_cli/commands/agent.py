@@ -61,6 +61,7 @@ def status(as_json: bool) -> None:
     import sys
 
     from crate_cli.client.agent import status as agent_status
+    from crate_cli.errors import ExitCode
 
     info = agent_status(Session().home)
     if as_json:
@@ -74,4 +75,4 @@ def status(as_json: bool) -> None:
             f"{info['started_at']}; it stops after {int(left)} s more idle"
         )
     if info is None:
-        sys.exit(3)
+        sys.exit(ExitCode.NOT_FOUND)

@@ -11,7 +11,6 @@ from crate_cli.commands.options import console, json_option, org_option, print_j
 from crate_cli.errors import InvalidInput
 from crate_cli.session import Session
 
-PAGE = 10_000
 NAMES_SHOWN = 3
 
 
@@ -23,24 +22,21 @@ def audit() -> None:
 def since_time(text: str) -> str:
     """`--since`: a duration back from now (1h, 7d) or a date or time (UTC unless
     it says otherwise), as an ISO 8601 UTC time."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
+    from crate_cli import clock
     from crate_cli.durations import parse_duration
 
     raw = text.strip()
     if raw[-1:].lower() in "smhdw" and raw[:-1].isdigit():
-        when = datetime.now(UTC) - timedelta(seconds=parse_duration(raw, "--since"))
-    else:
-        try:
-            when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidInput(
-                f"--since {text!r} is neither a duration nor a date",
-                "use e.g. --since 1h, --since 7d, --since 2026-11-01 or --since 2026-11-01T09:00Z",
-            ) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return clock.format_time(clock.now() - timedelta(seconds=parse_duration(raw, "--since")))
+    try:
+        return clock.parse_iso(raw)
+    except ValueError:
+        raise InvalidInput(
+            f"--since {text!r} is neither a duration nor a date",
+            "use e.g. --since 1h, --since 7d, --since 2026-11-01 or --since 2026-11-01T09:00Z",
+        ) from None
 
 
 @audit.command("log")
@@ -91,37 +87,19 @@ def log(
     session = Session.for_terminal()
     org_name = session.org(org)
     client = session.client(org_name)
-    entries: list[dict[str, Any]] = []
     more = False
     if limit == 0:
-        # Oldest first, page by page: JSON Lines leave as they arrive.
-        after = 0
-        while True:
-            page, more_pages = client.audit_entries(
-                {**query, "after": str(after), "limit": str(PAGE)}
-            )
-            if jsonl:
+        entries: list[dict[str, Any]] = []
+        for page in client.audit_oldest_first(query):
+            if jsonl:  # JSON Lines leave as they arrive
                 for entry in page:
                     click.echo(json.dumps(entry, ensure_ascii=True, separators=(",", ":")))
             else:
                 entries.extend(page)
-            if not more_pages or not page:
-                break
-            after = page[-1]["seq"]
         if jsonl:
             return
     else:
-        before: int | None = None
-        while len(entries) < limit:
-            want = min(limit - len(entries), PAGE)
-            page_query = {**query, "limit": str(want)}
-            if before is not None:
-                page_query["before"] = str(before)
-            page, more = client.audit_entries(page_query)
-            entries[:0] = page
-            if not more or not page:
-                break
-            before = page[0]["seq"]
+        entries, more = client.audit_newest(query, limit)
     if jsonl:
         for entry in entries:
             click.echo(json.dumps(entry, ensure_ascii=True, separators=(",", ":")))

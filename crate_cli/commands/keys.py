@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,6 +16,9 @@ from crate_cli.commands.options import (
 from crate_cli.errors import CrateError, InvalidInput
 from crate_cli.session import Session, stdin_is_terminal
 from crate_cli.vault.slots import SLOT_TYPES
+
+if TYPE_CHECKING:
+    from crate_cli.vault.audit import Action
 
 
 @click.group()
@@ -60,61 +63,11 @@ def slots_list(as_json: bool) -> None:
         click.echo("crate has no master key yet; create it with: crate init", err=True)
 
 
-# How each slot type protects the key, in a sentence, and whether it stays
-# with this machine (lost with its TPM, keyring or key file).
-_PROTECTION = {
-    "tpm2": ("a TPM 2.0 on this machine", True),
-    "keyring": ("the OS keyring", True),
-    "pkcs11": ("an HSM token", False),
-    "passphrase": ("a passphrase", False),
-    "file": ("a key file, protected by file permissions only", True),
-    "env": ("CRATE_MASTER_KEY in the environment", False),
-}
-
-
-def assess(rows: list[dict[str, Any]], keys_dir: str) -> tuple[str, list[str]]:
-    """A plain summary of how the current master key is protected, and warnings."""
-    current = [r for r in rows if r["current"]]
-    if not current:
-        return "crate has no master key yet (crate init creates it)", []
-    types = list(dict.fromkeys(r["type"] for r in current))
-    version = max(r["master_version"] or 0 for r in current)
-    words = [_PROTECTION.get(t, (t, False))[0] for t in types]
-    summary = f"master key v{version} can be unlocked by: " + "; ".join(words)
-    warnings = []
-    at_rest = [t for t in types if t != "env"]
-    if "file" in at_rest:
-        if at_rest == ["file"]:
-            warnings.append(
-                f"only file permissions protect it: anyone who can read {keys_dir} can open "
-                "every vault; add a stronger slot (crate keys slots add tpm2|keyring|passphrase)"
-            )
-        else:
-            warnings.append(
-                f"a key file in {keys_dir} also unlocks it, so it is only as safe as that "
-                "folder; remove the file slot (crate keys slots remove ID)"
-            )
-    for r in current:
-        if r["type"] == "tpm2" and not r.get("pin") and not r.get("pcrs"):
-            warnings.append(
-                f"tpm2 slot {r['id']} has no PIN or PCR policy: it protects the key from a "
-                "stolen disk or a copied home folder (the TPM stays behind), not from a stolen "
-                "laptop (the TPM goes with it and unseals for whoever holds it); add a PIN: "
-                f"crate keys slots add tpm2 --pin, then crate keys slots remove {r['id']}"
-            )
-    if at_rest not in ([], ["file"]) and all(_PROTECTION.get(t, ("", False))[1] for t in at_rest):
-        warnings.append(
-            "no recovery slot: if this machine's TPM, keyring or key file is lost, so are the "
-            "vaults; add one: crate keys slots add passphrase"
-        )
-    return summary, warnings
-
-
 @keys.command("status")
 @json_option
 def status(as_json: bool) -> None:
     """How the master key is protected: versions, slots and plain warnings."""
-    from crate_cli.vault.orgs import list_orgs
+    from crate_cli.vault.protection import assess
 
     session = Session.for_terminal()
     rows = session.master.slot_report()
@@ -125,7 +78,7 @@ def status(as_json: bool) -> None:
             "data_keys": session.service.org_dek_usage(org),
             "rotation_due": session.service.rotation_due(org),
         }
-        for org in list_orgs(session.home)
+        for org in session.storage.list_orgs()
     ]
     if as_json:
         versions: dict[int, dict[str, Any]] = {}
@@ -207,10 +160,8 @@ def rotate_master() -> None:
 
 
 def _rotate_master(session: Session) -> None:
-    from crate_cli.vault.orgs import list_orgs
-
     master = session.master
-    orgs = list_orgs(session.home)
+    orgs = session.storage.list_orgs()
     current = master.current().version
     behind = [o for o in orgs if set(session.service.master_versions_used(o)) - {current}]
     if behind:
@@ -294,10 +245,9 @@ def prune(as_json: bool) -> None:
     (with their slots). An old master key version still in use is kept, and
     the command names what holds it and exits 7."""
     from crate_cli.errors import Conflict
-    from crate_cli.vault.orgs import list_orgs
 
     session = Session.for_terminal()
-    orgs = list_orgs(session.home)
+    orgs = session.storage.list_orgs()
     removed = {org: session.service.prune_org_deks(org) for org in orgs}
     master = session.master
     current = master.current().version if master.exists() else 0
@@ -356,7 +306,7 @@ def slots_remove(slot_id: str) -> None:
     _record(session, "slot-remove", {"slot": slot.id, "type": slot.type})
 
 
-def _record(session: Session, action: str, details: dict[str, Any]) -> None:
+def _record(session: Session, action: Action, details: dict[str, Any]) -> None:
     """Record a master key change in every org's audit log; the change itself
     is done, so an org whose log cannot take it gets a warning, not a failure."""
     for org in session.service.record_key_change(action, details):

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from crate_cli.errors import InvalidInput, NotFound
 from crate_cli.session import Session
-from crate_cli.vault.names import check_org
-
-
-def _credentials_place(session: Session) -> str:
-    """Where the token goes: the secure OS keystore when one answers, else a 0600 file."""
-    if (session.environ.get("CRATE_KEYSTORE") or "auto") == "file":
-        return "file"
-    from crate_cli.vault.slots import provider
-    from crate_cli.vault.slots.base import SlotContext
-
-    ctx = SlotContext(home=session.home, environ=session.environ, prompt=None)
-    return "keyring" if provider("keyring").probe(ctx) is None else "file"
 
 
 @click.command()
@@ -50,21 +36,9 @@ def login(
     """
     from pathlib import Path
 
-    from crate_cli.client.remote import (
-        FINGERPRINT_ENV,
-        TOKEN_LABEL,
-        Credentials,
-        Login,
-        check_new_pin,
-        expected_fingerprint,
-        fetch_pin,
-        pinned_key,
-        remove_login,
-        save_pin,
-        write_login,
-    )
+    from crate_cli.client.remote import FINGERPRINT_ENV, expected_fingerprint, log_in
     from crate_cli.client.remote import fingerprint as shown
-    from crate_cli.client.transport.http import HttpTransport, check_server_url
+    from crate_cli.client.transport.http import check_server_url
     from crate_cli.session import read_stdin, stdin_is_terminal
     from crate_cli.vault.tokens import looks_like_token
 
@@ -89,17 +63,9 @@ def login(
     expected = expected_fingerprint(fingerprint) or expected_fingerprint(
         session.environ.get(FINGERPRINT_ENV), FINGERPRINT_ENV
     )
-    transport = HttpTransport(server, token, ca_file)
-    who = transport.request("GET", "/whoami")
-    org = check_org(str(who.get("organization")))
-    pin = fetch_pin(transport, org)
-    before = pinned_key(session.home, server, org)
-    check_new_pin(session.home, server, org, pin, expected)
-    place = _credentials_place(session)
-    remove_login(session.home)  # the previous token may be kept somewhere else
-    Credentials(session.home, place).set(TOKEN_LABEL, token)
-    save_pin(session.home, server, org, pin)
-    write_login(session.home, Login(server, org, ca_file, place, os.urandom(16).hex()))
+    place = session.credentials_place()
+    done = log_in(session.home, server, token, ca_file, expected, place)
+    who, org = done.who, done.org
     where = "the OS keyring" if place == "keyring" else "a 0600 file"
     scope = ", ".join(who.get("environments") or []) or "all environments"
     click.echo(
@@ -107,15 +73,15 @@ def login(
         f"{scope}); token kept in {where}",
         err=True,
     )
-    if expected is None and before is None:
+    if done.first_use:
         click.echo(
-            f"crate: trusting organization {org!r}'s key {shown(pin.kid)} on first use; "
+            f"crate: trusting organization {org!r}'s key {shown(done.pin.kid)} on first use; "
             "compare it with `crate org fingerprint` where the server runs (or log in with "
             "--fingerprint)",
             err=True,
         )
     else:
-        click.echo(f"crate: organization {org!r}'s key is {shown(pin.kid)}", err=True)
+        click.echo(f"crate: organization {org!r}'s key is {shown(done.pin.kid)}", err=True)
 
 
 @click.command()

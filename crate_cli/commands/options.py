@@ -15,10 +15,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 def complete_org(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     """Shell completion of --org: the home's vault files, nothing unlocked."""
     from crate_cli.config import resolve_home
-    from crate_cli.vault.orgs import list_orgs
+    from crate_cli.session import open_storage
 
     try:
-        return [org for org in list_orgs(resolve_home()) if org.startswith(incomplete)]
+        return [
+            org for org in open_storage(resolve_home()).list_orgs() if org.startswith(incomplete)
+        ]
     except Exception:  # a completion must never print an error into the prompt
         return []
 

@@ -23,7 +23,7 @@ def create(name: str) -> None:
 
     session = Session.for_terminal()
     session.init()
-    create_org(session.home, session.master, name, session.caller())
+    create_org(session.storage, session.master, name, session.caller())
     click.echo(f"created organization {name!r}", err=True)
 
 
@@ -31,11 +31,9 @@ def create(name: str) -> None:
 @json_option
 def list_(as_json: bool) -> None:
     """List organizations; * marks the session's."""
-    from crate_cli.vault.orgs import list_orgs
-
     session = Session.for_terminal()
     current = str(session.settings.get("session.org") or "")
-    names = list_orgs(session.home)
+    names = session.storage.list_orgs()
     if as_json:
         print_json([{"name": n, "current": n == current} for n in names])
         return
@@ -49,13 +47,13 @@ def list_(as_json: bool) -> None:
 def delete(name: str, yes: bool) -> None:
     """Delete organization NAME and every secret in it."""
     from crate_cli.errors import NotFound
-    from crate_cli.vault.orgs import delete_org, org_exists
+    from crate_cli.vault.orgs import delete_org
 
     session = Session.for_terminal()
-    if not org_exists(session.home, name):
+    if not session.storage.org_exists(name):
         raise NotFound(f"organization {name!r} does not exist")
     confirm_destruction(f"Delete organization {name!r} and all its secrets?", yes)
-    delete_org(session.home, name)
+    delete_org(session.storage, name)
     if session.settings.get("session.org") == name:
         Settings.update(session.home, "session.org", "")
     click.echo(f"deleted organization {name!r}", err=True)

@@ -24,10 +24,8 @@ def session_org() -> None:
 @click.argument("name")
 def org_set(name: str) -> None:
     """Make NAME the default organization."""
-    from crate_cli.vault.orgs import org_exists
-
     s = Session.for_terminal()
-    if not org_exists(s.home, name):
+    if not s.storage.org_exists(name):
         raise NotFound(f"organization {name!r} does not exist", "create it with: crate org create")
     Settings.update(s.home, "session.org", name)
     click.echo(f"session organization: {name}", err=True)

@@ -12,6 +12,7 @@ from crate_cli.commands.options import (
     split_tags,
 )
 from crate_cli.session import Session
+from crate_cli.vault.keys import ROLES
 
 
 @click.group()
@@ -24,7 +25,7 @@ def token() -> None:
 @click.option(
     "--role",
     required=True,
-    type=click.Choice(["admin", "writer", "reader"]),
+    type=click.Choice(ROLES),
     help="admin: everything; writer: store, delete, read; reader: list and read.",
 )
 @click.option(
@@ -46,24 +47,22 @@ def create(
     as_json: bool,
 ) -> None:
     """Create token NAME and print it once: store it now, it cannot be shown again."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
+    from crate_cli import clock
     from crate_cli.durations import parse_duration
     from crate_cli.vault import tokens
-    from crate_cli.vault.audit import local_actor
-    from crate_cli.vault.masterkey import utc_now
+    from crate_cli.vault.keys import local_actor
 
     expires_at = ""
     if expires is not None:
         seconds = parse_duration(expires, "--expires")
-        expires_at = (datetime.now(UTC) + timedelta(seconds=seconds)).strftime(
-            "%Y-%m-%dT%H:%M:%S.%fZ"
-        )
+        expires_at = clock.format_time(clock.now() + timedelta(seconds=seconds))
     session = Session.for_terminal()
     org_name = session.org(org, local=True)  # tokens live in the local vault
     keys = session.service.org(org_name)
     secret, info = tokens.create(
-        keys, name, role, list(envs), split_tags(tags), expires_at, local_actor(), utc_now()
+        keys, name, role, list(envs), split_tags(tags), expires_at, local_actor(), clock.utc_now()
     )
     if as_json:
         print_json({**info.to_wire(), "token": secret})
@@ -88,8 +87,8 @@ def create(
 @json_option
 def list_(org: str | None, as_json: bool) -> None:
     """List the organization's tokens (names and scopes, never the tokens)."""
+    from crate_cli.clock import utc_now
     from crate_cli.vault import tokens
-    from crate_cli.vault.masterkey import utc_now
 
     session = Session.for_terminal()
     org_name = session.org(org, local=True)  # tokens live in the local vault

@@ -11,9 +11,10 @@ from crate_cli.commands.options import json_option, print_json
 @json_option
 def version(as_json: bool) -> None:
     """Show crate's version, commit, build date and the runtime under it."""
+    from crate_cli.vault.storage.sqlite import library_version
     from crate_cli.version import report
 
-    data = report()
+    data = report(library_version())
     if as_json:
         print_json(data)
         return

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from crate_cli.errors import CrateError, Forbidden
+from crate_cli.errors import Forbidden, UnresolvedReference
 from crate_cli.vault.references import MAX_DEPTH, TOKEN, Key, has_references, references
 from crate_cli.vault.references import show as _show
 
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
 # Fetches the named secrets of an environment; returns the ones that exist.
 # Raises NotFound when the environment itself does not exist.
 Fetch = Callable[[str, list[str]], Mapping[str, str]]
-
-
-class UnresolvedReference(CrateError):
-    """A reference that cannot be resolved: missing, or part of a cycle (exit 1)."""
 
 
 def resolve(env: str, values: Mapping[str, str], fetch: Fetch) -> dict[str, str]:

@@ -142,11 +142,11 @@ def _serve(session: AgentSession, path: Path, idle_timeout: float, ready_fd: int
     import threading
     import time
 
+    from crate_cli.clock import utc_now
     from crate_cli.server.app import CrateApp, Limits
     from crate_cli.server.serve import bind_unix, run_uvicorn
     from crate_cli.vault.api import ApiCore, Principal
-    from crate_cli.vault.audit import local_actor
-    from crate_cli.vault.masterkey import utc_now
+    from crate_cli.vault.keys import local_actor
 
     last = [time.monotonic()]
     started_at = utc_now()

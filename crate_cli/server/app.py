@@ -45,7 +45,15 @@ from urllib.parse import parse_qsl
 
 from crate_cli.errors import CrateError, InvalidInput, PayloadTooLarge, RateLimited, Unauthorized
 from crate_cli.server.guard import AuthFailures, client_key
-from crate_cli.vault.api import ApiCore, Denials, Principal, Request, Response, error_response
+from crate_cli.vault.api import (
+    ApiCore,
+    Denials,
+    Principal,
+    Request,
+    Response,
+    error_response,
+    find_route,
+)
 
 log = logging.getLogger("crate.server")
 
@@ -300,7 +308,7 @@ class CrateApp:
     async def _respond_to_stranger(self, request: Request, client: str | None) -> Response:
         """The server: authenticate first; only a known caller takes a place."""
         loop = asyncio.get_running_loop()
-        found = ApiCore.find_route(request)
+        found = find_route(request)
         org = found[1].get("org") if found is not None else None
         address = client or "unix"
         if found is not None and client is not None:

@@ -27,14 +27,9 @@ import sys
 from collections.abc import MutableMapping
 
 from crate_cli.config import CREDENTIAL_VARIABLES
-from crate_cli.errors import CrateError
+from crate_cli.errors import HardeningError
 
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>
-
-
-class HardeningError(CrateError):
-    """The kernel refused to make the process undumpable: crate does not go on
-    to hold a key in a process that could be dumped."""
 
 
 def make_undumpable() -> None:

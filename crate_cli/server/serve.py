@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from crate_cli.errors import InvalidInput
-from crate_cli.server.app import CrateApp
+from crate_cli.errors import InvalidInput, NotFound
+from crate_cli.server.app import CrateApp, Limits
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 MAX_CONNECTIONS = 512
@@ -37,6 +37,75 @@ def parse_listen(text: str) -> Listen:
             f"invalid --listen {text!r}: use HOST:PORT, for example {DEFAULT_LISTEN}"
         )
     return Listen(host, int(port))
+
+
+class Endpoint(NamedTuple):
+    """Where `crate server` listens, and with which certificate: checked."""
+
+    address: Listen | None  # None: on the unix socket
+    socket_path: Path | None
+    tls: tuple[str, str] | None  # (certificate chain, private key), PEM files
+
+    def bind(self) -> socket.socket:
+        if self.socket_path is not None:
+            return bind_unix(self.socket_path)
+        assert self.address is not None
+        return bind_tcp(self.address)
+
+    def describe(self, sock: socket.socket) -> str:
+        """The URL teammates use (with the port a port 0 got)."""
+        if self.socket_path is not None:
+            return f"unix:{self.socket_path}"
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{shown}:{port}"
+
+
+def plan_endpoint(
+    listen: str | None,
+    socket_path: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure_http: bool,
+) -> Endpoint:
+    """The server's endpoint from its options. Plain HTTP is refused beyond
+    loopback (tokens would cross the network in clear) unless the operator
+    says a TLS proxy sits in front (`insecure_http`)."""
+    from crate_cli.client.transport.http import is_loopback_host
+
+    if bool(tls_cert) != bool(tls_key):
+        raise InvalidInput("give both --tls-cert and --tls-key, or neither")
+    for path in (tls_cert, tls_key):
+        if path and not Path(path).is_file():
+            raise NotFound(f"no file {path}")
+    if socket_path and listen:
+        raise InvalidInput("give --listen or --socket, not both")
+    tls = (tls_cert, tls_key) if tls_cert and tls_key else None
+    if socket_path:
+        return Endpoint(None, Path(socket_path), tls)
+    address = parse_listen(listen or DEFAULT_LISTEN)
+    if not is_loopback_host(address.host) and not tls and not insecure_http:
+        raise InvalidInput(
+            f"refusing plain HTTP on {address.host}: tokens would cross the network in clear",
+            "give --tls-cert and --tls-key, or --insecure-http if a TLS proxy sits in front",
+        )
+    return Endpoint(address, None, tls)
+
+
+def check_limits(limits: Limits, max_connections_per_client: int) -> None:
+    """Refuse limits outside what the server can honour, naming the option."""
+    if not 1 <= limits.workers <= 64 or not 1 <= limits.max_in_flight <= 10_000:
+        raise InvalidInput("--workers must be 1-64 and --max-in-flight 1-10000")
+    if not 1 <= max_connections_per_client <= MAX_CONNECTIONS:
+        raise InvalidInput(f"--max-connections-per-client must be 1-{MAX_CONNECTIONS}")
+    if not 1 <= limits.max_in_flight_per_client <= 10_000:
+        raise InvalidInput("--max-in-flight-per-client must be 1-10000")
+    if limits.auth_failure_burst < 1 or not 0 < limits.auth_failure_refill <= 3600:
+        raise InvalidInput(
+            "--auth-failure-burst must be at least 1 and --auth-failure-refill 0-3600 seconds"
+        )
+    if not 0.1 <= limits.denial_log_interval <= 3600:
+        raise InvalidInput("--denial-log-interval must be 0.1-3600 seconds")
 
 
 def bind_tcp(listen: Listen) -> socket.socket:

@@ -24,46 +24,61 @@ stops that writer and `verify()` with AuditChainBroken.
 
 import json
 import re
-import sqlite3
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from crate_cli.errors import AuditChainBroken, IntegrityError
+from crate_cli.errors import AuditChainBroken, AuditSeqTaken, IntegrityError, KeystoreError
 from crate_cli.vault import crypto
+from crate_cli.vault.keys import Caller, OrgKeys
+from crate_cli.vault.storage.interface import (
+    AnchorRow,
+    AuditEntryRow,
+    AuditFilter,
+    OrgReader,
+    OrgStore,
+    OrgWriter,
+    PendingFields,
+    PendingRow,
+)
 
-if TYPE_CHECKING:
-    from crate_cli.vault.service import OrgKeys
-    from crate_cli.vault.store import OrgStore
+# What an entry says was done: each API route's action, and what key
+# management, token and org commands record (`crate audit log --action`).
+Action = Literal[
+    "public-key",
+    "store",
+    "list",
+    "retrieve",
+    "delete",
+    "history",
+    "rollback",
+    "env-list",
+    "env-create",
+    "env-delete",
+    "allowed-names",
+    "name-allow",
+    "name-disallow",
+    "audit-log",
+    "audit-verify",
+    "audit-module",
+    "audit-enable",
+    "audit-disable",
+    "org-create",
+    "rotate-org",
+    "rotate-master",
+    "prune",
+    "token-create",
+    "token-revoke",
+    "unauthenticated",
+    "unlock",
+    "slot-add",
+    "slot-remove",
+    "key-export",
+]
+# How it ended: done, refused (authentication, permission), or failed.
+Outcome = Literal["ok", "denied", "failed"]
 
-# The columns of an entry, in MAC order (the MAC itself last).
-FIELDS = "seq, time, actor, action, env, names, outcome, request_id, client, details"
-_PENDING_FIELDS = "time, actor, action, env, names, outcome, request_id, client, details"
-OUTCOMES = ("ok", "denied", "failed")
 HINT = "see what changed with: crate audit verify; restore the vault from a backup"
-
-
-def local_actor() -> str:
-    """`user@host` for local calls (as getpass.getuser, without its imports)."""
-    import os
-
-    user = os.environ.get("LOGNAME") or os.environ.get("USER")
-    if not user:
-        import pwd
-
-        try:
-            user = pwd.getpwuid(os.getuid()).pw_name
-        except KeyError:
-            user = str(os.getuid())
-    return f"{user}@{os.uname().nodename}"
-
-
-class Caller(NamedTuple):
-    """Who an entry is recorded for: the actor, through which client, and the
-    id of the request (empty outside the API)."""
-
-    actor: str
-    client: str = "cli"
-    request_id: str = ""
+# What `query` filters by (storage's record).
 
 
 class Entry(NamedTuple):
@@ -101,14 +116,6 @@ class Anchor(NamedTuple):
     enabled: bool
 
 
-class Filters(NamedTuple):
-    since: str | None = None  # UTC time, as utc_now() writes it
-    actor: str | None = None
-    action: str | None = None
-    env: str | None = None
-    name: str | None = None
-
-
 class Verified(NamedTuple):
     entries: int
     head_mac: bytes
@@ -127,33 +134,22 @@ def entry_mac(chain_key: bytes, org: str, fields: tuple[Any, ...], prev: bytes) 
 
 class Checker:
     """Checks stored entries against the chain: `entry_mac`'s message and
-    HMAC, with the keyed HMAC set up once (verify runs it a million times)."""
+    HMAC, keyed once (verify runs it a million times)."""
 
     def __init__(self, chain_key: bytes, org: str) -> None:
-        from cryptography.hazmat.primitives import hashes, hmac
-
-        self._keyed = hmac.HMAC(chain_key, hashes.SHA256())
-        self._prefix = f"{crypto.AUDIT_ENTRY}\x00{org}\x00"
+        self._macs = crypto.RowMac(chain_key, crypto.AUDIT_ENTRY, org)
 
     def matches(self, row: tuple[Any, ...], prev: bytes) -> bool:
         """Whether a stored row (ten fields, then its MAC) chains from `prev`.
         A field holding NUL cannot be one crate wrote: no match."""
-        return self.matches_text("\x00".join(map(str, row[:10])), row[10], prev)
+        return self._macs.matches((*row[:10], prev.hex()), row[10])
 
     def matches_text(self, text: object, tag: object, prev: bytes) -> bool:
         """`matches` for the ten fields already joined by NUL (SQLite joins
         them faster than Python unpacks them)."""
-        from cryptography.exceptions import InvalidSignature
-
-        if not isinstance(text, str) or text.count("\x00") != 9 or not isinstance(tag, bytes):
+        if not isinstance(text, str) or text.count("\x00") != 9:
             return False
-        h = self._keyed.copy()
-        h.update(f"{self._prefix}{text}\x00{prev.hex()}".encode())
-        try:
-            h.verify(tag)
-        except InvalidSignature:
-            return False
-        return True
+        return self._macs.matches_joined(f"{text}\x00{prev.hex()}", 11, tag)
 
 
 # The one entry crate writes without a key: a failed unlock, whose fields
@@ -172,12 +168,10 @@ PENDING_CLIENTS = ("cli", "server", "agent")
 
 
 def pending_problem(row: tuple[Any, ...]) -> str | None:
-    """Why a row of `audit_pending` (its `_PENDING_FIELDS`) is not a failed
+    """Why a pending entry (its PendingFields) is not a failed
     unlock as crate records one, or None if it is. Such rows carry no MAC, so
     anyone who can write the file could add them: only this fixed shape is
     ever chained in, and it says no more than "an unlock failed then"."""
-    from crate_cli.errors import KeystoreError
-
     time, actor, action, env, names, outcome, request_id, client, details = row
     if (action, env, names, outcome, request_id) != ("unlock", "", "[]", "failed", ""):
         return "it is not a failed unlock"
@@ -194,14 +188,15 @@ def pending_problem(row: tuple[Any, ...]) -> str | None:
     return None
 
 
-def _check_pending(db: sqlite3.Connection, keys: "OrgKeys", rows: list[tuple[Any, ...]]) -> None:
-    """AuditChainBroken naming the first pending row (id first) that crate did not
+def _check_pending(db: OrgReader, keys: OrgKeys, rows: list[PendingRow]) -> None:
+    """AuditChainBroken naming the first pending entry that crate did not
     write: not of a failed unlock's shape, or at a time it could not have been
     written (after now, or well before the newest entry)."""
     if not rows:
         return  # the usual case, on every append: nothing imported for it
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
+    from crate_cli import clock
     from crate_cli.display import safe_text
 
     if len(rows) > MAX_PENDING:
@@ -209,48 +204,40 @@ def _check_pending(db: sqlite3.Connection, keys: "OrgKeys", rows: list[tuple[Any
             f"organization {keys.org!r} has {len(rows)} pending audit entries (failed unlocks "
             f"recorded without a key), more than crate ever leaves ({MAX_PENDING}): they were "
             "added outside crate and are not chained in",
-            f"check who can write {keys.store.path}, then remove them or restore a backup",
+            f"check who can write {keys.store.location}, then remove them or restore a backup",
         )
-    newest = db.execute("SELECT time FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-    fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
-    now = datetime.now(UTC).replace(tzinfo=None)
-    latest = (now + timedelta(seconds=PENDING_SLACK)).strftime(fmt)
+    newest = db.newest_entry_time()
+    slack = timedelta(seconds=PENDING_SLACK)
+    latest = clock.format_time(clock.now() + slack)
     earliest = ""
-    if newest is not None and isinstance(newest[0], str):
+    if isinstance(newest, str):
         try:
-            floor = datetime.strptime(newest[0], fmt) - timedelta(seconds=PENDING_SLACK)
-            earliest = floor.strftime(fmt)
+            earliest = clock.format_time(clock.parse_time(newest) - slack)
         except ValueError:
             earliest = ""
-    for row in rows:
-        problem = pending_problem(row[1:])
-        if problem is None and not earliest <= str(row[1]) <= latest:
+    for entry_id, fields in rows:
+        problem = pending_problem(fields)
+        if problem is None and not earliest <= str(fields.time) <= latest:
             problem = "its time is not one at which crate could have written it"
         if problem is not None:
-            path = keys.store.path
-            delete = f"DELETE FROM audit_pending WHERE id = {int(row[0])}"  # noqa: S608
             raise AuditChainBroken(
-                f"pending audit entry {row[0]} of organization {keys.org!r} (action "
-                f"'{safe_text(str(row[3]), 40)}') was not written by crate: {problem}; "
+                f"pending audit entry {entry_id} of organization {keys.org!r} (action "
+                f"'{safe_text(str(fields.action), 40)}') was not written by crate: {problem}; "
                 "it is not chained in",
-                f"check who can write {path}, then delete it (sqlite3 {path} '{delete}') "
-                "or restore a backup",
+                f"check who can write {keys.store.location}, then delete it "
+                f"({keys.store.pending_removal_hint(entry_id)}) or restore a backup",
             )
 
 
-def _anchor_tag(chain_key: bytes, org: str, anchor: Anchor) -> bytes:
-    return crypto.mac(
-        chain_key,
-        crypto.mac_message(
-            crypto.AUDIT_ANCHOR, org, anchor.seq, anchor.mac.hex(), int(anchor.enabled)
-        ),
-    )
+def _anchor_message(org: str, seq: int, mac: bytes, enabled: int) -> bytes:
+    """What the anchor's tag covers: the switch as the integer stored."""
+    return crypto.mac_message(crypto.AUDIT_ANCHOR, org, seq, mac.hex(), int(enabled))
 
 
-def read_anchor(db: sqlite3.Connection, keys: "OrgKeys") -> Anchor:
+def read_anchor(db: OrgReader, keys: OrgKeys) -> Anchor:
     """The newest sequence number and MAC, authenticated. A vault migrated from
     schema 2 that has no entry yet has an anchor with no tag."""
-    row = db.execute("SELECT seq, mac, enabled, tag FROM audit_anchor WHERE id = 1").fetchone()
+    row = db.anchor()
     if row is None:
         raise AuditChainBroken(
             f"the audit log of organization {keys.org!r} has lost its anchor "
@@ -270,11 +257,7 @@ def read_anchor(db: sqlite3.Connection, keys: "OrgKeys") -> Anchor:
             )
         return anchor
     try:
-        crypto.verify_mac(
-            keys.chain_key(),
-            crypto.mac_message(crypto.AUDIT_ANCHOR, keys.org, seq, mac.hex(), int(enabled)),
-            tag,
-        )
+        crypto.verify_mac(keys.chain_key(), _anchor_message(keys.org, seq, mac, enabled), tag)
     except (IntegrityError, AttributeError):
         raise AuditChainBroken(
             f"the anchor of organization {keys.org!r}'s audit log (its newest entry) "
@@ -284,15 +267,12 @@ def read_anchor(db: sqlite3.Connection, keys: "OrgKeys") -> Anchor:
     return anchor
 
 
-def write_anchor(db: sqlite3.Connection, keys: "OrgKeys", anchor: Anchor) -> None:
-    db.execute(
-        "INSERT OR REPLACE INTO audit_anchor (id, seq, mac, enabled, tag) VALUES (1, ?, ?, ?, ?)",
-        (
-            anchor.seq,
-            anchor.mac,
-            int(anchor.enabled),
-            _anchor_tag(keys.chain_key(), keys.org, anchor),
-        ),
+def write_anchor(db: OrgWriter, keys: OrgKeys, anchor: Anchor) -> None:
+    message = _anchor_message(keys.org, anchor.seq, anchor.mac, anchor.enabled)
+    db.write_anchor(
+        AnchorRow(
+            anchor.seq, anchor.mac, int(anchor.enabled), crypto.mac(keys.chain_key(), message)
+        )
     )
 
 
@@ -321,44 +301,39 @@ def _fields(
 
 
 def append(
-    db: sqlite3.Connection,
-    keys: "OrgKeys",
+    db: OrgWriter,
+    keys: OrgKeys,
     caller: Caller,
-    action: str,
+    action: Action,
     *,
     env: str = "",
     names: Iterable[str] = (),
-    outcome: str = "ok",
+    outcome: Outcome = "ok",
     details: dict[str, Any] | None = None,
     enabled: bool | None = None,
 ) -> int:
     """Append one entry inside the caller's write transaction (`store.write()`);
     entries recorded while locked are chained in first. `enabled` switches the
     audit module. Returns the entry's sequence number."""
-    from crate_cli.vault.masterkey import utc_now
+    from crate_cli.clock import utc_now
 
     anchor = read_anchor(db, keys)
     seq, prev = anchor.seq, anchor.mac
     chain_key = keys.chain_key()
-    pending = db.execute(
-        f"SELECT id, {_PENDING_FIELDS} FROM audit_pending ORDER BY id"  # noqa: S608
-    ).fetchall()
+    pending = db.pending_entries()
     _check_pending(db, keys, pending)
-    rows = []
-    for row in pending:
-        marked = {**json.loads(row[9]), "deferred": True}
-        rows.append((*row[1:9], _json(marked)))
+    rows: list[tuple[Any, ...]] = []
+    for _, fields in pending:
+        marked = {**json.loads(fields.details), "deferred": True}
+        rows.append((*fields[:8], _json(marked)))
     rows.append(_fields(0, utc_now(), caller, action, env, names, outcome, details)[1:])
-    for fields in rows:
+    for entry in rows:
         seq += 1
-        full = (seq, *fields)
+        full = (seq, *entry)
         mac = entry_mac(chain_key, keys.org, full, prev)
         try:
-            db.execute(
-                f"INSERT INTO audit_log ({FIELDS}, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                (*full, mac),
-            )
-        except sqlite3.IntegrityError:
+            db.insert_audit_entry(AuditEntryRow._make((*full, mac)))
+        except AuditSeqTaken:
             raise AuditChainBroken(
                 f"the audit log of organization {keys.org!r} holds an entry {seq} that its "
                 "anchor does not cover: it was added outside crate",
@@ -366,56 +341,64 @@ def append(
             ) from None
         prev = mac
     if pending:
-        db.execute("DELETE FROM audit_pending")
+        db.clear_pending()
     if anchor.seq == 0:
-        keys.audit_log_begun(db, mark=True)  # from now on, an empty log is a reset one
+        keys.mark_audit_log_begun(db)  # from now on, an empty log is a reset one
     write_anchor(db, keys, Anchor(seq, prev, anchor.enabled if enabled is None else enabled))
     return seq
 
 
-def record(keys: "OrgKeys", caller: Caller, action: str, **kwargs: Any) -> int:
+def record(keys: OrgKeys, caller: Caller, action: Action, **kwargs: Any) -> int:
     """Append one entry in a transaction of its own (after a read)."""
     with keys.store.write() as db:
         return append(db, keys, caller, action, **kwargs)
 
 
 def record_pending(
-    store: "OrgStore",
+    store: OrgStore,
     caller: Caller,
-    action: str,
+    action: Action,
     *,
     env: str = "",
-    outcome: str = "failed",
+    outcome: Outcome = "failed",
     details: dict[str, Any] | None = None,
 ) -> None:
     """Record an entry without the audit key (a failed unlock): the next
     writer that holds the key chains it in. Met inside a transaction (which
     the failure will end), it is written once that transaction is over."""
-    from crate_cli.vault.masterkey import utc_now
+    from crate_cli.clock import utc_now
 
-    fields = _fields(0, utc_now(), caller, action, env, (), outcome, details)[1:]
+    fields = PendingFields(*_fields(0, utc_now(), caller, action, env, (), outcome, details)[1:])
 
     def write() -> None:
         with store.write() as db:
-            db.execute(
-                f"INSERT INTO audit_pending ({_PENDING_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                fields,
-            )
+            db.add_pending(fields)
 
     store.after_transaction(write)
 
 
-def is_enabled(keys: "OrgKeys") -> bool:
+def record_unlock_failure(keys: OrgKeys, error: KeystoreError, version: int) -> None:
+    """A failed unlock of master key `version` (OrgKeys' on_unlock_failure):
+    pending, since the key is what is missing."""
+    record_pending(
+        keys.store,
+        keys.caller,
+        "unlock",
+        details={"error": error.api_code, "master_version": version},
+    )
+
+
+def is_enabled(keys: OrgKeys) -> bool:
     with keys.store.read() as db:
         return read_anchor(db, keys).enabled
 
 
-def set_enabled(keys: "OrgKeys", caller: Caller, enabled: bool) -> bool:
+def set_enabled(keys: OrgKeys, caller: Caller, enabled: bool) -> bool:
     """Switch the audit module, recording the switch; returns whether it changed."""
     with keys.store.write() as db:
         if read_anchor(db, keys).enabled == enabled:
             return False
-        action = "audit-enable" if enabled else "audit-disable"
+        action: Action = "audit-enable" if enabled else "audit-disable"
         append(db, keys, caller, action, enabled=enabled)
     return True
 
@@ -438,8 +421,8 @@ def _entry(org: str, row: tuple[Any, ...]) -> Entry:
 
 
 def query(
-    keys: "OrgKeys",
-    filters: Filters,
+    keys: OrgKeys,
+    filters: AuditFilter,
     *,
     limit: int,
     before: int | None = None,
@@ -448,53 +431,22 @@ def query(
     """Entries matching `filters`: the newest `limit` below `before`, or with
     `after`, the oldest `limit` above it; always in ascending order. Each one
     is authenticated against the MAC before it. Returns (entries, more)."""
-    conditions: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("a.actor", filters.actor),
-        ("a.action", filters.action),
-        ("a.env", filters.env),
-    ):
-        if value is not None:
-            conditions.append(f"{column} = ?")
-            params.append(value)
-    if filters.since is not None:
-        conditions.append("a.time >= ?")
-        params.append(filters.since)
-    if filters.name is not None:
-        conditions.append("EXISTS (SELECT 1 FROM json_each(a.names) j WHERE j.value = ?)")
-        params.append(filters.name)
-    if after is not None:
-        conditions.append("a.seq > ?")
-        params.append(after)
-        order = "ASC"
-    else:
-        if before is not None:
-            conditions.append("a.seq < ?")
-            params.append(before)
-        order = "DESC"
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    columns = ", ".join(f"a.{c.strip()}" for c in FIELDS.split(","))
-    sql = (
-        f"SELECT {columns}, a.mac, p.mac FROM audit_log a "  # noqa: S608
-        f"LEFT JOIN audit_log p ON p.seq = a.seq - 1 {where} ORDER BY a.seq {order} LIMIT ?"
-    )
     with keys.store.read() as db:
-        rows = db.execute(sql, (*params, limit + 1)).fetchall()
+        rows = db.audit_page(filters, limit + 1, before, after)
     more = len(rows) > limit
     rows = rows[:limit]
     checker = Checker(keys.chain_key(), keys.org)
-    for row in rows:
-        prev = row[11] if row[0] > 1 else b""
-        if prev is None or not checker.matches(row, prev):
+    for entry, before_mac in rows:
+        prev = before_mac if entry.seq > 1 else b""
+        if prev is None or not checker.matches(entry, prev):
             raise AuditChainBroken(
-                f"entry {row[0]} of organization {keys.org!r}'s audit log does not match its "
+                f"entry {entry.seq} of organization {keys.org!r}'s audit log does not match its "
                 "chain: it or the entry before it was changed outside crate",
                 HINT,
             )
-    if order == "DESC":
+    if after is None:  # newest first
         rows.reverse()
-    return [_entry(keys.org, row) for row in rows], more
+    return [_entry(keys.org, entry) for entry, _ in rows], more
 
 
 def _note_versions(
@@ -521,13 +473,11 @@ def _note_versions(
         latest[(env, str(names[0]))] = (details["version"], seq)
 
 
-def _check_heads(
-    db: sqlite3.Connection, org: str, latest: dict[tuple[str, str], tuple[int, int]]
-) -> None:
+def _check_heads(db: OrgReader, org: str, latest: dict[tuple[str, str], tuple[int, int]]) -> None:
     """Each secret the log saw written must be at the version its newest entry
     recorded: an older (authentic) head restored, with the later versions
     deleted, is caught here."""
-    heads = {(r[0], r[1]): r[2] for r in db.execute("SELECT env, name, version FROM secrets")}
+    heads = db.head_versions()
     for (env, name), (version, seq) in sorted(latest.items(), key=lambda item: item[1][1]):
         head = heads.get((env, name))
         if head != version:
@@ -540,7 +490,7 @@ def _check_heads(
             )
 
 
-def verify(keys: "OrgKeys") -> Verified:
+def verify(keys: OrgKeys) -> Verified:
     """Walk the whole chain against the anchor; AuditChainBroken names the first
     entry that was changed, removed, reordered, added or cut off. Then check
     that every secret is at the version the log last recorded for it."""
@@ -550,17 +500,13 @@ def verify(keys: "OrgKeys") -> Verified:
     records: dict[tuple[str, str, str], int] = {}
     with keys.store.read() as db:
         anchor = read_anchor(db, keys)
-        pending_rows = db.execute(
-            f"SELECT id, {_PENDING_FIELDS} FROM audit_pending ORDER BY id"  # noqa: S608
-        ).fetchall()
+        pending_rows = db.pending_entries()
         _check_pending(db, keys, pending_rows)
         pending = len(pending_rows)
         expected = 1
         prev = b""
         checker = Checker(keys.chain_key(), org)
-        joined = " || char(0) || ".join(c.strip() for c in FIELDS.split(","))
-        query = f"SELECT seq, action, outcome, {joined}, mac FROM audit_log ORDER BY seq"  # noqa: S608
-        for seq, action, outcome, text, tag in db.execute(query):
+        for seq, action, outcome, text, tag in db.audit_chain():
             if seq > anchor.seq:
                 raise AuditChainBroken(
                     f"entry {seq} of organization {org!r}'s audit log comes after the newest "
@@ -629,21 +575,15 @@ def _note_record(
     records[(action, subject, details[_PERMANENT[action]])] = seq
 
 
-def _check_records(
-    db: sqlite3.Connection, keys: "OrgKeys", records: dict[tuple[str, str, str], int]
-) -> None:
+def _check_records(db: OrgReader, keys: OrgKeys, records: dict[tuple[str, str, str], int]) -> None:
     """Every permanent record the log says was written must still be there,
     authentic: else a revoked token, or an allowance that ended, could be
     brought back by copying its row from a backup."""
     found = set()
-    for digest, name, revoked_at, actor, tag in db.execute(
-        "SELECT hash, name, revoked_at, actor, mac FROM token_revocations"
-    ):
+    for digest, name, revoked_at, actor, tag in db.revocations():
         if _authentic(keys.revocation_mac, (bytes(digest), name, revoked_at, actor), tag):
             found.add(("token-revoke", name, revoked_at))
-    for name, allowed_at, ended_at, actor, tag in db.execute(
-        "SELECT name, allowed_at, ended_at, actor, mac FROM allowed_names_ended"
-    ):
+    for name, allowed_at, ended_at, actor, tag in db.ended_allowances():
         if _authentic(keys.allowance_end_mac, (name, allowed_at, ended_at, actor), tag):
             found.add(("name-disallow", name.upper(), allowed_at))
     for (action, subject, when), seq in sorted(records.items(), key=lambda item: item[1]):

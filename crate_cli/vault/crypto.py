@@ -186,6 +186,27 @@ class RowMac:
         except InvalidSignature:
             raise IntegrityError() from None
 
+    def matches(self, fields: tuple[object, ...], tag: object) -> bool:
+        """Whether `tag` is the MAC of `fields`; False, not an error, for a
+        field holding NUL (which crate never writes)."""
+        try:
+            self.verify(fields, tag)
+        except (IntegrityError, ValueError):
+            return False
+        return True
+
+    def matches_joined(self, joined: str, count: int, tag: object) -> bool:
+        """`matches` for `count` fields already joined by NUL."""
+        if joined.count("\x00") != count - 1 or not isinstance(tag, bytes):
+            return False
+        h = self._keyed.copy()
+        h.update((self._prefix + joined).encode("utf-8"))
+        try:
+            h.verify(tag)
+        except InvalidSignature:
+            return False
+        return True
+
 
 def mac(key: bytes, message: bytes) -> bytes:
     """HMAC-SHA256."""

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from crate_cli.errors import IntegrityError
+from crate_cli.errors import IntegrityError, MalformedJWE
 
 ALG = "RSA-OAEP-256"
 ENC = "A256GCM"
@@ -33,13 +33,6 @@ _IV_BYTES = 12
 _TAG_BYTES = 16
 _MAX_TOKEN = 64 * 1024 * 1024
 _MAX_HEADER = 8 * 1024
-
-
-class MalformedJWE(IntegrityError):
-    """Not a JWE of crate's form (wrong shape, algorithm or header)."""
-
-    def __init__(self, message: str = "not a valid RSA-OAEP-256/A256GCM JWE") -> None:
-        super().__init__(message)
 
 
 _TO_URL = bytes.maketrans(b"+/", b"-_")

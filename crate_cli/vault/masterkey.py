@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from crate_cli.clock import utc_now
 from crate_cli.config import CrateHome, file_lock, write_private_file
 from crate_cli.errors import (
     Conflict,
@@ -31,12 +32,6 @@ from crate_cli.vault.slots.base import OTHER_SLOT, SecretPrompt, SlotContext
 
 REGISTRY_FILE = "master.json"
 REGISTRY_FORMAT = 1
-
-
-def utc_now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class SlotRecord(NamedTuple):
@@ -296,13 +291,13 @@ class MasterKeys:
 
     def last_used(self, slot_id: str) -> str | None:
         """When `slot_id` last unlocked a master key (UTC, ISO 8601), if ever."""
-        from datetime import UTC, datetime
+        from crate_cli.clock import from_timestamp
 
         try:
             mtime = self._used_marker(slot_id).stat().st_mtime
         except OSError:
             return None
-        return datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return from_timestamp(mtime)
 
     def export_env(self) -> str:
         """The value of CRATE_MASTER_KEY for the current version (the key itself)."""

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import json
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from crate_cli.errors import (
     Conflict,
@@ -30,17 +30,13 @@ from crate_cli.errors import (
     Unauthorized,
 )
 from crate_cli.vault import audit, crypto
-from crate_cli.vault.audit import Caller
+from crate_cli.vault.keys import ROLES, Caller, OrgKeys, Role
 from crate_cli.vault.names import check_env, check_tags, check_token_name
-
-if TYPE_CHECKING:
-    from crate_cli.vault.service import OrgKeys
+from crate_cli.vault.storage.interface import RevocationRow, TokenRow
 
 PREFIX = "crate_"
 BODY_CHARS = 43  # 62**43 > 2**256
-ROLES = ("admin", "writer", "reader")
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_COLUMNS = "name, role, envs, tags, created_at, expires_at, actor, hash, mac"
 
 
 class TokenInfo(NamedTuple):
@@ -48,7 +44,7 @@ class TokenInfo(NamedTuple):
 
     name: str
     org: str
-    role: str
+    role: Role
     envs: list[str]  # empty: every environment
     tags: list[str]  # empty: every secret; else secrets carrying one of them
     created_at: str
@@ -89,26 +85,32 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("ascii")).digest()
 
 
-def _mac(keys: OrgKeys, fields: tuple[Any, ...], digest: bytes) -> bytes:
-    return crypto.mac(
-        keys.row_key(), crypto.mac_message(crypto.API_TOKEN, keys.org, *fields, digest.hex())
-    )
+def _message(keys: OrgKeys, fields: tuple[Any, ...], digest: bytes) -> bytes:
+    """What a token row's MAC covers: its seven fields, then its hash."""
+    return crypto.mac_message(crypto.API_TOKEN, keys.org, *fields, digest.hex())
 
 
-def _info(keys: OrgKeys, row: tuple[Any, ...]) -> TokenInfo:
+def _info(keys: OrgKeys, row: TokenRow) -> TokenInfo:
     """A token row, its MAC checked (IntegrityError if it was edited)."""
-    fields, digest, tag = row[:7], row[7], row[8]
+    fields, digest = row[:7], row.hash
     if not isinstance(digest, bytes):
         raise Unauthorized("the API token is not valid")
-    crypto.verify_mac(
-        keys.row_key(),
-        crypto.mac_message(crypto.API_TOKEN, keys.org, *fields, digest.hex()),
-        tag,
-    )
+    crypto.verify_mac(keys.row_key(), _message(keys, fields, digest), row.mac)
     name, role, envs, tags, created_at, expires_at, actor = fields
+    known = [r for r in ROLES if r == role]
+    if not known:
+        raise IntegrityError()  # an authentic row holds a role crate checked
     return TokenInfo(
-        name, keys.org, role, json.loads(envs), json.loads(tags), created_at, expires_at, actor
+        name, keys.org, known[0], json.loads(envs), json.loads(tags), created_at, expires_at, actor
     )
+
+
+def parse_role(text: str) -> Role:
+    """`text` as a role, or InvalidInput naming the roles there are."""
+    for role in ROLES:
+        if text == role:
+            return role
+    raise InvalidInput(f"unknown role {text!r}: use one of {', '.join(ROLES)}")
 
 
 def create(
@@ -124,77 +126,50 @@ def create(
 ) -> tuple[str, TokenInfo]:
     """A new token for `keys.org`: (the token, shown once, and what it may do)."""
     check_token_name(name)
-    if role not in ROLES:
-        raise InvalidInput(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    checked = parse_role(role)
     envs = sorted({check_env(e) for e in envs})
     tags = check_tags(tags)
     token = new_token()
     digest = token_hash(token)
     fields = (name, role, json.dumps(envs), json.dumps(tags), now, expires_at, actor)
     with keys.store.write() as db:
-        if db.execute("SELECT 1 FROM tokens WHERE name = ?", (name,)).fetchone():
+        if db.has_token(name):
             raise Conflict(
                 f"organization {keys.org!r} already has a token named {name!r}",
                 f"revoke it first (crate token revoke {name}) or choose another name",
             )
         for env in envs:
-            if db.execute("SELECT 1 FROM environments WHERE name = ?", (env,)).fetchone() is None:
+            if not db.has_environment(env):
                 raise NotFound(f"environment {env!r} does not exist in organization {keys.org!r}")
-        db.execute(
-            f"INSERT INTO tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-            (*fields, digest, _mac(keys, fields, digest)),
-        )
+        tag = crypto.mac(keys.row_key(), _message(keys, fields, digest))
+        db.insert_token(TokenRow(*fields, digest, tag))
         details: dict[str, Any] = {"token": name, "role": role, "environments": envs, "tags": tags}
         if expires_at:
             details["expires_at"] = expires_at
         audit.append(db, keys, Caller(actor, client), "token-create", details=details)
-    return token, TokenInfo(name, keys.org, role, envs, tags, now, expires_at, actor)
+    return token, TokenInfo(name, keys.org, checked, envs, tags, now, expires_at, actor)
 
 
 def list_tokens(keys: OrgKeys) -> list[TokenInfo]:
-    with keys.store.errors():
-        rows = keys.store.conn.execute(
-            f"SELECT {_COLUMNS} FROM tokens ORDER BY name"  # noqa: S608
-        ).fetchall()
-    return [_info(keys, row) for row in rows]
-
-
-def revocation_mac(keys: OrgKeys, digest: bytes, name: str, revoked_at: str, actor: str) -> bytes:
-    return crypto.mac(
-        keys.row_key(),
-        crypto.mac_message(
-            crypto.TOKEN_REVOCATION, keys.org, digest.hex(), name, revoked_at, actor
-        ),
-    )
+    return [_info(keys, row) for row in keys.store.direct.tokens()]
 
 
 def revoke(keys: OrgKeys, name: str, caller: Caller) -> None:
     """Delete the token's row and record its hash as revoked (MAC'd, permanent):
     the row copied back from a backup authenticates nothing."""
-    from crate_cli.vault.masterkey import utc_now
+    from crate_cli.clock import utc_now
 
     check_token_name(name)
     with keys.store.write() as db:
-        row = db.execute("SELECT hash FROM tokens WHERE name = ?", (name,)).fetchone()
-        if row is None:
+        digest = db.token_hash(name)
+        if digest is None:
             raise NotFound(
                 f"organization {keys.org!r} has no token named {name!r}",
                 "list them with: crate token list",
             )
-        digest = bytes(row[0])
-        db.execute("DELETE FROM tokens WHERE name = ?", (name,))
         now = utc_now()
-        db.execute(
-            "INSERT OR IGNORE INTO token_revocations (hash, name, revoked_at, actor, mac) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (
-                digest,
-                name,
-                now,
-                caller.actor,
-                revocation_mac(keys, digest, name, now, caller.actor),
-            ),
-        )
+        tag = keys.revocation_mac(digest, name, now, caller.actor)
+        db.revoke_token(RevocationRow(digest, name, now, caller.actor, tag))
         # `recorded`: `crate audit verify` checks that the record is still there.
         audit.append(db, keys, caller, "token-revoke", details={"token": name, "recorded": now})
 
@@ -210,18 +185,10 @@ def authenticate(keys: OrgKeys, token: str, now: str) -> TokenInfo:
     if not looks_like_token(token):
         raise denied
     digest = token_hash(token)
-    with keys.store.errors():
-        row = keys.store.conn.execute(
-            f"SELECT {_COLUMNS} FROM tokens WHERE hash = ?",  # noqa: S608
-            (digest,),
-        ).fetchone()
-    if row is None or not hmac.compare_digest(row[7], digest):
+    row = keys.store.direct.token_by_hash(digest)
+    if row is None or not hmac.compare_digest(row.hash, digest):
         raise denied
-    with keys.store.errors():
-        revoked = keys.store.conn.execute(
-            "SELECT 1 FROM token_revocations WHERE hash = ?", (digest,)
-        ).fetchone()
-    if revoked is not None:
+    if keys.store.direct.is_revoked(digest):
         raise denied  # a revoked token's row, put back
     try:
         info = _info(keys, row)

@@ -98,15 +98,15 @@ def store_as_an_older_crate(home: Path, env: str, values: dict[str, str]) -> Non
     (a missing target, a cycle): what a crate that did not check references
     at store could have left in a vault, and `run` must still refuse."""
     from crate_cli.session import Session
-    from crate_cli.vault.service import VaultService
+    from crate_cli.vault import secrets
 
     session = Session(environ={"CRATE_HOME": str(home), "CRATE_KEYSTORE": "file"})
-    check = VaultService._check_references
-    VaultService._check_references = lambda *_args, **_kw: {}  # type: ignore[method-assign,assignment]
+    check = secrets.check_references
+    secrets.check_references = lambda *_args, **_kw: {}
     try:
         session.client("personal").store(env, list(values.items()))
     finally:
-        VaultService._check_references = check  # type: ignore[method-assign]
+        secrets.check_references = check
         session.close()
 
 

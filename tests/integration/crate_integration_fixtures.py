@@ -51,7 +51,7 @@ def acme_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("acme-template") / "crate-home"
     with session_at(home) as s:
         s.init()
-        create_org(s.home, s.master, "acme")
+        create_org(s.storage, s.master, "acme")
         client = s.client("acme")
         for env, names in ACME_SECRETS.items():
             for name, versions in names.items():

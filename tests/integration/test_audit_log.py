@@ -45,8 +45,8 @@ from vault_state import restore_triggers, run_sql
 
 from crate_cli.errors import ExitCode, IntegrityError
 from crate_cli.vault import crypto
-from crate_cli.vault.audit import local_actor
-from crate_cli.vault.store import expected_schema
+from crate_cli.vault.keys import local_actor
+from crate_cli.vault.storage.sqlite.schema import expected_schema
 
 ORG = "personal"
 ACTOR = local_actor()  # the subprocesses inherit this process's USER/LOGNAME

@@ -33,9 +33,9 @@ import pytest
 from conftest import CrateRunner, Result, assert_clean_error
 from vault_state import restore_triggers, run_sql
 
+from crate_cli.clock import utc_now
 from crate_cli.errors import ExitCode
 from crate_cli.vault import crypto
-from crate_cli.vault.masterkey import utc_now
 
 ORG = "personal"
 TRIGGERS = (

@@ -19,6 +19,7 @@ from vault_state import restore_triggers
 
 from crate_cli.errors import IntegrityError
 from crate_cli.vault import snapshots
+from crate_cli.vault.storage.sqlite.queries import HEAD_MACS
 
 pytest_plugins = ["crate_integration_fixtures"]
 
@@ -239,5 +240,5 @@ def test_load_opens_only_for_the_digest_and_key_version_it_was_sealed_with(
             assert snapshots.load(db, keys, "prod", digest, version) is None
             assert snapshots.heads_digest(db, "prod") != digest
             # The digest reads an index alone: no table lookup per secret.
-            plan = db.execute("EXPLAIN QUERY PLAN " + snapshots._HEAD_MACS, ("dev",)).fetchall()
+            plan = keys.store.conn.execute("EXPLAIN QUERY PLAN " + HEAD_MACS, ("dev",)).fetchall()
             assert "COVERING INDEX secrets_head_macs" in str(plan)

@@ -30,7 +30,7 @@ from crate_integration_fixtures import session_at
 from vault_state import run_sql
 
 from crate_cli.errors import ExitCode
-from crate_cli.vault import service as vault_service
+from crate_cli.vault import keys as vault_keys
 
 # env -> name -> the value of each version, oldest first (None: a deletion).
 Model = dict[str, dict[str, list[str | None]]]
@@ -587,14 +587,14 @@ def test_read_racing_rotation_and_prune_is_not_an_integrity_failure(
         s.init()
         from crate_cli.vault.orgs import create_org
 
-        create_org(s.home, s.master, "acme")
+        create_org(s.storage, s.master, "acme")
         s.client("acme").store("dev", [("A", "a-value"), ("B", "b-value")])
 
-    load = vault_service.OrgKeys.dek
+    load = vault_keys.OrgKeys.dek
     started: list[bool] = []
     interleaved: list[tuple[int, list[int]]] = []
 
-    def dek(self: vault_service.OrgKeys, version: int) -> bytes:
+    def dek(self: vault_keys.OrgKeys, version: int) -> bytes:
         if not started:  # the first DEK load: the reader's, after its snapshot
             started.append(True)
             with session_at(crate_home) as other:
@@ -602,7 +602,7 @@ def test_read_racing_rotation_and_prune_is_not_an_integrity_failure(
                 interleaved.append((new, other.service.prune_org_deks("acme")))
         return load(self, version)
 
-    monkeypatch.setattr(vault_service.OrgKeys, "dek", dek)
+    monkeypatch.setattr(vault_keys.OrgKeys, "dek", dek)
     with session_at(crate_home) as reader:
         got = {r.name: r.value for r in reader.client("acme").retrieve("dev", [])}
     assert interleaved == [(2, [1])]

@@ -316,7 +316,8 @@ def test_a_dollar_brace_that_is_no_reference_is_stored_with_a_warning(
 def test_a_reader_resolves_only_within_its_own_scope(
     served: Served, admin: SecretsClient, prod_secret: str
 ) -> None:
-    from crate_cli.run.references import UnresolvedReference, resolve_pairs
+    from crate_cli.errors import UnresolvedReference
+    from crate_cli.run.references import resolve_pairs
 
     admin.store("dev", [("FROM_PROD", "pw=${prod.PROD_DB_PASSWORD}")])
     dev_reader = served.client("reader", "--env", "dev")

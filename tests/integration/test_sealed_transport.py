@@ -21,6 +21,7 @@ from crate_cli.errors import IntegrityError
 from crate_cli.session import Session
 from crate_cli.vault import jwe
 from crate_cli.vault.api import MAX_RETRIEVE_NAMES, ApiCore, Principal, Request, Response
+from crate_cli.vault.storage.interface import AuditFilter
 
 pytest_plugins = ["crate_integration_fixtures"]
 
@@ -490,7 +491,7 @@ def test_unacceptable_client_key_is_a_client_error(stored: Api, bad_jwks, index:
     from crate_cli.vault import audit
 
     keys = stored.core.service.org(ORG)
-    before, _ = audit.query(keys, audit.Filters(action="retrieve"), limit=1000)
+    before, _ = audit.query(keys, AuditFilter(action="retrieve"), limit=1000)
     body = {
         "environment": "dev",
         "names": ["DB_URL"],
@@ -498,7 +499,7 @@ def test_unacceptable_client_key_is_a_client_error(stored: Api, bad_jwks, index:
         "nonce": "n" * 24,
     }
     assert_error(stored.call("POST", f"{SECRETS}/retrieve", body), 400, "bad_request")
-    after, _ = audit.query(keys, audit.Filters(action="retrieve"), limit=1000)
+    after, _ = audit.query(keys, AuditFilter(action="retrieve"), limit=1000)
     (new,) = after[len(before) :]
     assert (new.outcome, new.names, new.details) == ("failed", ["DB_URL"], {"error": "bad_request"})
 

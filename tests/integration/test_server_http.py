@@ -39,8 +39,8 @@ from tls_ca import make_tls
 
 from crate_cli.client.ephemeral import EphemeralKey
 from crate_cli.client.secrets import SecretsClient
-from crate_cli.client.transport.http import HttpTransport, ServerUnreachable, TlsFailure
-from crate_cli.errors import CrateError
+from crate_cli.client.transport.http import HttpTransport
+from crate_cli.errors import CrateError, ServerUnreachable, TlsFailure
 from crate_cli.server.app import OPENAPI_PATH
 from crate_cli.vault import jwe
 from crate_cli.vault.api import MAX_RETRIEVE_NAMES

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from crate_cli.clock import utc_now
 from crate_cli.session import Session
 from crate_cli.vault import crypto, tokens
-from crate_cli.vault.masterkey import utc_now
-from crate_cli.vault.store import SCHEMA_VERSION, OrgStore, expected_schema
+from crate_cli.vault.storage.sqlite.schema import SCHEMA_VERSION, expected_schema
+from crate_cli.vault.storage.sqlite.store import SqliteOrgStore
 
 
 def _downgrade_to_v1(path: Path, session: Session, org: str) -> None:
@@ -46,7 +47,7 @@ def test_v1_vault_gains_tokens_table_and_keeps_secrets(session: Session, crate_h
     vault = crate_home / "orgs" / f"{org}.vault"
     _downgrade_to_v1(vault, session, org)
 
-    store = OrgStore.open(vault)
+    store = SqliteOrgStore.open(vault)
     try:
         assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         for table in ("tokens", "audit_log", "env_snapshots"):

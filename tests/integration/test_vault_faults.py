@@ -25,7 +25,7 @@ from crate_cli.errors import (
     UnsupportedVersion,
     VaultCorrupted,
 )
-from crate_cli.vault.store import SCHEMA_VERSION
+from crate_cli.vault.storage.sqlite.schema import SCHEMA_VERSION
 
 pytest_plugins = ["crate_integration_fixtures"]
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import CrateRunner, assert_clean_error
 
-from crate_cli.vault import store
+from crate_cli.vault.storage.sqlite import schema as store
+from crate_cli.vault.storage.sqlite.store import SqliteOrgStore
 
 pytest_plugins = ["crate_integration_fixtures"]
 
@@ -106,7 +107,7 @@ def test_an_unchanged_vault_of_every_schema_version_passes(tmp_path: Path) -> No
 
 
 def test_trusted_schema_is_off(acme_home: Path) -> None:
-    opened = store.OrgStore.open(acme_home / "orgs" / "acme.vault")
+    opened = SqliteOrgStore.open(acme_home / "orgs" / "acme.vault")
     try:
         assert opened.conn.execute("PRAGMA trusted_schema").fetchone() == (0,)
     finally:

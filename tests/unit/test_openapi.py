@@ -1,7 +1,7 @@
 """The OpenAPI document served at /openapi.json describes exactly the API core's routes.
 
 Structural checks only (no validator dependency): the version, the set of
-operations against `crate_cli.vault.api.routes()` plus the two routes the HTTP
+operations against `crate_cli.vault.api.route_table()` plus the two routes the HTTP
 adapter answers itself, operation ids and responses, path parameters, and that
 every $ref points inside the document.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from crate_cli.server.app import OPENAPI_PATH
-from crate_cli.vault.api import routes
+from crate_cli.vault.api import route_table
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 ADAPTER_ROUTES = {("GET", "/healthz"), ("GET", "/openapi.json")}  # answered without a token
@@ -45,7 +45,7 @@ def test_version_and_info(document: dict[str, Any]) -> None:
 def test_operations_are_exactly_the_api_routes(document: dict[str, Any]) -> None:
     documented = [(method, path) for method, path, _ in operations(document)]
     assert len(documented) == len(set(documented))
-    core = routes()
+    core = route_table()
     assert len(core) == len(set(core)), "a route is registered twice"
     assert ADAPTER_ROUTES.isdisjoint(core)
     assert set(documented) == set(core) | ADAPTER_ROUTES
@@ -88,7 +88,7 @@ def test_path_parameters_match_the_templates(document: dict[str, Any]) -> None:
 
 def test_routes_use_the_same_templates_as_the_core() -> None:
     # The core's patterns use {name} segments too, never another syntax (":name", "<name>").
-    for method, path in routes():
+    for method, path in route_table():
         assert path.startswith("/"), path
         for segment in path.split("/")[1:]:
             assert segment, (method, path)

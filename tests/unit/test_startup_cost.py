@@ -19,12 +19,15 @@ RUN_PATH_RECORDS = (
     "crate_cli.config",
     "crate_cli.run.args",
     "crate_cli.run.launch",
-    "crate_cli.vault.api",
+    "crate_cli.vault.api.auth",
+    "crate_cli.vault.api.core",
     "crate_cli.vault.audit",
     "crate_cli.vault.jwe",
     "crate_cli.vault.masterkey",
-    "crate_cli.vault.service",
+    "crate_cli.vault.keys",
+    "crate_cli.vault.secrets",
     "crate_cli.vault.slots.base",
+    "crate_cli.vault.storage.interface",
 )
 
 

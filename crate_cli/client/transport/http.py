@@ -24,7 +24,13 @@ import time
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from crate_cli.errors import CrateError, InvalidInput, error_from_api
+from crate_cli.errors import (
+    CrateError,
+    InvalidInput,
+    ServerUnreachable,
+    TlsFailure,
+    error_from_api,
+)
 
 TIMEOUT = 30.0
 RETRIES_WHEN_BUSY = 3
@@ -32,16 +38,6 @@ MAX_MESSAGE = 1000  # characters of a server's error message or hint that are sh
 # Members of an answer that crate parses and never shows: kept as they came
 # (the public key's PEM has newlines; the bundle is a JWE the client checks).
 PARSED_MEMBERS = frozenset({"public_key_pem", "bundle"})
-
-
-class ServerUnreachable(CrateError):
-    """No answer from the server: the case the offline fallback covers."""
-
-    api_code = "server_unreachable"
-
-
-class TlsFailure(CrateError):
-    """The server's certificate did not verify."""
 
 
 def peer_uid(sock: socket.socket) -> int | None:

@@ -12,7 +12,7 @@ import binascii
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from crate_cli.config import CrateHome
 from crate_cli.errors import KeystoreError
@@ -20,6 +20,11 @@ from crate_cli.vault import crypto
 
 # The hint of a slot that failed when other slots may still unlock the key.
 OTHER_SLOT = "unlock with another slot (crate keys slots list)"
+
+# What can seal a master key at rest (slots/__init__.py has a provider for
+# each). The `env` slot of a key given in CRATE_MASTER_KEY keeps nothing at
+# rest and is no provider.
+SlotKind = Literal["tpm2", "keyring", "pkcs11", "passphrase", "file"]
 
 # Asks the user for a secret without echo; returns the answer. None where no
 # terminal exists, in which case providers say which variable to set.
@@ -36,7 +41,7 @@ class SlotContext(NamedTuple):
 
 
 class SlotProvider(ABC):
-    type_name: str
+    type_name: SlotKind
 
     @abstractmethod
     def seal(

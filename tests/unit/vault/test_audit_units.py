@@ -12,7 +12,7 @@ import pytest
 from crate_cli.commands.audit import since_time
 from crate_cli.errors import InvalidInput
 from crate_cli.vault import audit
-from crate_cli.vault.api import _query_int, _query_time
+from crate_cli.vault.api.routes import _query_int, _query_time
 
 FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 

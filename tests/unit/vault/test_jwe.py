@@ -25,9 +25,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc import jwe as jose_jwe
 from joserfc.jwk import RSAKey
 
-from crate_cli.errors import IntegrityError
+from crate_cli.errors import IntegrityError, MalformedJWE
 from crate_cli.vault import jwe
-from crate_cli.vault.jwe import MalformedJWE
 
 VECTORS = Path(__file__).resolve().parents[2] / "vectors"
 SECRET = b"s3cr3t-PLAINTEXT-value-do-not-print"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crate_cli.commands.keys import assess
+from crate_cli.vault.protection import assess
 
 
 def row(kind: str, current: bool = True, **more: Any) -> dict[str, Any]:

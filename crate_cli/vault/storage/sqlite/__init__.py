@@ -1,0 +1,96 @@
+"""Orgs as SQLite files: one `orgs/ORG.vault` per organization in the home.
+
+An org is made whole under a temporary name and then linked into place, so
+a crash never leaves a half-made org under its name and two processes
+creating the same org cannot both succeed. Deleting renames it away first,
+for the same reasons.
+"""
+
+import contextlib
+import os
+from collections.abc import Callable, Hashable
+from pathlib import Path
+
+from crate_cli.config import CrateHome, ensure_private_dir, fsync_dir
+from crate_cli.errors import Conflict, NotFound
+from crate_cli.vault.storage.interface import OrgStore
+from crate_cli.vault.storage.sqlite.store import SqliteOrgStore
+
+SUFFIX = ".vault"
+
+
+def library_version() -> str:
+    """The version of the SQLite library crate's vaults are read with."""
+    import sqlite3
+
+    return sqlite3.sqlite_version
+
+
+class SqliteStorage:
+    """The orgs of one crate home (storage/interface.py's Storage)."""
+
+    def __init__(self, home: CrateHome) -> None:
+        self.home = home
+
+    def list_orgs(self) -> list[str]:
+        try:
+            entries = os.listdir(self.home.orgs_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(e[: -len(SUFFIX)] for e in entries if e.endswith(SUFFIX))
+
+    def org_exists(self, org: str) -> bool:
+        return self.home.vault_path(org).exists()
+
+    def orgs_marker(self) -> Hashable:
+        # A file linked into the folder, or renamed out of it, changes its mtime.
+        try:
+            info = os.stat(self.home.orgs_dir)
+        except FileNotFoundError:
+            return None
+        return (info.st_ino, info.st_mtime_ns)
+
+    def open_org(self, org: str) -> SqliteOrgStore:
+        return SqliteOrgStore.open(self.home.vault_path(org), org)
+
+    def create_org(self, org: str, initialise: Callable[[OrgStore], None]) -> None:
+        orgs_dir = self.home.orgs_dir
+        ensure_private_dir(orgs_dir)
+        final = self.home.vault_path(org)
+        if final.exists():
+            raise Conflict(f"organization {org!r} already exists")
+        tmp = orgs_dir / f".{org}.{os.urandom(4).hex()}.creating"
+        try:
+            store = SqliteOrgStore.create(tmp, org)
+            try:
+                initialise(store)
+            finally:
+                store.close()
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                raise Conflict(f"organization {org!r} already exists") from None
+            fsync_dir(orgs_dir)  # the new name survives a power loss
+        finally:
+            for leftover in journal_files(tmp):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+
+    def delete_org(self, org: str) -> None:
+        path = self.home.vault_path(org)
+        doomed = self.home.orgs_dir / f".{org}.{os.urandom(4).hex()}.deleting"
+        # One rename takes the org away at once; a crash after it leaves only a
+        # hidden file, never a vault without its WAL under the org's name.
+        try:
+            os.rename(path, doomed)
+        except FileNotFoundError:
+            raise NotFound(f"organization {org!r} does not exist") from None
+        fsync_dir(self.home.orgs_dir)
+        for p in (*journal_files(path)[1:], doomed):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def journal_files(path: Path) -> tuple[Path, Path, Path]:
+    """A vault file, its write-ahead log and its shared-memory index."""
+    return (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
