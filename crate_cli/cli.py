@@ -128,34 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     from crate_cli.errors import CrateError, ExitCode
 
     try:
-        words = [a for a in own if not a.startswith("-")]
-        if any(words[: len(c)] == c for c in RETRIEVING):
-            import gc
-
-            from crate_cli.client import ephemeral
-
-            # Short-lived (`crate run` execs): collecting reference cycles
-            # among the imports and the secrets would only cost time. A
-            # process that stays (supervise) turns it back on.
-            gc.disable()
-
-            # Key generation releases the GIL: it overlaps everything below.
-            ephemeral.prestart()
-        run_command = None
-        if words[:1] == ["run"]:
-            # `crate run` parses its own options (run/args.py), not click; the
-            # command after `--` is split off here (click would drop `--`) and
-            # reaches the click command (`crate --debug run`) in its context.
-            cut = args.index("--") if "--" in args else len(args)
-            run_command = args[cut + 1 :] or None
-            if args[:1] == ["run"]:
-                from crate_cli.run.command import run_command_line
-                from crate_cli.session import Session
-
-                run_command_line(args[1:cut], run_command, Session.for_terminal)
-                return
-            args = args[:cut]
-        _click_main(args, run_command)
+        _dispatch(args, own)
     except CrateError as e:
         if debug:
             import traceback
@@ -183,6 +156,38 @@ def main(argv: list[str] | None = None) -> None:
             f"crate: internal error ({type(e).__name__}); rerun with --debug for details\n"
         )
         sys.exit(ExitCode.ERROR)
+
+
+def _dispatch(args: list[str], own: list[str]) -> None:
+    """Run the command `args` names; `own` are the arguments before `--`."""
+    words = [a for a in own if not a.startswith("-")]
+    if any(words[: len(c)] == c for c in RETRIEVING):
+        import gc
+
+        from crate_cli.client import ephemeral
+
+        # Short-lived (`crate run` execs): collecting reference cycles
+        # among the imports and the secrets would only cost time. A
+        # process that stays (supervise) turns it back on.
+        gc.disable()
+
+        # Key generation releases the GIL: it overlaps everything below.
+        ephemeral.prestart()
+    run_command = None
+    if words[:1] == ["run"]:
+        # `crate run` parses its own options (run/args.py), not click; the
+        # command after `--` is split off here (click would drop `--`) and
+        # reaches the click command (`crate --debug run`) in its context.
+        cut = args.index("--") if "--" in args else len(args)
+        run_command = args[cut + 1 :] or None
+        if args[:1] == ["run"]:
+            from crate_cli.run.command import run_command_line
+            from crate_cli.session import Session
+
+            run_command_line(args[1:cut], run_command, Session.for_terminal)
+            return
+        args = args[:cut]
+    _click_main(args, run_command)
 
 
 def _usage_message(error: Any) -> str:

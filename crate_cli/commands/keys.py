@@ -97,10 +97,18 @@ def status(as_json: bool) -> None:
             }
         )
         return
+    console().print(_status_tree(session, rows, orgs), highlight=False)
+    click.echo(summary)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+
+
+def _status_tree(session: Session, rows: list[dict[str, Any]], orgs: list[dict[str, Any]]) -> Any:
+    """`crate keys status` as a tree: master key versions and their slots,
+    then each org's data keys."""
     from rich.markup import escape
     from rich.tree import Tree
 
-    out = console()
     tree = Tree(f"crate home {session.home.describe()}")
     for v in sorted(session.master.versions(), key=lambda v: v.version):
         current = (
@@ -131,10 +139,7 @@ def status(as_json: bool) -> None:
                 f"wrapped by master key v{dek['master_version']}: "
                 f"wraps {dek['wrapped_keys']} secret keys"
             )
-    out.print(tree, highlight=False)
-    click.echo(summary)
-    for w in warnings:
-        click.echo(f"warning: {w}", err=True)
+    return tree
 
 
 @keys.group()

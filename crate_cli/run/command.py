@@ -17,18 +17,17 @@ from crate_cli.run.args import RunArgs, check_run_args, parse_run_args, run_help
 from crate_cli.run.launch import Launch, child_environment, exec_command, keep_passphrase_fd
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from crate_cli.client.fallback import FallbackPolicy
     from crate_cli.client.secrets import SecretsClient
-    from crate_cli.config import CrateHome, Settings
+    from crate_cli.config import Settings
+    from crate_cli.vault.storage.interface import Storage
 
 
 class RunSession(Protocol):
     """What `crate run` needs of a session."""
 
     @property
-    def home(self) -> "CrateHome": ...
+    def storage(self) -> "Storage": ...
     @property
     def settings(self) -> "Settings": ...
     @property
@@ -105,7 +104,7 @@ def run_with_secrets(run: RunArgs, make_session: Callable[[], RunSession]) -> No
     watch = None
     if run.watch:
         watch = Watch(
-            changed=vault_watcher(session.home.vault_path(org)),
+            changed=vault_watcher(session.storage, org),
             reload=launch,
             grace=run.restart_grace,
         )
@@ -166,26 +165,14 @@ def refuse_steering(client: "SecretsClient", env: str, names: list[tuple[str, st
             )
 
 
-def vault_watcher(path: "Path") -> Callable[[], bool]:
-    """A cheap check for `--watch`: did the vault (or its WAL) change since the
-    last call? A write to the org's vault is what can change a secret."""
-    files = (path, path.with_name(path.name + "-wal"))
-
-    def state() -> tuple[tuple[int, int], ...]:
-        out = []
-        for f in files:
-            try:
-                st = f.stat()
-                out.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((0, 0))
-        return tuple(out)
-
-    last = state()
+def vault_watcher(storage: "Storage", org: str) -> Callable[[], bool]:
+    """A cheap check for `--watch`: did the org's vault change since the last
+    call? A write to it is what can change a secret."""
+    last = storage.org_marker(org)
 
     def changed() -> bool:
         nonlocal last
-        now = state()
+        now = storage.org_marker(org)
         if now == last:
             return False
         last = now

@@ -34,8 +34,17 @@ def resolve(env: str, values: Mapping[str, str], fetch: Fetch) -> dict[str, str]
     """`values` (the secrets of `env` that were asked for) with every reference
     replaced by its value; `fetch` gets what they refer to and was not asked for."""
     known: dict[Key, str] = {(env, name): value for name, value in values.items()}
-    missing: dict[Key, str] = {}  # key -> why
-    # Breadth first: fetch everything one round of references needs, per env.
+    missing = _gather(known, fetch)
+    expander = _Expander(env, known, missing)
+    return {name: expander.expand((env, name), []) for name in values}
+
+
+def _gather(known: dict[Key, str], fetch: Fetch) -> dict[Key, str]:
+    """Fetch into `known` every value a reference reaches, breadth first (one
+    fetch per environment and round); returns what cannot be had, and why."""
+    from crate_cli.errors import NotFound
+
+    missing: dict[Key, str] = {}
     frontier = [key for key, value in known.items() if has_references(value)]
     while frontier:
         wanted: dict[str, set[str]] = {}
@@ -45,32 +54,53 @@ def resolve(env: str, values: Mapping[str, str], fetch: Fetch) -> dict[str, str]
                     wanted.setdefault(ref[0], set()).add(ref[1])
         frontier = []
         for ref_env, names in sorted(wanted.items()):
-            from crate_cli.errors import NotFound
-
+            refused = ""
             try:
                 found = fetch(ref_env, sorted(names))
             except NotFound:
-                found = {}
-                for name in names:
-                    missing[(ref_env, name)] = f"environment {ref_env!r} does not exist"
+                found, refused = {}, f"environment {ref_env!r} does not exist"
             except Forbidden:
                 # Resolved with the reader's own access, never more.
-                found = {}
-                for name in names:
-                    missing[(ref_env, name)] = f"you may not read environment {ref_env!r}"
+                found, refused = {}, f"you may not read environment {ref_env!r}"
             for name in names:
                 if name in found:
                     known[(ref_env, name)] = found[name]
                     if has_references(found[name]):
                         frontier.append((ref_env, name))
                 else:
-                    missing.setdefault((ref_env, name), f"no secret {name} in {ref_env}")
+                    missing[(ref_env, name)] = refused or f"no secret {name} in {ref_env}"
+    return missing
 
-    resolved: dict[Key, str] = {}
 
-    def expand(key: Key, chain: list[Key]) -> str:
-        if key in resolved:
-            return resolved[key]
+class _Expander:
+    """Values with their references replaced, each computed once, following
+    chains of references up to MAX_DEPTH and refusing cycles."""
+
+    def __init__(self, env: str, known: dict[Key, str], missing: dict[Key, str]) -> None:
+        self.env = env
+        self.known = known
+        self.missing = missing
+        self.resolved: dict[Key, str] = {}
+
+    def expand(self, key: Key, chain: list[Key]) -> str:
+        if key in self.resolved:
+            return self.resolved[key]
+        self._check(key, chain)
+        text = self.known[key]
+        if not has_references(text):
+            self.resolved[key] = text
+            return text
+
+        def replace(m: re.Match[str]) -> str:
+            if m.group("name") is None:  # `$${` is a literal `${`; another `${` stays
+                return "${" if m.group(0) == "$${" else m.group(0)
+            return self.expand((m.group("env") or key[0], m.group("name")), [*chain, key])
+
+        self.resolved[key] = TOKEN.sub(replace, text)
+        return self.resolved[key]
+
+    def _check(self, key: Key, chain: list[Key]) -> None:
+        env = self.env
         if len(chain) > MAX_DEPTH:
             path = " -> ".join(_show(k, env) for k in [*chain[:3], key])
             raise UnresolvedReference(
@@ -83,26 +113,12 @@ def resolve(env: str, values: Mapping[str, str], fetch: Fetch) -> dict[str, str]
                 f"secret references form a cycle: {loop}",
                 "change one of these values to break the cycle (--raw shows them as stored)",
             )
-        if key in missing:
+        if key in self.missing:
             path = " -> ".join(_show(k, env) for k in [*chain, key])
             raise UnresolvedReference(
-                f"a secret reference cannot be resolved: {path} ({missing[key]})",
+                f"a secret reference cannot be resolved: {path} ({self.missing[key]})",
                 "create the referenced secret, fix the reference, or pass --raw",
             )
-        text = known[key]
-        if not has_references(text):
-            resolved[key] = text
-            return text
-
-        def replace(m: re.Match[str]) -> str:
-            if m.group("name") is None:  # `$${` is a literal `${`; another `${` stays
-                return "${" if m.group(0) == "$${" else m.group(0)
-            return expand((m.group("env") or key[0], m.group("name")), [*chain, key])
-
-        resolved[key] = TOKEN.sub(replace, text)
-        return resolved[key]
-
-    return {name: expand((env, name), []) for name in values}
 
 
 def resolve_pairs(

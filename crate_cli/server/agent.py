@@ -138,21 +138,52 @@ def _detach(log_path: Path) -> None:
     os.close(log)
 
 
-def _serve(session: AgentSession, path: Path, idle_timeout: float, ready_fd: int) -> None:
-    import threading
-    import time
+class _Idle:
+    """When the agent last served a request, and a watcher thread that stops
+    the server once it has been idle for `timeout` seconds."""
 
+    def __init__(self, timeout: float) -> None:
+        import threading
+        import time
+
+        self.timeout = timeout
+        self.last = time.monotonic()
+        self.servers: list[Any] = []  # uvicorn's server, once it runs
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="crate-agent-idle", daemon=True)
+
+    def touch(self) -> None:
+        import time
+
+        self.last = time.monotonic()
+
+    def idle_for(self) -> float:
+        import time
+
+        return time.monotonic() - self.last
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(0.5):
+            if self.idle_for() > self.timeout and self.servers:
+                self.servers[0].should_exit = True
+                return
+
+
+def _serve(session: AgentSession, path: Path, idle_timeout: float, ready_fd: int) -> None:
     from crate_cli.clock import utc_now
     from crate_cli.server.app import CrateApp, Limits
     from crate_cli.server.serve import bind_unix, run_uvicorn
     from crate_cli.vault.api import ApiCore, Principal
     from crate_cli.vault.keys import local_actor
 
-    last = [time.monotonic()]
+    idle = _Idle(idle_timeout)
     started_at = utc_now()
-
-    def touch() -> None:
-        last[0] = time.monotonic()
 
     def describe() -> dict[str, Any]:
         return {
@@ -161,35 +192,25 @@ def _serve(session: AgentSession, path: Path, idle_timeout: float, ready_fd: int
             "socket": str(path),
             "started_at": started_at,
             "idle_timeout": idle_timeout,
-            "idle_for": round(time.monotonic() - last[0], 1),
+            "idle_for": round(idle.idle_for(), 1),
         }
 
     def make_core() -> ApiCore:
         return ApiCore(session.new_service("agent"))
 
-    app = CrateApp(
-        make_core,
-        Limits(workers=2),
-        principal=Principal(actor=local_actor(), client="agent"),
-        on_request=touch,
-        extra={"/agent": describe},
-    )
-    sock = bind_unix(path)
-    servers: list[Any] = []
-    stop_watching = threading.Event()
-
-    def watch_idle() -> None:
-        while not stop_watching.wait(0.5):
-            if time.monotonic() - last[0] > idle_timeout and servers:
-                servers[0].should_exit = True
-                return
-
     def started() -> None:
         os.write(ready_fd, b"ok")
         os.close(ready_fd)
 
-    watcher = threading.Thread(target=watch_idle, name="crate-agent-idle", daemon=True)
-    watcher.start()
+    app = CrateApp(
+        make_core,
+        Limits(workers=2),
+        principal=Principal(actor=local_actor(), client="agent"),
+        on_request=idle.touch,
+        extra={"/agent": describe},
+    )
+    sock = bind_unix(path)
+    idle.start()
     try:
         run_uvicorn(
             app,
@@ -197,10 +218,10 @@ def _serve(session: AgentSession, path: Path, idle_timeout: float, ready_fd: int
             same_uid_only=True,
             access_log=False,
             started=started,
-            server_hook=servers.append,
+            server_hook=idle.servers.append,
         )
     finally:
-        stop_watching.set()
+        idle.stop()
         path.unlink(missing_ok=True)
         session.master.forget()
 

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -158,18 +159,22 @@ class MasterKeys:
         return max(versions, key=lambda v: v.version)
 
     def create_first(
-        self, keystore: str, options: dict[str, Any] | None = None
+        self,
+        keystore: str,
+        options: dict[str, Any] | None = None,
+        list_orgs: Callable[[], list[str]] = list,
     ) -> tuple[bool, MasterVersion]:
         """Create master key v1 sealed in one slot of type `keystore`.
 
         Serialised by a lock so two first uses at once create one key; returns
-        (whether this call created it, the current version).
+        (whether this call created it, the current version). `list_orgs` tells
+        the orgs that exist: with any, the registry was lost, not never made.
         """
         with file_lock(self.home.keys_dir / ".lock"):
             self._versions = None
             if self.exists():
                 return False, self.current()
-            vaults = list(self.home.orgs_dir.glob("*.vault")) if self.home.orgs_dir.exists() else []
+            vaults = list_orgs()
             if vaults:
                 # A new key could never open them: the registry was lost, not never made.
                 raise KeystoreError(

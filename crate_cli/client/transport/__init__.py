@@ -1,4 +1,4 @@
-"""Client-side transports to the API core: in-process (loopback) and, later, HTTP."""
+"""Client-side transports to the API core: in-process (loopback.py) and HTTP (http.py)."""
 
 from __future__ import annotations
 

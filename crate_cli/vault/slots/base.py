@@ -1,7 +1,7 @@
 """The seam for key-slot providers.
 
 A slot holds one master key version, sealed by something outside the vault:
-a key file, a passphrase, and (later) a TPM, the OS keystore or an HSM. Each
+a key file, a passphrase, a TPM 2.0, the OS keyring or an HSM (PKCS#11). Each
 provider turns the 32-byte master key into a JSON-able `params` dict and back.
 Providers raise `KeystoreError` (exit 6) when they cannot unseal, with a
 message that says what to do.

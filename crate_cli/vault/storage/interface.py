@@ -502,6 +502,11 @@ class Storage(Protocol):
         """A value that changes whenever an org is created or deleted."""
         ...
 
+    def org_marker(self, org: str) -> Hashable:
+        """A value that changes whenever the org's data may have changed, had
+        without opening it (`crate run --watch` polls it)."""
+        ...
+
     def open_org(self, org: str) -> OrgStore:
         """NotFound when there is no such org."""
         ...

@@ -50,6 +50,17 @@ class SqliteStorage:
             return None
         return (info.st_ino, info.st_mtime_ns)
 
+    def org_marker(self, org: str) -> Hashable:
+        # A write lands in the WAL; a checkpoint then changes the file itself.
+        state = []
+        for path in journal_files(self.home.vault_path(org))[:2]:
+            try:
+                info = path.stat()
+                state.append((info.st_mtime_ns, info.st_size))
+            except OSError:
+                state.append((0, 0))
+        return tuple(state)
+
     def open_org(self, org: str) -> SqliteOrgStore:
         return SqliteOrgStore.open(self.home.vault_path(org), org)
 
