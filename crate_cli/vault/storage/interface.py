@@ -498,10 +498,6 @@ class Storage(Protocol):
 
     def list_orgs(self) -> list[str]: ...
     def org_exists(self, org: str) -> bool: ...
-    def orgs_marker(self) -> Hashable:
-        """A value that changes whenever an org is created or deleted."""
-        ...
-
     def org_marker(self, org: str) -> Hashable:
         """A value that changes whenever the org's data may have changed, had
         without opening it (`crate run --watch` polls it)."""

@@ -42,14 +42,6 @@ class SqliteStorage:
     def org_exists(self, org: str) -> bool:
         return self.home.vault_path(org).exists()
 
-    def orgs_marker(self) -> Hashable:
-        # A file linked into the folder, or renamed out of it, changes its mtime.
-        try:
-            info = os.stat(self.home.orgs_dir)
-        except FileNotFoundError:
-            return None
-        return (info.st_ino, info.st_mtime_ns)
-
     def org_marker(self, org: str) -> Hashable:
         # A write lands in the WAL; a checkpoint then changes the file itself.
         state = []
