@@ -13,9 +13,10 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from crate_cli.errors import CrateError, InvalidInput, NotPrivate
+from crate_cli.records import Record
 
 APP_NAME = "crate"
 SETTINGS_FILE = "settings.toml"
@@ -53,7 +54,7 @@ CREDENTIAL_VARIABLES = (
 )
 
 
-class CrateHome(NamedTuple):
+class CrateHome(Record):
     """Where crate keeps its files."""
 
     data_dir: Path

@@ -11,11 +11,12 @@ server's refusal of the token (a revocation) the next time it is asked.
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from crate_cli.client.secrets import RetrievedColumns, SecretsClient
 from crate_cli.config import CrateHome, ensure_private_dir, write_private_file
 from crate_cli.errors import CrateError, InvalidInput, NotFound, Unauthorized
+from crate_cli.records import Record
 from crate_cli.vault.crypto import sha256_hex
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ FALLBACK_PURPOSE = "crate/fallback/v2"
 DEFAULT_FALLBACK_MAX_AGE = 7 * 86400.0
 
 
-class FallbackPolicy(NamedTuple):
+class FallbackPolicy(Record):
     """When a remote client may use its offline copy."""
 
     mode: str = "auto"  # auto: when unreachable; only: never contact; never: no copy

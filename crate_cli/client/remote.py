@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from crate_cli.config import CrateHome, ensure_private_dir, write_private_file
 from crate_cli.errors import (
@@ -31,6 +31,7 @@ from crate_cli.errors import (
     InvalidInput,
     UnsupportedVersion,
 )
+from crate_cli.records import Record
 from crate_cli.vault.crypto import sha256_hex
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class Credentials:
         (self.folder / label).unlink(missing_ok=True)
 
 
-class Login(NamedTuple):
+class Login(Record):
     server: str
     org: str | None
     ca_file: str | None
@@ -145,7 +146,7 @@ def copy_binding(login: Login | None, server: str, token: str) -> str:
 # -- pinned org keys ----------------------------------------------------------
 
 
-class Pin(NamedTuple):
+class Pin(Record):
     """An org public key the user trusts for one server."""
 
     kid: str
@@ -319,7 +320,7 @@ def trusted_key(
     return pin.key()
 
 
-class LoggedIn(NamedTuple):
+class LoggedIn(Record):
     """A login that succeeded: who the token says the caller is, its org, the
     org key pinned, and whether that key was trusted on first use."""
 
@@ -352,7 +353,7 @@ def log_in(
     return LoggedIn(who, org, pin, expected is None and before is None)
 
 
-class Remote(NamedTuple):
+class Remote(Record):
     """The server this command talks to, and with what."""
 
     server: str

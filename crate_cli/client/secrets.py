@@ -12,11 +12,12 @@ this module does not care.
 
 import json
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from crate_cli.client.ephemeral import DEFAULT_EPHEMERAL_BITS, EphemeralKey, take
 from crate_cli.client.transport import Transport
 from crate_cli.errors import IntegrityError
+from crate_cli.records import Record
 from crate_cli.vault import jwe
 from crate_cli.vault.names import (
     all_secret_names,
@@ -33,13 +34,13 @@ if TYPE_CHECKING:
 AUDIT_PAGE = 10_000
 
 
-class RetrievedSecret(NamedTuple):
+class RetrievedSecret(Record):
     name: str
     value: str
     version: int
 
 
-class RetrievedColumns(NamedTuple):
+class RetrievedColumns(Record):
     """A retrieval as three lists of equal length (no object per secret)."""
 
     names: list[str]

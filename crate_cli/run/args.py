@@ -9,16 +9,17 @@ shell completion of the options.
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from crate_cli.errors import InvalidInput
+from crate_cli.records import Record
 from crate_cli.run.launch import MINIMAL_ENVIRONMENT
 
 if TYPE_CHECKING:
     from crate_cli.client.fallback import FallbackPolicy
 
 
-class RunArgs(NamedTuple):
+class RunArgs(Record):
     names: list[str]
     org: str | None
     env: str | None

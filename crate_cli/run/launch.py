@@ -9,16 +9,16 @@ crate. argv is passed as a list and never through a shell. The supervisor
 import os
 import sys
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
 
 from crate_cli.config import CREDENTIAL_VARIABLES
 from crate_cli.errors import CommandNotExecutable, CommandNotFound, CrateError
+from crate_cli.records import Record
 
 # What `--no-inherit-env` keeps of the inherited environment.
 MINIMAL_ENVIRONMENT = ("PATH", "HOME", "USER", "TERM", "LANG")
 
 
-class Launch(NamedTuple):
+class Launch(Record):
     """What one start of the command gets (the exec, or each start under --watch)."""
 
     env: dict[str, str]

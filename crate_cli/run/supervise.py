@@ -48,8 +48,9 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
+from crate_cli.records import Record
 from crate_cli.run.launch import Launch, exit_status, resolve_command, start_failure
 from crate_cli.run.mask import Masker
 from crate_cli.run.mount import write_all
@@ -156,7 +157,7 @@ def _copy_window_size(source: int, target: int) -> None:
         fcntl.ioctl(target, termios.TIOCSWINSZ, size)
 
 
-class Watch(NamedTuple):
+class Watch(Record):
     """`crate run --watch`: when `changed()` (cheap, polled), `reload()` gives
     the next Launch, or raises CrateError when the new values do not resolve."""
 

@@ -40,10 +40,11 @@ import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qsl
 
 from crate_cli.errors import CrateError, InvalidInput, PayloadTooLarge, RateLimited, Unauthorized
+from crate_cli.records import Record
 from crate_cli.server.guard import AuthFailures, client_key
 from crate_cli.vault.api import (
     ApiCore,
@@ -65,7 +66,7 @@ Send = Callable[[Message], Awaitable[None]]
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 
 
-class Limits(NamedTuple):
+class Limits(Record):
     max_body: int = 1024 * 1024
     body_timeout: float = 10.0  # seconds to receive a whole body
     max_in_flight: int = 64  # authenticated requests being handled or waiting for a worker

@@ -15,16 +15,17 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from crate_cli.errors import InvalidInput, NotFound
+from crate_cli.records import Record
 from crate_cli.server.app import CrateApp, Limits
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 MAX_CONNECTIONS = 512
 
 
-class Listen(NamedTuple):
+class Listen(Record):
     host: str
     port: int
 
@@ -39,7 +40,7 @@ def parse_listen(text: str) -> Listen:
     return Listen(host, int(port))
 
 
-class Endpoint(NamedTuple):
+class Endpoint(Record):
     """Where `crate server` listens, and with which certificate: checked."""
 
     address: Listen | None  # None: on the unix socket

@@ -25,9 +25,10 @@ stops that writer and `verify()` with AuditChainBroken.
 import json
 import re
 from collections.abc import Iterable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from crate_cli.errors import AuditChainBroken, AuditSeqTaken, IntegrityError, KeystoreError
+from crate_cli.records import Record
 from crate_cli.vault import crypto
 from crate_cli.vault.keys import Caller, OrgKeys
 from crate_cli.vault.storage.interface import (
@@ -81,7 +82,7 @@ HINT = "see what changed with: crate audit verify; restore the vault from a back
 # What `query` filters by (storage's record).
 
 
-class Entry(NamedTuple):
+class Entry(Record):
     seq: int
     time: str
     actor: str
@@ -110,13 +111,13 @@ class Entry(NamedTuple):
         }
 
 
-class Anchor(NamedTuple):
+class Anchor(Record):
     seq: int
     mac: bytes
     enabled: bool
 
 
-class Verified(NamedTuple):
+class Verified(Record):
     entries: int
     head_mac: bytes
     pending: int  # entries recorded while locked, not chained yet

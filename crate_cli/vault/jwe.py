@@ -17,7 +17,7 @@ import binascii
 import json
 import math
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from crate_cli.errors import IntegrityError, MalformedJWE
+from crate_cli.records import Record
 
 ALG = "RSA-OAEP-256"
 ENC = "A256GCM"
@@ -74,7 +75,7 @@ def _oaep() -> padding.OAEP:
     )
 
 
-class Decrypted(NamedTuple):
+class Decrypted(Record):
     header: dict[str, Any]
     plaintext: bytes
 

@@ -9,9 +9,10 @@ to `on_unlock_failure` (the audit log's pending entry, vault/audit.py).
 """
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from crate_cli.errors import IntegrityError, InvalidSealedValue, KeystoreError
+from crate_cli.records import Record
 from crate_cli.vault import crypto
 from crate_cli.vault.masterkey import MasterKeys
 from crate_cli.vault.storage.interface import OrgReader, OrgStore, OrgWriter, WrappedKeyRow
@@ -37,7 +38,7 @@ def local_actor() -> str:
     return f"{user}@{os.uname().nodename}"
 
 
-class Caller(NamedTuple):
+class Caller(Record):
     """Who an entry is recorded for: the actor, through which client, and the
     id of the request (empty outside the API)."""
 

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from crate_cli.clock import utc_now
 from crate_cli.config import CrateHome, file_lock, write_private_file
@@ -27,6 +27,7 @@ from crate_cli.errors import (
     NotFound,
     UnsupportedVersion,
 )
+from crate_cli.records import Record
 from crate_cli.vault import crypto
 from crate_cli.vault.slots import provider
 from crate_cli.vault.slots.base import OTHER_SLOT, SecretPrompt, SlotContext
@@ -35,14 +36,14 @@ REGISTRY_FILE = "master.json"
 REGISTRY_FORMAT = 1
 
 
-class SlotRecord(NamedTuple):
+class SlotRecord(Record):
     id: str
     type: str
     created_at: str
     params: dict[str, Any]
 
 
-class MasterVersion(NamedTuple):
+class MasterVersion(Record):
     version: int
     created_at: str
     slots: tuple[SlotRecord, ...]

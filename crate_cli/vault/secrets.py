@@ -6,14 +6,11 @@ and are unsealed here, checked, and encrypted under the 3-tier hierarchy;
 reads authenticate every row they use and leave as a bundle encrypted to
 the client's ephemeral key. Each function takes the org's keys
 (vault/keys.py); the facade (vault/service.py) finds them by org name.
-
-No `from __future__ import annotations`: the records are built on `crate
-run`'s path (tests/unit/test_startup_cost.py).
 """
 
 import json
 from collections.abc import Iterable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from crate_cli.clock import utc_now
 from crate_cli.errors import (
@@ -23,6 +20,7 @@ from crate_cli.errors import (
     InvalidSealedValue,
     NotFound,
 )
+from crate_cli.records import Record
 from crate_cli.vault import audit, crypto, jwe, references, rotation, snapshots
 from crate_cli.vault.environments import check_steering, require_env
 from crate_cli.vault.keys import Caller, OrgKeys
@@ -44,14 +42,14 @@ NO_SCOPE: frozenset[str] = frozenset()
 VersionAction = Literal["set", "delete", "rollback"]
 
 
-class SealedItem(NamedTuple):
+class SealedItem(Record):
     """A value to store, still sealed, as received from a client."""
 
     name: str
     tags: list[str] | None  # None keeps the tags the secret already has
 
 
-class SecretRecord(NamedTuple):
+class SecretRecord(Record):
     name: str
     env: str
     version: int
@@ -75,7 +73,7 @@ class SecretRecord(NamedTuple):
         return wire
 
 
-class SecretValue(NamedTuple):
+class SecretValue(Record):
     """A decrypted value, as a retrieval returns it."""
 
     name: str
@@ -83,7 +81,7 @@ class SecretValue(NamedTuple):
     value: str
 
 
-class ValueColumns(NamedTuple):
+class ValueColumns(Record):
     """Decrypted values as three lists of equal length, in name order: a whole
     environment's can be 10,000 long, and lists make no object per secret."""
 
@@ -92,14 +90,14 @@ class ValueColumns(NamedTuple):
     values: list[str]
 
 
-class Scope(NamedTuple):
+class Scope(Record):
     """What a token may reach: environments and tags (empty: no limit)."""
 
     envs: frozenset[str] = NO_SCOPE
     tags: frozenset[str] = NO_SCOPE
 
 
-class Limits(NamedTuple):
+class Limits(Record):
     """The settings a store obeys."""
 
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES

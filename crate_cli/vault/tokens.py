@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import json
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
 from crate_cli.errors import (
     Conflict,
@@ -29,6 +29,7 @@ from crate_cli.errors import (
     TokenExpired,
     Unauthorized,
 )
+from crate_cli.records import Record
 from crate_cli.vault import audit, crypto
 from crate_cli.vault.keys import ROLES, Caller, OrgKeys, Role
 from crate_cli.vault.names import check_env, check_tags, check_token_name
@@ -39,7 +40,7 @@ BODY_CHARS = 43  # 62**43 > 2**256
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
-class TokenInfo(NamedTuple):
+class TokenInfo(Record):
     """What a token may do; never the token itself."""
 
     name: str

@@ -1,60 +1,14 @@
 """Start-up costs that a test can pin down without timing anything.
 
-`typing.NamedTuple` compiles each field's annotation when it is a string
-(as `from __future__ import annotations` makes every annotation): 22 records
-on the path of `crate run` cost 8 ms that way, 2.5 ms without. The modules
-that define them therefore keep real annotations (docs/ARCHITECTURE.md).
+A `typing.NamedTuple` class compiles its constructor with `eval` when it is
+defined (about 0.2 ms each, more with string annotations), and `crate run`
+loads some fifty record classes: they are `crate_cli.records.Record`s,
+which cost a property per field (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
 import importlib
-import typing
-
-import pytest
-
-RUN_PATH_RECORDS = (
-    "crate_cli.client.fallback",
-    "crate_cli.client.secrets",
-    "crate_cli.config",
-    "crate_cli.run.args",
-    "crate_cli.run.launch",
-    "crate_cli.vault.api.auth",
-    "crate_cli.vault.api.core",
-    "crate_cli.vault.audit",
-    "crate_cli.vault.jwe",
-    "crate_cli.vault.masterkey",
-    "crate_cli.vault.keys",
-    "crate_cli.vault.secrets",
-    "crate_cli.vault.slots.base",
-    "crate_cli.vault.storage.interface",
-)
-
-
-def _records(module_name: str) -> list[type]:
-    module = importlib.import_module(module_name)
-    return [
-        value
-        for value in vars(module).values()
-        if isinstance(value, type)
-        and issubclass(value, tuple)
-        and hasattr(value, "_fields")
-        and value.__module__ == module_name
-    ]
-
-
-@pytest.mark.parametrize("module_name", RUN_PATH_RECORDS)
-def test_records_on_the_run_path_have_evaluated_annotations(module_name: str) -> None:
-    records = _records(module_name)
-    assert records, f"{module_name} defines no NamedTuple any more: update RUN_PATH_RECORDS"
-    for record in records:
-        strings = {
-            field: hint
-            for field, hint in record.__annotations__.items()
-            if isinstance(hint, (str, typing.ForwardRef))
-        }
-        assert not strings, f"{record.__qualname__}: annotations left as strings: {strings}"
-
 
 # Modules that `crate run` must not import: each costs milliseconds on every
 # dev command, and none is needed to start one (docs/ARCHITECTURE.md).
@@ -112,3 +66,35 @@ def test_crate_run_imports_nothing_it_does_not_need(tmp_path: object) -> None:
     loaded = set(done.stdout.split())
     assert "crate_cli.run.command" in loaded  # it did run
     assert not loaded & set(NOT_ON_THE_RUN_PATH), loaded & set(NOT_ON_THE_RUN_PATH)
+    ours = sorted(m for m in loaded if m.startswith("crate_cli."))
+    assert "crate_cli.vault.storage.interface" in ours
+    assert not [name for m in ours for name in _named_tuples(m)]
+    assert [name for m in ours for name in _records(m)], "no record on the path: test the test"
+
+
+def _classes(module_name: str) -> list[type]:
+    module = importlib.import_module(module_name)
+    return [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type) and value.__module__ == module_name
+    ]
+
+
+def _named_tuples(module_name: str) -> list[str]:
+    """The typing.NamedTuple (or collections.namedtuple) classes a module defines."""
+    return [
+        f"{module_name}.{c.__qualname__}"
+        for c in _classes(module_name)
+        if issubclass(c, tuple) and hasattr(c, "_field_defaults")
+    ]
+
+
+def _records(module_name: str) -> list[str]:
+    from crate_cli.records import Record
+
+    return [
+        f"{module_name}.{c.__qualname__}"
+        for c in _classes(module_name)
+        if issubclass(c, Record) and c is not Record
+    ]

@@ -8,9 +8,10 @@ not served, answers a token as a bad token does, after the same work.
 """
 
 import time
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from crate_cli.errors import Forbidden, NotFound, TokenExpired, Unauthorized
+from crate_cli.records import Record
 from crate_cli.vault.keys import Caller, OrgKeys, Role
 from crate_cli.vault.service import VaultService
 
@@ -33,7 +34,7 @@ _NEEDS_TEXT: dict[Permission, str] = {
 }
 
 
-class Principal(NamedTuple):
+class Principal(Record):
     """Who is calling: the actor recorded in history, through which client, and
     what they may do (empty envs or tags: no limit)."""
 

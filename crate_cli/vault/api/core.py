@@ -13,9 +13,10 @@ response and records what was denied or failed in the org's audit log.
 import os
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 from crate_cli.errors import CrateError, Forbidden, KeystoreError, NotFound, Unauthorized
+from crate_cli.records import Record
 from crate_cli.vault import audit
 from crate_cli.vault.api.auth import Denials, Permission, Principal, TokenCheck, authorize
 from crate_cli.vault.audit import Action
@@ -26,7 +27,7 @@ from crate_cli.vault.service import VaultService
 MAX_RETRIEVE_NAMES = 1000
 
 
-class Request(NamedTuple):
+class Request(Record):
     """One API call. `principal` is None when the caller must authenticate
     with `token` (the HTTP server); transports that know the caller set it."""
 
@@ -39,13 +40,13 @@ class Request(NamedTuple):
     request_id: str = ""  # made up by the core when the transport has none
 
 
-class Response(NamedTuple):
+class Response(Record):
     status: int
     body: dict[str, Any]
     headers: tuple[tuple[str, str], ...] = ()  # extra HTTP headers (Allow on a 405)
 
 
-class Call(NamedTuple):
+class Call(Record):
     """A routed request: its authenticated principal and path parameters.
     Handlers note the environment and names they act on in `noted`, for the
     audit entry of a denial or failure."""
@@ -83,7 +84,7 @@ class Call(NamedTuple):
 Handler = Callable[[VaultService, Call], Response]
 
 
-class Route(NamedTuple):
+class Route(Record):
     method: str
     pattern: tuple[str, ...]  # a segment `{x}` matches any one segment
     need: Permission | None  # None: any authenticated caller

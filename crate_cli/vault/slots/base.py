@@ -12,10 +12,11 @@ import binascii
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from crate_cli.config import CrateHome
 from crate_cli.errors import KeystoreError
+from crate_cli.records import Record
 from crate_cli.vault import crypto
 
 # The hint of a slot that failed when other slots may still unlock the key.
@@ -31,7 +32,7 @@ SlotKind = Literal["tpm2", "keyring", "pkcs11", "passphrase", "file"]
 SecretPrompt = Callable[[str], str]
 
 
-class SlotContext(NamedTuple):
+class SlotContext(Record):
     """What a provider may use: where files go, the environment, a prompt."""
 
     home: CrateHome

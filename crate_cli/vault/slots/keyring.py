@@ -32,9 +32,10 @@ import os
 import sys
 from collections.abc import Callable
 from contextlib import closing
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from crate_cli.errors import IntegrityError, KeystoreError
+from crate_cli.records import Record
 from crate_cli.threads import start_thread
 from crate_cli.vault import crypto
 from crate_cli.vault.slots.base import OTHER_SLOT, SlotContext, SlotProvider, b64, slot_aad, unb64
@@ -65,7 +66,7 @@ class _Problem(Exception):
         self.short = short or reason  # for `auto`, which prefixes "keyring: "
 
 
-class _Backend(NamedTuple):
+class _Backend(Record):
     impl: Any  # a keyring.backend.KeyringBackend
     name: str
     insecure: bool

@@ -19,21 +19,20 @@ versions ascending unless a method says otherwise.
 The SQLite implementation (storage/sqlite/) is the only one today; the
 SQLite features it relies on are listed in docs/ARCHITECTURE.md.
 
-No `from __future__ import annotations`: these records are built on `crate
-run`'s path, where NamedTuple fields given as strings cost start-up time
-(tests/unit/test_startup_cost.py). NamedTuples rather than frozen
-dataclasses for the same reason (a tenth of the cost per row, and no
-`dataclasses` import).
+Rows are `Record`s (crate_cli/records.py): typed like dataclasses, built
+and read like tuples, and cheap to define on `crate run`'s path.
 """
 
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import NamedTuple, Protocol
+from typing import Protocol
+
+from crate_cli.records import Record
 
 # -- keys ---------------------------------------------------------------------------------
 
 
-class WrappedKeyRow(NamedTuple):
+class WrappedKeyRow(Record):
     """An org data key or audit key, wrapped by master key `master_version`."""
 
     version: int
@@ -42,7 +41,7 @@ class WrappedKeyRow(NamedTuple):
     created_at: str
 
 
-class RsaKeyRow(NamedTuple):
+class RsaKeyRow(Record):
     """An org RSA key pair: the public half in clear, the private one wrapped."""
 
     kid: str
@@ -53,7 +52,7 @@ class RsaKeyRow(NamedTuple):
     active: int
 
 
-class MasterUse(NamedTuple):
+class MasterUse(Record):
     """How many keys of each kind each master key version wraps."""
 
     data_keys: dict[int, int]
@@ -61,7 +60,7 @@ class MasterUse(NamedTuple):
     audit_keys: dict[int, int]
 
 
-class KeysBelow(NamedTuple):
+class KeysBelow(Record):
     """The keys wrapped by a master key version older than a given one."""
 
     data_keys: list[WrappedKeyRow]
@@ -69,7 +68,7 @@ class KeysBelow(NamedTuple):
     rsa_keys: list[RsaKeyRow]
 
 
-class DataKeyUsage(NamedTuple):
+class DataKeyUsage(Record):
     version: int
     master_version: int
     created_at: str
@@ -79,7 +78,7 @@ class DataKeyUsage(NamedTuple):
 # -- secrets ------------------------------------------------------------------------------
 
 
-class HeadFields(NamedTuple):
+class HeadFields(Record):
     """What a write puts in a secret's head: its six MAC'd fields, then the MAC."""
 
     name: str
@@ -91,7 +90,7 @@ class HeadFields(NamedTuple):
     mac: bytes
 
 
-class HeadRow(NamedTuple):
+class HeadRow(Record):
     """A secret's head as read: the six MAC'd fields and the MAC (as
     HeadFields), storage's id of the secret, and the newest version its
     history holds (None: none)."""
@@ -107,7 +106,7 @@ class HeadRow(NamedTuple):
     newest: int | None
 
 
-class ValueRow(NamedTuple):
+class ValueRow(Record):
     """A head (its MAC'd fields, its MAC, the newest version of its history)
     and the version a read chose. The last six fields are the chosen version
     row's MAC'd fields after its version, and its MAC: only asked for when a
@@ -133,7 +132,7 @@ class ValueRow(NamedTuple):
     version_mac: bytes | None
 
 
-class VersionRow(NamedTuple):
+class VersionRow(Record):
     """One version of a secret for its history: the six MAC'd fields, the
     MAC, and whether it holds no value (a deletion; not MAC'd)."""
 
@@ -147,7 +146,7 @@ class VersionRow(NamedTuple):
     deleted: int
 
 
-class NewVersion(NamedTuple):
+class NewVersion(Record):
     version: int
     action: str
     dek_version: int | None  # None for a deletion
@@ -159,7 +158,7 @@ class NewVersion(NamedTuple):
     mac: bytes
 
 
-class RotationRow(NamedTuple):
+class RotationRow(Record):
     """A version that holds a wrapped DEK, with its secret's place: what a
     rotation rewraps. `version` to `mac` are the version row's MAC'd fields
     and its MAC."""
@@ -177,13 +176,13 @@ class RotationRow(NamedTuple):
     secret_id: int
 
 
-class VersionMac(NamedTuple):
+class VersionMac(Record):
     secret_id: int
     version: int
     mac: bytes
 
 
-class VersionRewrap(NamedTuple):
+class VersionRewrap(Record):
     """A version moved to another org DEK: its new wrapped DEK and MAC."""
 
     dek_version: int
@@ -193,7 +192,7 @@ class VersionRewrap(NamedTuple):
     version: int
 
 
-class SnapshotRow(NamedTuple):
+class SnapshotRow(Record):
     dek_version: int
     wrapped_dek: bytes
     ciphertext: bytes
@@ -202,14 +201,14 @@ class SnapshotRow(NamedTuple):
 # -- org policy and tokens ----------------------------------------------------------------
 
 
-class AllowedNameRow(NamedTuple):
+class AllowedNameRow(Record):
     name: str
     allowed_at: str
     actor: str
     mac: bytes
 
 
-class EndedAllowanceRow(NamedTuple):
+class EndedAllowanceRow(Record):
     name: str
     allowed_at: str
     ended_at: str
@@ -217,7 +216,7 @@ class EndedAllowanceRow(NamedTuple):
     mac: bytes
 
 
-class TokenRow(NamedTuple):
+class TokenRow(Record):
     """An API token's row: seven MAC'd fields (then its hash, MAC'd as hex), the MAC."""
 
     name: str
@@ -231,7 +230,7 @@ class TokenRow(NamedTuple):
     mac: bytes
 
 
-class RevocationRow(NamedTuple):
+class RevocationRow(Record):
     hash: bytes
     name: str
     revoked_at: str
@@ -242,7 +241,7 @@ class RevocationRow(NamedTuple):
 # -- audit --------------------------------------------------------------------------------
 
 
-class PendingFields(NamedTuple):
+class PendingFields(Record):
     """An audit entry recorded without the audit key (a failed unlock): the
     entry's fields but its sequence number and MAC."""
 
@@ -257,12 +256,12 @@ class PendingFields(NamedTuple):
     details: str  # JSON text
 
 
-class PendingRow(NamedTuple):
+class PendingRow(Record):
     id: int
     fields: PendingFields
 
 
-class AuditEntryRow(NamedTuple):
+class AuditEntryRow(Record):
     """An audit entry: its ten fields in MAC order, then the MAC."""
 
     seq: int
@@ -278,12 +277,12 @@ class AuditEntryRow(NamedTuple):
     mac: bytes
 
 
-class AuditPageRow(NamedTuple):
+class AuditPageRow(Record):
     entry: AuditEntryRow
     prev_mac: bytes | None  # the MAC of entry seq - 1 (None: it is missing)
 
 
-class ChainRow(NamedTuple):
+class ChainRow(Record):
     """One step of a walk of the whole chain: the ten fields' text forms
     (str() of each) joined by NUL, as the MAC covers them."""
 
@@ -294,14 +293,14 @@ class ChainRow(NamedTuple):
     mac: bytes
 
 
-class AnchorRow(NamedTuple):
+class AnchorRow(Record):
     seq: int
     mac: bytes
     enabled: int  # as stored: the tag covers the integer
     tag: bytes
 
 
-class AuditFilter(NamedTuple):
+class AuditFilter(Record):
     since: str | None = None  # UTC time, as utc_now() writes it
     actor: str | None = None
     action: str | None = None
