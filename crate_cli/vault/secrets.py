@@ -8,9 +8,11 @@ the client's ephemeral key. Each function takes the org's keys
 (vault/keys.py); the facade (vault/service.py) finds them by org name.
 """
 
+from __future__ import annotations
+
 import json
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from crate_cli.clock import utc_now
 from crate_cli.errors import (
@@ -21,7 +23,7 @@ from crate_cli.errors import (
     NotFound,
 )
 from crate_cli.records import Record
-from crate_cli.vault import audit, crypto, jwe, references, rotation, snapshots
+from crate_cli.vault import audit, crypto, jwe, snapshots
 from crate_cli.vault.environments import check_steering, require_env
 from crate_cli.vault.keys import Caller, OrgKeys
 from crate_cli.vault.names import check_env, check_secret_name, check_tags, check_value
@@ -33,6 +35,9 @@ from crate_cli.vault.storage.interface import (
     OrgWriter,
     ValueRow,
 )
+
+if TYPE_CHECKING:
+    from crate_cli.vault.references import Key
 
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
 # The largest version number storage holds (a signed 64-bit integer).
@@ -276,6 +281,8 @@ def store_sealed(
     check_env(env)
     values = unseal_values(keys, env, items, batch, limits.max_value_bytes)
     warnings = check_references(keys, env, {item.name: text for item, text in values}, scope)
+    from crate_cli.vault import rotation  # only a store can be due to rotate
+
     rotation.rotate_if_due(keys, limits.rotate_every, caller)
     now = utc_now()
     with keys.store.write() as db:
@@ -728,8 +735,10 @@ def check_references(
     deeper than MAX_DEPTH): a value may not make the server hand a reader
     what its writer could not read (DESIGN §9). Returns warnings by name:
     a `${` that is not a reference, a reference to nothing (yet)."""
+    from crate_cli.vault import references
+
     warnings: dict[str, list[str]] = {}
-    known: dict[references.Key, str] = {}
+    known: dict[Key, str] = {}
     for name, text in values.items():
         if not references.has_references(text):
             continue
@@ -758,7 +767,7 @@ def check_references(
                     known[ref] = value
                     reached.append(ref)
         frontier = [key for key in reached if references.has_references(known[key])]
-    done: set[references.Key] = set()
+    done: set[Key] = set()
     for start in starts:
         _check_chain(start, known, env, [], done)
     return warnings
@@ -766,8 +775,8 @@ def check_references(
 
 def _reference_target(
     keys: OrgKeys,
-    ref: references.Key,
-    start: references.Key,
+    ref: Key,
+    start: Key,
     env: str,
     scope: Scope,
     warnings: dict[str, list[str]],
@@ -777,6 +786,8 @@ def _reference_target(
     reference when the writer could not read it. A reference to nothing
     is refused to a writer limited to tags (what appears there later may
     carry tags it cannot read) and is a warning for any other."""
+    from crate_cli.vault import references
+
     ref_env, ref_name = ref
     shown = f"the value of {start[1]} refers to {references.show(ref, env)}"
     if scope.envs and ref_env not in scope.envs:
@@ -807,15 +818,17 @@ def _reference_target(
 
 
 def _check_chain(
-    key: references.Key,
-    known: dict[references.Key, str],
+    key: Key,
+    known: dict[Key, str],
     env: str,
-    chain: list[references.Key],
-    done: set[references.Key],
+    chain: list[Key],
+    done: set[Key],
 ) -> None:
     """Refuse references from `key` that come back to a secret on the way
     (a cycle) or go deeper than MAX_DEPTH; `known` holds every value reached,
     `done` the secrets already shown to end (each is walked once)."""
+    from crate_cli.vault import references
+
     if key in done:
         return
     if key in chain:
