@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner, assert_clean_error
+
+from tests.support.crate_runner import CrateRunner, assert_clean_error
+from tests.support.processes import TRAP_SIGTERM
 
 pytestmark = pytest.mark.e2e
 
@@ -204,22 +206,6 @@ def test_same_pid_as_crate(home: CrateRunner) -> None:
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert int(out) == proc.pid
-
-
-TRAP_SIGTERM = """
-import os, signal, sys, time
-marker, ready = sys.argv[1], sys.argv[2]
-def on_term(signum, frame):
-    with open(marker, "a") as f:
-        f.write("TERM\\n")
-    sys.exit(42)
-signal.signal(signal.SIGTERM, on_term)
-with open(ready + ".tmp", "w") as f:
-    f.write(str(os.getpid()))
-os.rename(ready + ".tmp", ready)
-while True:
-    time.sleep(0.05)
-"""
 
 
 def test_sigterm_reaches_the_command_exactly_once(home: CrateRunner, tmp_path: Path) -> None:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import CrateRunner, assert_clean_error
-from terminal import Terminal
+
+from tests.support.crate_runner import CrateRunner, assert_clean_error
+from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.e2e
 

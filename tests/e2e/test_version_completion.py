@@ -18,9 +18,10 @@ from pathlib import Path
 
 import cryptography
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error, require_tool
 
 import crate_cli
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.e2e
 

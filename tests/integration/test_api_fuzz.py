@@ -28,13 +28,13 @@ from typing import Any, NamedTuple
 import pytest
 import requests
 import schemathesis
-from conftest import CrateRunner
-from crate_server import CrateServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from crate_cli.vault import jwe
+from tests.support.crate_runner import CrateRunner
+from tests.support.crate_server import CrateServer
 
 OPENAPI = Path(__file__).resolve().parents[2] / "crate_cli" / "server" / "openapi.json"
 DOCUMENT = json.loads(OPENAPI.read_text())

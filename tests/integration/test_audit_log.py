@@ -39,14 +39,14 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
-from conftest import CrateRunner, Result
-from crate_server import CrateServer
-from vault_state import restore_triggers, run_sql
 
 from crate_cli.errors import ExitCode, IntegrityError
 from crate_cli.vault import crypto
 from crate_cli.vault.keys import local_actor
 from crate_cli.vault.storage.sqlite.schema import expected_schema
+from tests.support.crate_runner import CrateRunner, Result
+from tests.support.crate_server import CrateServer
+from tests.support.vault_state import restore_triggers, run_sql
 
 ORG = "personal"
 ACTOR = local_actor()  # the subprocesses inherit this process's USER/LOGNAME

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error
-from vault_state import restore_triggers, run_sql
 
 from crate_cli.clock import utc_now
 from crate_cli.errors import ExitCode
 from crate_cli.vault import crypto
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
+from tests.support.vault_state import restore_triggers, run_sql
 
 ORG = "personal"
 TRIGGERS = (

@@ -17,8 +17,6 @@ import pytest
 
 from crate_cli.errors import ExitCode
 
-pytest_plugins = ["crate_integration_fixtures"]
-
 WRITES = 50
 
 # A writer: runs `crate secrets set NAME -` for each (name, value), one process each.

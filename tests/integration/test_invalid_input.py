@@ -16,8 +16,6 @@ import pytest
 from crate_cli.errors import ExitCode
 from crate_cli.vault.names import ENV_RULE, ORG_RULE, SECRET_RULE, TAG_RULE
 
-pytest_plugins = ["crate_integration_fixtures"]
-
 LIMIT = 64 * 1024
 
 

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from conftest import CrateRunner, assert_clean_error
-from keyring_service import (
-    SecretService,
-)
 
 from crate_cli.errors import ExitCode
+from tests.support.crate_runner import CrateRunner, assert_clean_error
+from tests.support.keyring_service import (
+    SecretService,
+)
 
 # A locked keyring must fail in much less than this (the slot's own deadline is 10 s).
 FAST = 8.0

@@ -15,11 +15,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from vault_state import home_state
 
 from crate_cli.errors import ExitCode
-
-pytest_plugins = ["crate_integration_fixtures"]
+from tests.support.vault_state import home_state
 
 VALUE = "keyslot-test-value-a71c"
 PASSPHRASE = "correct horse battery staple"

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error
-from keyring_service import SecretService
-from tpm_simulator import Swtpm
 
 from crate_cli.errors import ExitCode
 from crate_cli.session import Session
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
+from tests.support.keyring_service import SecretService
+from tests.support.tpm_simulator import Swtpm
 
 ORGS = ("alpha", "beta", "gamma")
 PER_ORG = 334  # about 1,000 secrets in all

@@ -8,11 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner, assert_clean_error, require_tool
-from softhsm_token import Token
-from vault_state import vault_rows
 
 from crate_cli.errors import ExitCode
+from tests.support.crate_runner import CrateRunner, assert_clean_error
+from tests.support.softhsm_token import Token
+from tests.support.tools import require_tool
+from tests.support.vault_state import vault_rows
 
 
 @pytest.fixture

@@ -10,15 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CrateRunner, assert_clean_error
 
 from crate_cli.client.secrets import SecretsClient
 from crate_cli.config import CrateHome, Settings
 from crate_cli.errors import ExitCode, IntegrityError, InvalidInput
 from crate_cli.vault import jwe
-
-pytest_plugins = ["crate_integration_fixtures"]
-
+from tests.support.crate_runner import CrateRunner, assert_clean_error
 
 # -- an older, authentic head row copied back ----------------------------------------
 

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CrateRunner, assert_clean_error
-from crate_integration_fixtures import session_at
-from vault_state import run_sql
 
 from crate_cli.errors import ExitCode
 from crate_cli.vault import keys as vault_keys
+from tests.support.crate_runner import CrateRunner, assert_clean_error
+from tests.support.homes import session_at
+from tests.support.vault_state import run_sql
 
 # env -> name -> the value of each version, oldest first (None: a deletion).
 Model = dict[str, dict[str, list[str | None]]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from conftest import CrateRunner
+from tests.support.crate_runner import CrateRunner
 
 
 def data_keys(crate: CrateRunner) -> tuple[list[dict], str | None]:

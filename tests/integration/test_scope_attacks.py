@@ -19,14 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner
-from crate_server import CrateServer
-from vault_state import restore_triggers, run_sql
 
 from crate_cli.client.ephemeral import EphemeralKey
 from crate_cli.client.secrets import SecretsClient
 from crate_cli.client.transport.http import HttpTransport
 from crate_cli.errors import Forbidden, InvalidInput, Unauthorized
+from tests.support.crate_runner import CrateRunner
+from tests.support.crate_server import CrateServer
+from tests.support.vault_state import restore_triggers, run_sql
 
 ORG = "personal"
 

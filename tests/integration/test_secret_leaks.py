@@ -16,8 +16,6 @@ import pytest
 
 from crate_cli.errors import ExitCode
 
-pytest_plugins = ["crate_integration_fixtures"]
-
 VALUE = "Zq7-leak-canary-4f1e9b2d-do-not-print"
 LEAKED = "second-canary-8c3a51e0-never-shown"
 

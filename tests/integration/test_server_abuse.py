@@ -1,6 +1,6 @@
 """`crate server` against strangers: starving it, guessing tokens, probing for orgs.
 
-Real `crate server` processes on 127.0.0.1 (tests/crate_server.py), attacked
+Real `crate server` processes on 127.0.0.1 (tests/support/crate_server.py), attacked
 over real sockets. Linux routes all of 127/8 to loopback, so binding a client
 socket to 127.0.x.y gives each attacker and each teammate an address of its
 own, as the server counts them.
@@ -35,8 +35,9 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import CrateRunner
-from crate_server import CrateServer
+
+from tests.support.crate_runner import CrateRunner
+from tests.support.crate_server import CrateServer
 
 ORG = "personal"
 OTHER = "acme"  # exists in the home

@@ -1,6 +1,6 @@
 """`crate server` over real HTTP: real server processes, real sockets.
 
-Each server is a `crate server --listen 127.0.0.1:0` process (tests/crate_server.py)
+Each server is a `crate server --listen 127.0.0.1:0` process (tests/support/crate_server.py)
 in a copy of one template home made once per module (master key, org
 `personal`, an admin and a reader token). Most tests share one server with the
 default limits; the tests of a limit (timeouts, the in-flight cap), of TLS, of
@@ -33,9 +33,6 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error
-from crate_server import CrateServer
-from tls_ca import make_tls
 
 from crate_cli.client.ephemeral import EphemeralKey
 from crate_cli.client.secrets import SecretsClient
@@ -44,6 +41,9 @@ from crate_cli.errors import CrateError, ServerUnreachable, TlsFailure
 from crate_cli.server.app import OPENAPI_PATH
 from crate_cli.vault import jwe
 from crate_cli.vault.api import MAX_RETRIEVE_NAMES
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
+from tests.support.crate_server import CrateServer
+from tests.support.tls_ca import make_tls
 
 ORG = "personal"
 SECRETS = f"/organization/{ORG}/secrets"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import CrateRunner, assert_clean_error
 
 from crate_cli.errors import ExitCode
+from tests.support.crate_runner import CrateRunner, assert_clean_error
 
 PASSPHRASE = "correct horse battery"
 WITH_PASSPHRASE = {"CRATE_PASSPHRASE": PASSPHRASE}
@@ -155,10 +155,8 @@ def test_a_slot_copied_from_another_home_is_refused(
     """Each home's master key has a check value: a slot that unseals some other
     key (here another home's file slot, copied in) is named as not holding
     this key, instead of failing later as damaged vault data."""
-    from conftest import CrateRunner as Runner
-
     crate("secrets", "set", "A", "1", check=True)
-    other = Runner(tmp_path_factory.mktemp("other") / "crate-home")
+    other = CrateRunner(tmp_path_factory.mktemp("other") / "crate-home")
     other("secrets", "set", "B", "2", check=True)
     registry = json.loads((crate.home / "keys" / "master.json").read_text())
     foreign = json.loads((other.home / "keys" / "master.json").read_text())

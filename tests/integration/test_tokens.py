@@ -27,14 +27,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error
-from crate_server import CrateServer
 
 from crate_cli.client.ephemeral import EphemeralKey
 from crate_cli.client.secrets import SecretsClient
 from crate_cli.client.transport.http import HttpTransport
 from crate_cli.errors import Forbidden, TokenExpired, Unauthorized
 from crate_cli.vault.tokens import new_token
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
+from tests.support.crate_server import CrateServer
 
 ORG = "personal"
 OTHER_ORG = "beta"

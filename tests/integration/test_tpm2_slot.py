@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error, require_tool
-from tpm_simulator import Swtpm
-from vault_state import vault_rows
 
 from crate_cli.config import Settings, resolve_home
 from crate_cli.errors import ExitCode
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
+from tests.support.tools import require_tool
+from tests.support.tpm_simulator import Swtpm
+from tests.support.vault_state import vault_rows
 
 VALUE = "tpm-guarded-value"
 PIN = "pin-5a7c19e3"

@@ -27,8 +27,6 @@ from crate_cli.errors import (
 )
 from crate_cli.vault.storage.sqlite.schema import SCHEMA_VERSION
 
-pytest_plugins = ["crate_integration_fixtures"]
-
 VALUE = "fault-test-value-5e1d0b"
 
 

@@ -17,8 +17,6 @@ import pytest
 
 from crate_cli.errors import ExitCode, IntegrityError
 
-pytest_plugins = ["crate_integration_fixtures"]
-
 Sql = Callable[..., list[tuple[object, ...]]]
 Retrieve = Callable[..., dict[str, str]]
 

@@ -18,12 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner, assert_clean_error
 
 from crate_cli.vault.storage.sqlite import schema as store
 from crate_cli.vault.storage.sqlite.store import SqliteOrgStore
-
-pytest_plugins = ["crate_integration_fixtures"]
+from tests.support.crate_runner import CrateRunner, assert_clean_error
 
 Sql = Callable[..., list[tuple[object, ...]]]
 
@@ -137,11 +135,10 @@ def test_a_trigger_planted_while_a_server_runs_is_caught_before_it_fires(
 ) -> None:
     """A long-running process keeps its connection: the next write checks the
     schema again when SQLite says it changed, before the trigger could run."""
-    from crate_server import CrateServer
-
     from crate_cli.client.secrets import SecretsClient
     from crate_cli.client.transport.http import HttpTransport
     from crate_cli.errors import IntegrityError
+    from tests.support.crate_server import CrateServer
 
     server = CrateServer(acme_home, "--org", "acme")
     token = server.token("ci", "admin", "--org", "acme")

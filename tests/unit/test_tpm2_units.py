@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tpm_simulator import Swtpm
 
 from crate_cli.config import CrateHome
 from crate_cli.errors import InvalidInput, KeystoreError
 from crate_cli.vault.slots import tpm2
 from crate_cli.vault.slots.base import SlotContext
+from tests.support.tpm_simulator import Swtpm
 
 NOWHERE = "device:/nonexistent/tpmrm0"
 

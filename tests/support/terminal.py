@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 
 import pexpect
-from conftest import CrateRunner
+
+from tests.support.crate_runner import CrateRunner
 
 
 class Terminal:

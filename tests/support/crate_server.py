@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import CrateRunner, crate_executable
+from tests.support.crate_runner import CrateRunner, crate_executable
 
 _SERVING = re.compile(r"crate: serving .* on (\S+) \(")
 

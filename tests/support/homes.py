@@ -1,8 +1,5 @@
-"""Fixtures for the integration tests: real homes, real vault files, real keys.
-
-Test modules load this file with `pytest_plugins = ["crate_integration_fixtures"]`
-(not a conftest.py: a second conftest module would shadow the
-`from conftest import ...` of the other test folders).
+"""Fixtures of real homes, real vault files, real keys (a pytest plugin that
+tests/conftest.py loads, so every layer has them).
 
 Building an org costs an RSA-3072 key generation, so one home with org
 `acme` and a few secrets is built once per test session through the real
@@ -17,10 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from vault_state import run_sql
 
 from crate_cli.session import Session
 from crate_cli.vault.orgs import create_org
+from tests.support.vault_state import run_sql
 
 # What the template home holds: org -> env -> name -> versions (oldest first).
 ACME_SECRETS: dict[str, dict[str, list[str]]] = {

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, require_tool
+
+from tests.support.tools import IN_CI, require_tool
 
 
 def require_tpm2_pytss() -> None:

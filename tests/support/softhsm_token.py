@@ -6,7 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
+
+from tests.support.tools import require_tool
 
 PIN = "1234"
 # Where distributions put SoftHSM2's module.

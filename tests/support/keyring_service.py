@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_tool
+
+from tests.support.tools import require_tool
 
 LOGIN_PASSWORD = "login-password"
 SECRETS_NAME = "org.freedesktop.secrets"
