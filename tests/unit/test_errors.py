@@ -17,9 +17,13 @@ from crate_cli.errors import (
     ExitCode,
     IntegrityError,
     InvalidInput,
+    InvalidSealedValue,
     KeystoreError,
     NotFound,
+    PayloadTooLarge,
+    SealedTransportRequired,
     Unauthorized,
+    error_from_api,
 )
 
 
@@ -93,3 +97,24 @@ def test_a_usage_error_from_click_renders_as_crate_s_own(
     assert err.startswith("crate: error: Invalid value for '--role': 'boss' is not one of ")
     assert err.endswith("\ncrate: see 'crate token create --help'\n")
     assert err.count("\n") == 2
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        InvalidInput,
+        PayloadTooLarge,
+        SealedTransportRequired,
+        InvalidSealedValue,
+        NotFound,
+        IntegrityError,
+        KeystoreError,
+        Conflict,
+    ],
+)
+def test_errors_keep_their_exit_code_across_the_wire(cls: type[CrateError]) -> None:
+    original = cls("message")
+    rebuilt = error_from_api(original.api_code, original.message)
+    assert rebuilt.exit_code == original.exit_code
+    assert rebuilt.api_code == original.api_code
+    assert rebuilt.message == "message"

@@ -1,14 +1,27 @@
-"""Start-up costs that a test can pin down without timing anything.
+"""What `crate run` loads on its way to the command, in a fresh Python.
 
-A `typing.NamedTuple` class compiles its constructor with `eval` when it is
-defined (about 0.2 ms each, more with string annotations), and `crate run`
-loads some fifty record classes: they are `crate_cli.records.Record`s,
-which cost a property per field (docs/ARCHITECTURE.md).
+Each module off the list costs milliseconds on every dev command, and a
+`typing.NamedTuple` class compiles its constructor with `eval` when it is
+defined (about 0.2 ms each, more with string annotations): `crate run`
+loads some fifty record classes, which are `crate_cli.records.Record`s and
+cost a property per field (docs/ARCHITECTURE.md). The home is written by the
+crate under test (the installed script or CRATE_BIN); the module list comes
+from this Python, which runs crate_cli's own entry point with execve stubbed
+out.
 """
 
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.crate_runner import CrateRunner
+
+pytestmark = pytest.mark.e2e
 
 # Modules that `crate run` must not import: each costs milliseconds on every
 # dev command, and none is needed to start one (docs/ARCHITECTURE.md).
@@ -41,24 +54,12 @@ main()
 """
 
 
-def test_crate_run_imports_nothing_it_does_not_need(tmp_path: object) -> None:
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    home = Path(str(tmp_path)) / "home"
-    env = {**os.environ, "CRATE_HOME": str(home), "CRATE_KEYSTORE": "file"}
-    env.pop("CRATE_SERVER", None)
-    subprocess.run(
-        [sys.executable, "-m", "crate_cli", "secrets", "set", "A=1", "B=${A}"],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+def test_crate_run_imports_nothing_it_does_not_need(tmp_path: Path) -> None:
+    crate = CrateRunner(tmp_path / "home")
+    crate("secrets", "set", "A=1", "B=${A}", check=True)
     done = subprocess.run(
         [sys.executable, "-c", RUN_AND_LIST_MODULES],
-        env=env,
+        env=crate.env(),
         check=True,
         capture_output=True,
         text=True,

@@ -1,5 +1,7 @@
-"""The names that steer processes (vault/names.py): the rule, and the fast check
-`crate run` uses, which must never miss a name the rule refuses."""
+"""Naming rules (crate_cli/vault/names.py): org, environment, secret and tag
+names, values and tags; and the names that steer processes: the rule, and
+the fast check `crate run` uses, which must never miss a name the rule
+refuses."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from crate_cli.errors import ExitCode, InvalidInput, PayloadTooLarge
+from crate_cli.vault import names
 from crate_cli.vault.names import (
     STEERING_NAMES,
     STEERING_PREFIXES,
@@ -161,3 +165,57 @@ def test_the_fast_check_of_many_names_finds_the_same(names: list[str]) -> None:
     filler = [f"SECRET_NUMBER_{i}" for i in range(2500)]
     expected = [n for n in names if steering_reason(n) is not None]
     assert steering_names([*filler, *names]) == expected
+
+
+@pytest.mark.parametrize(
+    ("check", "good", "bad"),
+    [
+        (names.check_org, ["acme", "my-team", "a" * 63], ["Acme", "-x", "a_b", "a" * 64, ""]),
+        (names.check_env, ["dev", "qa_1", "pr-12"], ["Dev", "_x", "a b", "a" * 64]),
+        (
+            names.check_secret_name,
+            ["DB_URL", "_x", "a1", "A" * 256],
+            ["1A", "A-B", "A B", "A" * 257, "", "A|B"],
+        ),
+        (names.check_tag, ["db", "v1.2", "a_b-c"], ["DB", ".x", "a/b", "a" * 64]),
+    ],
+)
+def test_name_rules(check: object, good: list[str], bad: list[str]) -> None:
+    assert callable(check)
+    for name in good:
+        assert check(name) == name
+    for name in bad:
+        with pytest.raises(InvalidInput) as caught:
+            check(name)
+        assert caught.value.exit_code == ExitCode.USAGE
+        assert "use " in caught.value.message
+
+
+def test_a_long_bad_name_is_not_echoed() -> None:
+    pasted = "sk_live_" + "x" * 100
+    with pytest.raises(InvalidInput) as caught:
+        names.check_org(pasted)
+    assert pasted not in caught.value.message
+
+
+def test_values_must_be_text_without_nul_and_within_the_limit() -> None:
+    assert names.check_value("A", "héllo".encode(), 100) == "héllo"
+    with pytest.raises(PayloadTooLarge):
+        names.check_value("A", b"x" * 101, 100)
+    with pytest.raises(InvalidInput):
+        names.check_value("A", b"\xff\xfe", 100)
+    with pytest.raises(InvalidInput):
+        names.check_value("A", b"a\x00b", 100)
+
+
+def test_tags_are_sorted_and_deduplicated() -> None:
+    assert names.check_tags(["db", "backend", "db"]) == ["backend", "db"]
+
+
+def test_all_secret_names_is_check_secret_name_for_each() -> None:
+    from crate_cli.vault.names import all_secret_names
+
+    assert all_secret_names([])
+    assert all_secret_names(["A", "_b", "C_1", "x" * 256])
+    for bad in (["A", "1B"], ["A\nB"], ["A", ""], ["A", "B-C"], ["x" * 257], ["A", 1], ["A\n"]):
+        assert not all_secret_names(bad), bad  # type: ignore[arg-type]

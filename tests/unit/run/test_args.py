@@ -1,13 +1,11 @@
-"""The click-free parsing and the environment of `crate run`."""
+"""The click-free parsing of `crate run`'s options (crate_cli/run/args.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from crate_cli.config import CREDENTIAL_VARIABLES
 from crate_cli.errors import InvalidInput
 from crate_cli.run.args import RunArgs, check_run_args, parse_run_args
-from crate_cli.run.launch import child_environment
 
 
 def test_parses_names_and_options_in_any_order() -> None:
@@ -72,12 +70,6 @@ def test_every_option_parses() -> None:
     assert parsed.inherit_env is False
     assert (parsed.name_transformer, parsed.raw, parsed.shell_command) == ("camel", True, "echo hi")
     assert parse_run_args(["--preserve-env"], {}).preserve_env is True  # type: ignore[union-attr]
-
-
-def test_secrets_override_inherited_and_credentials_are_dropped() -> None:
-    inherited = {"PATH": "/bin", "TOKEN": "old", **{v: "secret" for v in CREDENTIAL_VARIABLES}}
-    env = child_environment(inherited, [("TOKEN", "new"), ("EXTRA", "1")])
-    assert env == {"PATH": "/bin", "TOKEN": "new", "EXTRA": "1"}
 
 
 @pytest.mark.parametrize(
