@@ -32,6 +32,11 @@ ACME_SECRETS: dict[str, dict[str, list[str]]] = {
 }
 
 
+def all_values(acme_secrets: dict[str, dict[str, list[str]]]) -> list[str]:
+    """Every value the template home ever held (for checks that none leaks)."""
+    return [v for names in acme_secrets.values() for vs in names.values() for v in vs]
+
+
 @contextlib.contextmanager
 def session_at(home: Path) -> Iterator[Session]:
     """A Session with no cached keys or connections, as a new crate process has."""

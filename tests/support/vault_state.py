@@ -1,5 +1,5 @@
 """What a vault holds apart from its audit log, for tests that check a failed
-command changed nothing.
+command changed nothing; and what a home's files hold, searched for a value.
 
 A refused or failed command may append to the org's audit log (a failed
 unlock, a denied request): that is the log doing its job. Everything else in
@@ -8,12 +8,16 @@ the file must stay exactly as it was, which these helpers compare row by row.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 AUDIT_TABLES = frozenset({"audit_log", "audit_anchor", "audit_pending"})
+# One statement on a vault file: the `vault_sql` fixture (tests/support/homes.py).
+Sql = Callable[..., list[tuple[Any, ...]]]
 
 
 def vault_rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
@@ -73,3 +77,61 @@ def restore_triggers(sql: Any) -> None:
     for name, (kind, text) in expected_schema(version).items():
         if kind == "trigger" and name not in present:
             sql(text)
+
+
+def encodings(value: str) -> dict[str, bytes]:
+    """`value` as it could sit in a file: text, UTF-16, base64, hex."""
+    raw = value.encode("utf-8")
+    return {
+        "utf-8": raw,
+        "utf-16-le": value.encode("utf-16-le"),
+        "base64": base64.b64encode(raw),
+        "base64url": base64.urlsafe_b64encode(raw).rstrip(b"="),
+        "hex": raw.hex().encode(),
+    }
+
+
+def files_holding(home: Path, value: str) -> list[tuple[str, str]]:
+    """Every (file, encoding) under `home` that holds `value` in one of its encodings."""
+    found = []
+    for path in sorted(home.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [(str(path), name) for name, enc in encodings(value).items() if enc in data]
+    return found
+
+
+# The WHERE clause of one version row: (env, name, version) as parameters.
+VERSION_ROW = "secret_id = (SELECT id FROM secrets WHERE env = ? AND name = ?) AND version = ?"
+
+
+def flip(blob: bytes, index: int) -> bytes:
+    """`blob` with one bit changed at `index` (negative counts from the end)."""
+    data = bytearray(blob)
+    data[index] ^= 0x01
+    return bytes(data)
+
+
+def head_version(sql: Sql, env: str, name: str) -> int:
+    """The version a secret's head points at (`sql`: the `vault_sql` fixture's shape)."""
+    ((version,),) = sql("SELECT version FROM secrets WHERE env = ? AND name = ?", (env, name))
+    assert isinstance(version, int)
+    return version
+
+
+def read_cell(sql: Sql, column: str, env: str, name: str, version: int | None = None) -> bytes:
+    """A blob column of one version row (the head's version by default)."""
+    version = version or head_version(sql, env, name)
+    ((value,),) = sql(
+        f"SELECT {column} FROM secret_versions WHERE {VERSION_ROW}", (env, name, version)
+    )
+    assert isinstance(value, bytes)
+    return value
+
+
+def write_cell(
+    sql: Sql, column: str, env: str, name: str, value: object, version: int | None = None
+) -> None:
+    """Set a column of one version row (the head's version by default)."""
+    version = version or head_version(sql, env, name)
+    sql(f"UPDATE secret_versions SET {column} = ? WHERE {VERSION_ROW}", (value, env, name, version))

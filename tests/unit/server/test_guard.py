@@ -1,6 +1,6 @@
 """The bookkeeping behind `crate server`'s per-client limits, with a clock of our own.
 
-The servers themselves are attacked in tests/integration/test_server_abuse.py;
+The servers themselves are attacked in tests/e2e/test_server_abuse.py;
 here are the cases a real clock and real addresses cannot reach in a test:
 IPv6 prefixes, a bucket over minutes, thousands of made-up orgs.
 """

@@ -37,6 +37,8 @@ from crate_cli.vault import crypto
 from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
 from tests.support.vault_state import restore_triggers, run_sql
 
+pytestmark = pytest.mark.e2e
+
 ORG = "personal"
 TRIGGERS = (
     "audit_log_append_only_replace",

@@ -16,6 +16,8 @@ import pytest
 from crate_cli.errors import ExitCode
 from crate_cli.vault.names import ENV_RULE, ORG_RULE, SECRET_RULE, TAG_RULE
 
+pytestmark = pytest.mark.e2e
+
 LIMIT = 64 * 1024
 
 

@@ -19,6 +19,8 @@ import pytest
 from crate_cli.errors import ExitCode
 from tests.support.vault_state import home_state
 
+pytestmark = pytest.mark.e2e
+
 VALUE = "keyslot-test-value-a71c"
 PASSPHRASE = "correct horse battery staple"
 

@@ -45,6 +45,8 @@ from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
 from tests.support.crate_server import CrateServer
 from tests.support.tls_ca import make_tls
 
+pytestmark = pytest.mark.e2e
+
 ORG = "personal"
 SECRETS = f"/organization/{ORG}/secrets"
 RETRIEVE = f"{SECRETS}/retrieve"
@@ -376,7 +378,7 @@ def test_every_api_route_needs_a_token(main: Served) -> None:
             {"Authorization": "Bearer "},
         ):
             # Each route from an address of its own: an address gets 20 failures
-            # at once before 429 (tests/integration/test_server_abuse.py).
+            # at once before 429 (tests/e2e/test_server_abuse.py).
             source = f"127.0.1.{10 + i}"
             reply = request(main.url, method, path, body, headers=headers, source=source)
             assert (reply.status, reply.code) == (401, "unauthorized"), (method, path, reply)

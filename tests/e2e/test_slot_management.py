@@ -9,6 +9,8 @@ import pytest
 from crate_cli.errors import ExitCode
 from tests.support.crate_runner import CrateRunner, assert_clean_error
 
+pytestmark = pytest.mark.e2e
+
 PASSPHRASE = "correct horse battery"
 WITH_PASSPHRASE = {"CRATE_PASSPHRASE": PASSPHRASE}
 

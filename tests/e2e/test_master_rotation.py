@@ -36,6 +36,8 @@ from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
 from tests.support.keyring_service import SecretService
 from tests.support.tpm_simulator import Swtpm
 
+pytestmark = pytest.mark.e2e
+
 ORGS = ("alpha", "beta", "gamma")
 PER_ORG = 334  # about 1,000 secrets in all
 UPDATED = 60  # the first UPDATED secrets of each org also have a version 2

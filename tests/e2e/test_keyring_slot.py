@@ -30,6 +30,8 @@ from tests.support.keyring_service import (
     SecretService,
 )
 
+pytestmark = pytest.mark.e2e
+
 # A locked keyring must fail in much less than this (the slot's own deadline is 10 s).
 FAST = 8.0
 

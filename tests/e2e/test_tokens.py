@@ -36,6 +36,8 @@ from crate_cli.vault.tokens import new_token
 from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
 from tests.support.crate_server import CrateServer
 
+pytestmark = pytest.mark.e2e
+
 ORG = "personal"
 OTHER_ORG = "beta"
 TAMPER_ORG = "gamma"

@@ -15,6 +15,8 @@ from tests.support.softhsm_token import Token
 from tests.support.tools import require_tool
 from tests.support.vault_state import vault_rows
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture
 def token(tmp_path: Path) -> Token:

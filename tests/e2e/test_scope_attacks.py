@@ -28,6 +28,8 @@ from tests.support.crate_runner import CrateRunner
 from tests.support.crate_server import CrateServer
 from tests.support.vault_state import restore_triggers, run_sql
 
+pytestmark = pytest.mark.e2e
+
 ORG = "personal"
 
 

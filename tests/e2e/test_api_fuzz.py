@@ -36,6 +36,8 @@ from crate_cli.vault import jwe
 from tests.support.crate_runner import CrateRunner
 from tests.support.crate_server import CrateServer
 
+pytestmark = pytest.mark.e2e
+
 OPENAPI = Path(__file__).resolve().parents[2] / "crate_cli" / "server" / "openapi.json"
 DOCUMENT = json.loads(OPENAPI.read_text())
 ERROR_CODES = frozenset(

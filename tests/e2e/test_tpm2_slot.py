@@ -32,6 +32,8 @@ from tests.support.tools import require_tool
 from tests.support.tpm_simulator import Swtpm
 from tests.support.vault_state import vault_rows
 
+pytestmark = pytest.mark.e2e
+
 VALUE = "tpm-guarded-value"
 PIN = "pin-5a7c19e3"
 WRONG_PIN = "pin-0b0b0b0b"

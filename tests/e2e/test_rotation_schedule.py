@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from tests.support.crate_runner import CrateRunner
+
+pytestmark = pytest.mark.e2e
 
 
 def data_keys(crate: CrateRunner) -> tuple[list[dict], str | None]:

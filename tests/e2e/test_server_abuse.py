@@ -39,6 +39,8 @@ import pytest
 from tests.support.crate_runner import CrateRunner
 from tests.support.crate_server import CrateServer
 
+pytestmark = pytest.mark.e2e
+
 ORG = "personal"
 OTHER = "acme"  # exists in the home
 NOWHERE = "no-such-org"  # does not

@@ -32,6 +32,8 @@ from tests.support.crate_runner import CrateRunner, assert_clean_error
 from tests.support.homes import session_at
 from tests.support.vault_state import run_sql
 
+pytestmark = pytest.mark.e2e
+
 # env -> name -> the value of each version, oldest first (None: a deletion).
 Model = dict[str, dict[str, list[str | None]]]
 # (version, wrapped_keys, current) of each org data key, as keys status shows them.

@@ -48,6 +48,8 @@ from tests.support.crate_runner import CrateRunner, Result
 from tests.support.crate_server import CrateServer
 from tests.support.vault_state import restore_triggers, run_sql
 
+pytestmark = pytest.mark.e2e
+
 ORG = "personal"
 ACTOR = local_actor()  # the subprocesses inherit this process's USER/LOGNAME
 ENTRY_KEYS = {

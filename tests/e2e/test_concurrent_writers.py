@@ -17,6 +17,8 @@ import pytest
 
 from crate_cli.errors import ExitCode
 
+pytestmark = pytest.mark.e2e
+
 WRITES = 50
 
 # A writer: runs `crate secrets set NAME -` for each (name, value), one process each.
