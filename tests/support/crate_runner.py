@@ -70,6 +70,19 @@ class CrateRunner:
             raise AssertionError(f"crate {' '.join(args)} failed: {result}")
         return result
 
+    def run_bytes(
+        self, *args: str, input: bytes | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[bytes]:
+        """crate with these arguments on pipes; stdout and stderr as bytes."""
+        return subprocess.run(
+            [*self.argv0, *args],
+            input=input,
+            capture_output=True,
+            env=self.env(),
+            timeout=timeout,
+            check=False,
+        )
+
 
 def assert_clean_error(result: Result, code: int, *, hidden: tuple[str, ...] = ()) -> None:
     """An error as crate promises it: the exit code, one or two `crate:` lines on
