@@ -319,6 +319,7 @@ def test_every_local_action_is_recorded_once_in_order(local: LocalDrive) -> None
 
 
 def test_local_entries_name_the_user_and_the_cli(local: LocalDrive) -> None:
+    assert local.log
     for e in local.log:
         assert e["actor"] == ACTOR, e
         assert "@" in e["actor"]

@@ -40,6 +40,7 @@ def test_no_plaintext_in_the_vault_database(personal_home: Path, session) -> Non
     db = sqlite3.connect(personal_home / "orgs" / "personal.vault")
     try:
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        assert {"secrets", "secret_versions", "env_snapshots"} <= set(tables)
         for table in tables:
             for row in db.execute(f"SELECT * FROM {table}"):
                 for cell in row:

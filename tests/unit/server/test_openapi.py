@@ -71,6 +71,7 @@ def test_every_operation_has_an_id_and_responses(document: dict[str, Any]) -> No
 
 
 def test_path_parameters_match_the_templates(document: dict[str, Any]) -> None:
+    assert list(operations(document))
     for method, path, operation in operations(document):
         in_template = re.findall(r"\{([^{}/]+)\}", path)
         assert len(in_template) == len(set(in_template)), path
@@ -88,6 +89,7 @@ def test_path_parameters_match_the_templates(document: dict[str, Any]) -> None:
 
 def test_routes_use_the_same_templates_as_the_core() -> None:
     # The core's patterns use {name} segments too, never another syntax (":name", "<name>").
+    assert list(route_table())
     for method, path in route_table():
         assert path.startswith("/"), path
         for segment in path.split("/")[1:]:
