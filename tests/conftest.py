@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from crate_cli.session import Session
+from tests.support import signals
 from tests.support.crate_runner import CrateRunner
 from tests.support.keyring_service import SecretService
 from tests.support.tools import IN_CI
@@ -21,6 +22,12 @@ from tests.support.tpm_simulator import Swtpm
 
 # The vault homes built once per session (acme_home, personal_home, ...).
 pytest_plugins = ["tests.support.homes"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Default signal dispositions for the suite and everything it starts,
+    whatever it inherited (tests/support/signals.py)."""
+    signals.restore_defaults()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

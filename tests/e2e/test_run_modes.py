@@ -20,6 +20,7 @@ from typing import NamedTuple
 import pytest
 
 from tests.support.crate_runner import CrateRunner, assert_clean_error
+from tests.support.signals import IGNORING
 
 pytestmark = pytest.mark.e2e
 
@@ -135,10 +136,27 @@ def test_a_closed_pipe_ends_the_command_as_without_crate(home: CrateRunner, mode
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_signal_dispositions_are_the_same_as_without_crate(home: CrateRunner, mode: Mode) -> None:
-    direct = subprocess.run(SHOW_SIGNALS, capture_output=True, check=True)
-    wrapped = home("run", *mode.flags, "--", *SHOW_SIGNALS, check=True)
-    assert mode.signals(wrapped.stdout) == mode.signals(direct.stdout.decode())
+@pytest.mark.parametrize("inherited", ["defaults", "int-and-quit-ignored"])
+def test_signal_dispositions_are_the_same_as_without_crate(
+    home: CrateRunner, mode: Mode, inherited: str
+) -> None:
+    """crate passes on the dispositions it was started with, as the command
+    would have them without crate: the defaults (the suite's, see
+    tests/support/signals.py), or SIGINT and SIGQUIT ignored, as a shell
+    starts a background job."""
+    launcher = IGNORING if inherited == "int-and-quit-ignored" else ()
+    direct = subprocess.run([*launcher, *SHOW_SIGNALS], capture_output=True, check=True)
+    wrapped = subprocess.run(
+        [*launcher, *home.argv0, "run", *mode.flags, "--", *SHOW_SIGNALS],
+        capture_output=True,
+        env=home.env(),
+        timeout=60,
+        check=True,
+    )
+    assert mode.signals(wrapped.stdout.decode()) == mode.signals(direct.stdout.decode())
+    ignored = standard_signals(direct.stdout.decode())["SigIgn"]
+    int_and_quit = 1 << (signal.SIGINT - 1) | 1 << (signal.SIGQUIT - 1)
+    assert ignored & int_and_quit == (int_and_quit if launcher else 0)
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs Linux /proc")
