@@ -1,12 +1,17 @@
 """What the tests drive and share, none of it a test itself.
 
-`crate_runner` starts crate as a subprocess (the e2e layer's way in);
-`homes` builds vault homes once per session (a pytest plugin that
-tests/conftest.py loads); `tpm_simulator`, `softhsm_token` and
-`keyring_service` run the real swtpm, SoftHSM2 and gnome-keyring;
-`crate_server` and `relay` a real `crate server` and a relay in front of
-it; `tls_ca` a private CA; `terminal` crate under pexpect; `vault_state`
-reads a vault file as an attacker could; `tools` finds the external
-programs a test needs; `signals` gives the suite default signal
-dispositions whatever it inherited.
+crate_runner   crate as a subprocess (the e2e layer's way in), and what an error must look like
+processes      crate in the background, waiting for a condition, a command that traps SIGTERM
+terminal       crate on a pseudo-terminal (pexpect)
+homes          vault homes built once per session (a plugin tests/conftest.py loads)
+org_keys       an org opened as the vault's operations take it, values sealed to it
+http_server    crate's HTTP adapter under uvicorn in a thread of the test's process
+crate_server   a real `crate server` process; relay, an active relay in front of it
+tls_ca         a private CA and a certificate for 127.0.0.1
+tpm_simulator  swtpm; softhsm_token, a SoftHSM2 token; keyring_service, gnome-keyring
+slots          a slot provider's context and prompts, tpm2 records
+vault_state    a vault file as someone with the file sees and edits it
+vault_damage   whole vault files damaged, and the check that a refusal left them alone
+signals        default signal dispositions for the suite, whatever it inherited
+tools          the external programs a test needs (skipped on a laptop, failed in CI)
 """
