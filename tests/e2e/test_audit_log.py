@@ -950,6 +950,7 @@ def test_paging_through_the_log_over_http(crate: CrateRunner, remote: Remote) ->
     assert page.body["more"] is False
 
 
+@pytest.mark.slow
 def test_concurrent_http_writers_keep_one_chain(remote: Remote) -> None:
     token = remote.tokens["busy"]
     per_thread = 25
@@ -1286,6 +1287,7 @@ def test_wiping_the_whole_log_is_detected(crate: CrateRunner) -> None:
 # -- concurrency --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_parallel_processes_keep_one_exact_chain(crate: CrateRunner) -> None:
     ok(crate, "secrets", "set", "SEED", "seed-value")  # org-create, store
     workers, rounds = 4, 4

@@ -204,6 +204,7 @@ def test_org_and_env_options_select_the_secrets(crate: CrateRunner) -> None:
     assert by_env["WHERE"] == "acme-prod"
 
 
+@pytest.mark.slow
 def test_a_thousand_secrets_of_one_kib(crate: CrateRunner, tmp_path: Path) -> None:
     rng = random.Random(1000)
     alphabet = string.ascii_letters + string.digits + "+/=-_.:@"
@@ -236,6 +237,7 @@ def test_missing_double_dash_before_an_option_like_argument(home: CrateRunner) -
     assert "put the command after --" in done.stderr
 
 
+@pytest.mark.slow
 def test_an_early_exit_waits_for_the_key_search(home: CrateRunner) -> None:
     """A usage error exits while the ephemeral key search (started before
     parsing) may still run. A daemon thread inside cryptography's Rust code at

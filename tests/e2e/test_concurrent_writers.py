@@ -78,6 +78,7 @@ def initialised(personal_home: Path, crate) -> Path:
     return personal_home
 
 
+@pytest.mark.slow
 def test_two_writers_distinct_names(initialised: Path, crate, retrieve) -> None:
     batches = [[(f"K{w}_{i}", f"value-{w}-{i}") for i in range(WRITES)] for w in (1, 2)]
     finish([start_writer(crate, batch) for batch in batches])
@@ -89,6 +90,7 @@ def test_two_writers_distinct_names(initialised: Path, crate, retrieve) -> None:
     assert values == {"INIT": "x", **{n: v for batch in batches for n, v in batch}}
 
 
+@pytest.mark.slow
 def test_two_writers_same_name(initialised: Path, crate, fresh_session) -> None:
     half = WRITES // 2
     batches = [[("SHARED", f"writer{w}-{i}") for i in range(half)] for w in (1, 2)]

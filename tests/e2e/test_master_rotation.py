@@ -430,6 +430,7 @@ def test_an_interrupted_rotation_is_resumed_not_repeated(
     assert "created master key v3" in rotate(crate).stderr
 
 
+@pytest.mark.slow
 def test_a_rotation_killed_at_random_moments(
     home: CrateRunner, model: Model, tmp_path: Path
 ) -> None:
@@ -523,6 +524,7 @@ def test_a_rotation_killed_at_random_moments(
     assert_all_values(crate, model)
 
 
+@pytest.mark.slow
 def test_a_slow_rotation_does_not_undo_a_later_one(home: CrateRunner, model: Model) -> None:
     """Rotation P makes v2 and rewraps alpha, then waits for beta's vault (held
     here, as a long write would) and is paused. Meanwhile a rotation resumes
@@ -729,6 +731,7 @@ def test_a_keyring_slot_is_resealed_in_the_keyring(
 # -- 6. readers during a rotation -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_readers_see_no_error_during_rotations_and_prunes(home: CrateRunner, model: Model) -> None:
     crate = home
     errors: list[str] = []

@@ -187,6 +187,7 @@ def fetch(crate: CrateRunner, org: str, env: str = "dev") -> dict[str, str]:
 # -- 1. rotation of 10,000 secrets in three orgs ------------------------------------------
 
 
+@pytest.mark.slow
 def test_rotation_of_ten_thousand_secrets_in_three_orgs(
     crate: CrateRunner, crate_home: Path
 ) -> None:
@@ -278,6 +279,7 @@ def test_rotation_of_ten_thousand_secrets_in_three_orgs(
 # -- 2. readers while rotations run ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_readers_during_rotation_see_no_error_and_no_wrong_value(
     crate: CrateRunner, crate_home: Path, tmp_path: Path
 ) -> None:
@@ -352,6 +354,7 @@ def test_readers_during_rotation_see_no_error_and_no_wrong_value(
 # -- 3. a rotation killed at random moments -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rotation_killed_at_random_moments_leaves_a_whole_vault(
     crate: CrateRunner, crate_home: Path
 ) -> None:
@@ -579,6 +582,7 @@ def test_rotate_in_an_org_with_no_secrets(crate: CrateRunner, crate_home: Path) 
 # -- a reader whose snapshot predates a rotation and a prune ---------------------------------
 
 
+@pytest.mark.slow
 def test_read_racing_rotation_and_prune_is_not_an_integrity_failure(
     crate_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

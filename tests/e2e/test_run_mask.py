@@ -310,6 +310,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_a_large_output_passes_unchanged_but_for_the_masks(home: CrateRunner) -> None:
     size = 20
     done = home.run_bytes("run", "--mask", "--", *py(BIG_OUTPUT, str(size)), timeout=300)

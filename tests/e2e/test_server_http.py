@@ -909,6 +909,7 @@ def test_requests_past_the_in_flight_cap_get_503_overloaded(
 # -- 7. concurrent clients ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_clients_lose_no_write(main: Served) -> None:
     env = "load"
     main.client().create_environment(env)

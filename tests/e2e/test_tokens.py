@@ -628,6 +628,7 @@ def _server_threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+@pytest.mark.slow
 def test_revocation_survives_several_workers(tmp_path: Path) -> None:
     if not Path("/proc/self/task").is_dir():
         pytest.skip("needs /proc to count the server's worker threads")
