@@ -330,7 +330,7 @@ def test_a_pcr_policy_with_a_pin(crate: CrateRunner, swtpm: Swtpm) -> None:
     assert_no_handles(swtpm)
 
 
-# tests/unit/test_tpm2_units.py tries many more; these show the CLI's answer.
+# tests/unit/vault/slots/test_tpm2.py tries many more; these show the CLI's answer.
 # "" is refused rather than read as "no PCR policy" (`--pcrs "$UNSET"`).
 
 
