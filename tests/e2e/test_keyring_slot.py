@@ -4,6 +4,8 @@ Each test gets its own session bus (no service activation, so a daemon that is
 stopped stays stopped and nothing can be started behind the test's back) and
 its own gnome-keyring-daemon with a `login` collection unlocked by a password
 on stdin, in temporary HOME/XDG directories. The tests drive the real CLI.
+A plain-text backend, which only a Python install can load, is tried in
+process in tests/integration/test_keyring_in_process.py.
 """
 
 from __future__ import annotations
@@ -34,41 +36,6 @@ pytestmark = pytest.mark.e2e
 
 # A locked keyring must fail in much less than this (the slot's own deadline is 10 s).
 FAST = 8.0
-
-# A stand-in for keyrings.alt's plain-text file backend (not installed here).
-PLAINTEXT_BACKEND = textwrap.dedent(
-    """
-    import json, os
-    from keyring.backend import KeyringBackend
-
-    class PlaintextKeyring(KeyringBackend):
-        priority = 0.5
-
-        def _load(self):
-            try:
-                with open(os.environ["TEST_PLAINTEXT_KEYRING"]) as f:
-                    return json.load(f)
-            except FileNotFoundError:
-                return {}
-
-        def _save(self, data):
-            with open(os.environ["TEST_PLAINTEXT_KEYRING"], "w") as f:
-                json.dump(data, f)
-
-        def get_password(self, service, username):
-            return self._load().get(f"{service}/{username}")
-
-        def set_password(self, service, username, password):
-            data = self._load()
-            data[f"{service}/{username}"] = password
-            self._save(data)
-
-        def delete_password(self, service, username):
-            data = self._load()
-            data.pop(f"{service}/{username}", None)
-            self._save(data)
-    """
-)
 
 
 class SealedTemplate(NamedTuple):
@@ -314,53 +281,6 @@ def test_the_fail_backend_is_refused(crate: CrateRunner, keyring_service: Secret
     assert_clean_error(result, ExitCode.KEYSTORE)
     assert not (crate.home / "keys" / "master.json").exists()
     assert keyring_service.crate_items() == {}
-
-
-@pytest.fixture
-def plaintext_backend(tmp_path: Path) -> dict[str, str]:
-    if os.environ.get("CRATE_BIN"):
-        pytest.skip("a frozen crate cannot import a backend from PYTHONPATH")
-    package = tmp_path / "plugins" / "keyrings" / "alt"
-    package.mkdir(parents=True)
-    (package / "file.py").write_text(PLAINTEXT_BACKEND)
-    return {
-        "PYTHONPATH": str(tmp_path / "plugins"),
-        "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring",
-        "TEST_PLAINTEXT_KEYRING": str(tmp_path / "plaintext.json"),
-    }
-
-
-def test_a_plain_text_backend_needs_the_flag(
-    crate: CrateRunner, plaintext_backend: dict[str, str], tmp_path: Path
-) -> None:
-    refused = crate("init", "--keystore", "keyring", env=plaintext_backend)
-    assert_clean_error(refused, ExitCode.KEYSTORE)
-    assert "keyrings.alt.file.PlaintextKeyring keeps secrets in plain text" in refused.stderr
-    assert "--allow-insecure-keyring" in refused.stderr
-    assert not (crate.home / "keys" / "master.json").exists()
-    crate(
-        "init",
-        "--keystore",
-        "keyring",
-        "--allow-insecure-keyring",
-        env=plaintext_backend,
-        check=True,
-    )
-    (slot,) = slots_of(crate)
-    assert slot["params"]["insecure"] is True
-    assert slot["params"]["backend"] == "keyrings.alt.file.PlaintextKeyring"
-    crate("secrets", "set", "A", "value-a", env=plaintext_backend, check=True)
-    got = crate("secrets", "get", "A", env=plaintext_backend)
-    assert (got.returncode, got.stdout) == (0, "value-a")
-    assert len(json.loads((tmp_path / "plaintext.json").read_text())) == 1
-
-
-def test_a_secure_slot_is_not_read_from_a_plain_text_backend(
-    sealed: CrateRunner, keyring_service: SecretService, plaintext_backend: dict[str, str]
-) -> None:
-    result = sealed("secrets", "get", "API_KEY", env={**keyring_service.env(), **plaintext_backend})
-    assert_clean_error(result, ExitCode.KEYSTORE)
-    assert "plain text" in result.stderr
 
 
 # -- the probe behind `crate init --keystore auto` -------------------------------------
