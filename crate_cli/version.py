@@ -25,17 +25,27 @@ def frozen() -> bool:
 
 
 def _git_commit(checkout: Path) -> str | None:
-    """HEAD's commit in a source checkout, read from the files (no git process)."""
-    git = checkout / ".git"
+    """HEAD's commit in a source checkout, read from the files (no git process).
+
+    In a worktree `.git` is a file naming the worktree's own git folder (its
+    HEAD), whose `commondir` names the repository's (its refs)."""
+    git = common = checkout / ".git"
     try:
+        if git.is_file():
+            text = git.read_text().strip()
+            if not text.startswith("gitdir: "):
+                return None
+            git = common = checkout / text[len("gitdir: ") :]
+            if (git / "commondir").is_file():
+                common = git / (git / "commondir").read_text().strip()
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head or None
         ref = head[len("ref: ") :]
-        loose = git / ref
+        loose = common / ref
         if loose.is_file():
             return loose.read_text().strip() or None
-        for line in (git / "packed-refs").read_text().splitlines():
+        for line in (common / "packed-refs").read_text().splitlines():
             commit, _, name = line.partition(" ")
             if name == ref:
                 return commit

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error
+
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
 
 pytestmark = pytest.mark.e2e
 

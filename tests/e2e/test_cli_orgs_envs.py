@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import CrateRunner, assert_clean_error
+
+from tests.support.crate_runner import CrateRunner, assert_clean_error
 
 pytestmark = pytest.mark.e2e
 

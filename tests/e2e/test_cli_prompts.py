@@ -12,8 +12,9 @@ import json
 import sys
 
 import pytest
-from conftest import CrateRunner
-from terminal import Terminal
+
+from tests.support.crate_runner import CrateRunner
+from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.e2e
 

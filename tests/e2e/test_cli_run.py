@@ -1,8 +1,9 @@
 """End to end: `crate run -- CMD`, the exec form, against the installed crate.
 
 The command replaces crate: these tests check what the command sees (argv,
-environment, PID, stdin) and what the caller sees (exit status, signals,
-errors), from a real process.
+environment, PID) and what the caller sees (signals, errors), from a real
+process. What the exec form and the supervised one must do alike (exit
+status, stdin, a closed pipe, ...) is in tests/e2e/test_run_modes.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner, assert_clean_error
+
+from tests.support.crate_runner import CrateRunner, assert_clean_error
+from tests.support.processes import TRAP_SIGTERM
 
 pytestmark = pytest.mark.e2e
 
@@ -58,86 +61,6 @@ ALL = {
     "DB_URL": "postgres://db",
     "DB_PASSWORD": "pw",
 }
-
-
-# -- exit status and signals ------------------------------------------------------
-
-
-@pytest.mark.parametrize("code", [0, 1, 7, 255])
-def test_exit_status_passes_through(home: CrateRunner, code: int) -> None:
-    done = home("run", "--", "sh", "-c", f"exit {code}")
-    assert done.returncode == code
-    assert done.stderr == ""
-
-
-@pytest.mark.parametrize(("sig", "status"), [("TERM", 143), ("KILL", 137), ("INT", 130)])
-def test_killed_by_a_signal_as_a_shell_reports_it(home: CrateRunner, sig: str, status: int) -> None:
-    """The command dies of the signal itself (no wrapper turns it into an exit
-    code): the caller sees a signal death, which a shell reports as 128+N."""
-    command = ["run", "--", "sh", "-c", f"kill -{sig} $$"]
-    direct = subprocess.run([*home.argv0, *command], env=home.env(), timeout=30, check=False)
-    assert direct.returncode == -getattr(signal, f"SIG{sig}")
-    via_shell = subprocess.run(
-        ["bash", "-c", '"$@"; echo "status=$?"', "bash", *home.argv0, *command],
-        capture_output=True,
-        env=home.env(),
-        timeout=30,
-        check=False,
-    )
-    assert via_shell.stdout.decode().splitlines()[-1] == f"status={status}"
-
-
-def test_a_closed_pipe_ends_the_command_as_without_crate(home: CrateRunner) -> None:
-    script = '"$@" | head -n 1; echo "status=${PIPESTATUS[0]}"'
-    done = subprocess.run(
-        ["bash", "-c", script, "bash", *home.argv0, "run", "--", "yes"],
-        capture_output=True,
-        env=home.env(),
-        timeout=30,
-        check=True,
-    )
-    assert done.stdout.decode().splitlines() == ["y", "status=141"]
-    assert b"Broken pipe" not in done.stderr
-
-
-SHOW_SIGNALS = ["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"]
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_signal_dispositions_are_the_same_as_without_crate(home: CrateRunner) -> None:
-    direct = subprocess.run(SHOW_SIGNALS, capture_output=True, check=True)
-    wrapped = home("run", "--", *SHOW_SIGNALS, check=True)
-    assert wrapped.stdout == direct.stdout.decode()
-
-
-@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs Linux /proc")
-def test_no_file_descriptor_leaks_into_the_command(home: CrateRunner) -> None:
-    done = home("run", "--", "sh", "-c", "ls /proc/$$/fd", check=True)
-    assert done.stdout.split() == ["0", "1", "2"]
-
-
-def test_command_not_found_exits_127(home: CrateRunner) -> None:
-    done = home("run", "--", "no-such-command-for-crate", "arg")
-    assert_clean_error(done, 127)
-    assert done.stderr == "crate: error: command not found: no-such-command-for-crate\n"
-
-
-def test_missing_path_exits_127(home: CrateRunner, tmp_path: Path) -> None:
-    assert_clean_error(home("run", "--", str(tmp_path / "missing.sh")), 127)
-
-
-def test_file_without_execute_bit_exits_126(home: CrateRunner, tmp_path: Path) -> None:
-    script = tmp_path / "script.sh"
-    script.write_text("#!/bin/sh\necho ran\n")
-    script.chmod(0o644)
-    done = home("run", "--", str(script))
-    assert_clean_error(done, 126)
-    assert "ran" not in done.stdout
-    assert str(script) in done.stderr
-
-
-def test_directory_exits_126(home: CrateRunner, tmp_path: Path) -> None:
-    assert_clean_error(home("run", "--", str(tmp_path)), 126)
 
 
 # -- argv, stdin, PID -----------------------------------------------------------------
@@ -190,11 +113,6 @@ def test_options_after_double_dash_belong_to_the_command(home: CrateRunner) -> N
     assert done.stdout == "--env nope --org x --help\n"
 
 
-def test_stdin_reaches_the_command(home: CrateRunner) -> None:
-    done = home("run", "--", "cat", input=b"piped\ndata\x00\xff", check=True)
-    assert done.stdout.encode("utf-8", "replace") == "piped\ndata\x00\ufffd".encode()
-
-
 def test_same_pid_as_crate(home: CrateRunner) -> None:
     proc = subprocess.Popen(
         [*home.argv0, "run", "--", "sh", "-c", "echo $$"],
@@ -204,22 +122,6 @@ def test_same_pid_as_crate(home: CrateRunner) -> None:
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert int(out) == proc.pid
-
-
-TRAP_SIGTERM = """
-import os, signal, sys, time
-marker, ready = sys.argv[1], sys.argv[2]
-def on_term(signum, frame):
-    with open(marker, "a") as f:
-        f.write("TERM\\n")
-    sys.exit(42)
-signal.signal(signal.SIGTERM, on_term)
-with open(ready + ".tmp", "w") as f:
-    f.write(str(os.getpid()))
-os.rename(ready + ".tmp", ready)
-while True:
-    time.sleep(0.05)
-"""
 
 
 def test_sigterm_reaches_the_command_exactly_once(home: CrateRunner, tmp_path: Path) -> None:
@@ -302,6 +204,7 @@ def test_org_and_env_options_select_the_secrets(crate: CrateRunner) -> None:
     assert by_env["WHERE"] == "acme-prod"
 
 
+@pytest.mark.slow
 def test_a_thousand_secrets_of_one_kib(crate: CrateRunner, tmp_path: Path) -> None:
     rng = random.Random(1000)
     alphabet = string.ascii_letters + string.digits + "+/=-_.:@"
@@ -334,6 +237,7 @@ def test_missing_double_dash_before_an_option_like_argument(home: CrateRunner) -
     assert "put the command after --" in done.stderr
 
 
+@pytest.mark.slow
 def test_an_early_exit_waits_for_the_key_search(home: CrateRunner) -> None:
     """A usage error exits while the ephemeral key search (started before
     parsing) may still run. A daemon thread inside cryptography's Rust code at

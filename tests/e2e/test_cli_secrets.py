@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error, require_tool
 from dotenv import dotenv_values
 
 import crate_cli
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.e2e
 

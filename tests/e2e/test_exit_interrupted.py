@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CrateRunner
-from terminal import Terminal
 
 from crate_cli.errors import ExitCode
+from tests.support.crate_runner import CrateRunner
+from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.e2e
 

@@ -17,12 +17,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, CrateRunner, require_tool
-from keyring_service import SecretService
-from softhsm_token import Token
-from tpm_simulator import Swtpm
 
 import crate_cli
+from tests.support.crate_runner import CrateRunner
+from tests.support.keyring_service import SecretService
+from tests.support.softhsm_token import Token
+from tests.support.tools import IN_CI, require_tool
+from tests.support.tpm_simulator import Swtpm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.frozen]
 

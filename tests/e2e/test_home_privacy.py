@@ -13,7 +13,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner, assert_clean_error
+
+from tests.support.crate_runner import CrateRunner, assert_clean_error
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import CrateRunner
+
+from tests.support.crate_runner import CrateRunner
 
 pytestmark = pytest.mark.e2e
 

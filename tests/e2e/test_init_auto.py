@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import CrateRunner, assert_clean_error
-from keyring_service import SecretService
-from terminal import Terminal
-from tpm_simulator import Swtpm
 
 from crate_cli.errors import ExitCode
+from tests.support.crate_runner import CrateRunner, assert_clean_error
+from tests.support.keyring_service import SecretService
+from tests.support.terminal import Terminal
+from tests.support.tpm_simulator import Swtpm
 
 pytestmark = pytest.mark.e2e
 

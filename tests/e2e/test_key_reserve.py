@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner
 
 from crate_cli.client import keyreserve
 from crate_cli.config import Settings, resolve_home
+from tests.support.crate_runner import CrateRunner
 
 pytestmark = [
     pytest.mark.e2e,

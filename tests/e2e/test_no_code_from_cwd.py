@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner
 
 from crate_cli.client import keyreserve
+from tests.support.crate_runner import CrateRunner
 
 pytestmark = [
     pytest.mark.e2e,

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import CrateRunner, crate_executable
 
 from crate_cli.config import CREDENTIAL_VARIABLES
+from tests.support.crate_runner import CrateRunner, crate_executable
 
 pytestmark = [
     pytest.mark.e2e,

@@ -1,6 +1,6 @@
 """End to end: the remote client (`crate login`, CRATE_SERVER, the offline copy).
 
-A real `crate server` (tests/crate_server.py) serves a home of its own
+A real `crate server` (tests/support/crate_server.py) serves a home of its own
 (`server-home`, seeded with secrets and a token); crate runs as a client in
 another home (the `crate` fixture's). The read-only tests share one
 module-scoped server; those that write, stop the server or need TLS start
@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error
-from crate_server import CrateServer
-from keyring_service import SecretService
-from terminal import Terminal
-from tls_ca import make_tls
 
 from crate_cli.errors import ExitCode
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
+from tests.support.crate_server import CrateServer
+from tests.support.keyring_service import SecretService
+from tests.support.terminal import Terminal
+from tests.support.tls_ca import make_tls
 
 pytestmark = pytest.mark.e2e
 

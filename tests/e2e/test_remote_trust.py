@@ -1,7 +1,7 @@
 """A relay in the middle, and the end of offline access (issue 17, items 6 and 8).
 
 A real `crate server` on 127.0.0.1 and an active relay in front of it
-(tests/relay.py) that swaps the org key, opens retrievals and re-seals them,
+(tests/support/relay.py) that swaps the org key, opens retrievals and re-seals them,
 or changes a value: with the org key pinned at `crate login`, the client
 learns of each trick (exit 5) and the relay learns no value. Then logging
 out, and a revoked token, end what the offline copies allow.
@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error
-from crate_server import CrateServer
-from relay import Relay
 
 from crate_cli.errors import ExitCode
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
+from tests.support.crate_server import CrateServer
+from tests.support.relay import Relay
 
 pytestmark = pytest.mark.e2e
 

@@ -5,8 +5,9 @@ pseudo-terminal when crate's stdout is a terminal), relays signals and ends
 with the command's status. These tests run the installed crate in real
 processes, on pipes and under pexpect, and check what the command sees
 (signals, terminal, stdin) and what the caller sees (output, status,
-terminal settings). tests/e2e/test_cli_run.py covers the exec form; the tests
-here that use `--no-mask` add only what it does not.
+terminal settings). tests/e2e/test_cli_run.py covers the exec form, and
+tests/e2e/test_run_modes.py what both forms must do alike; the tests here
+that use `--no-mask` add only what neither does.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import CrateRunner, assert_clean_error
-from terminal import Terminal
+
+from tests.support.crate_runner import CrateRunner
+from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -59,20 +61,6 @@ def py(code: str, *args: str) -> list[str]:
     return [PYTHON, "-c", code, *args]
 
 
-def run_bytes(
-    home: CrateRunner, *args: str, input: bytes | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[bytes]:
-    """crate with these arguments on pipes; stdout and stderr as bytes."""
-    return subprocess.run(
-        [*home.argv0, *args],
-        input=input,
-        capture_output=True,
-        env=home.env(),
-        timeout=timeout,
-        check=False,
-    )
-
-
 def assert_no_secret(text: str | bytes) -> None:
     data = text.encode() if isinstance(text, str) else text
     for value in HIDDEN:
@@ -91,63 +79,6 @@ def wait_for(path: Path, alive: Callable[[], object], timeout: float = 60) -> No
 def lines(output: str) -> list[str]:
     """A terminal transcript as lines, without the carriage returns."""
     return output.replace("\r", "").splitlines()
-
-
-# -- exit status -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("code", [0, 1, 7, 126, 127, 255])
-def test_exit_status_passes_through(home: CrateRunner, code: int) -> None:
-    done = home("run", "--mask", "--", "sh", "-c", f"echo $TOKEN; exit {code}")
-    assert done.returncode == code
-    assert done.stdout == "***\n"
-    assert done.stderr == ""
-
-
-@pytest.mark.parametrize(("sig", "status"), [("TERM", 143), ("KILL", 137), ("INT", 130)])
-def test_death_by_a_signal_exits_128_plus_n(home: CrateRunner, sig: str, status: int) -> None:
-    """crate outlives the command and exits as a shell reports the death."""
-    command = ["run", "--mask", "--", "sh", "-c", f"kill -{sig} $$"]
-    direct = subprocess.run([*home.argv0, *command], env=home.env(), timeout=60, check=False)
-    assert direct.returncode == status
-    via_shell = subprocess.run(
-        ["bash", "-c", '"$@"; echo "status=$?"', "bash", *home.argv0, *command],
-        capture_output=True,
-        env=home.env(),
-        timeout=60,
-        check=False,
-    )
-    assert via_shell.stdout.decode().splitlines()[-1] == f"status={status}"
-
-
-def test_command_not_found_exits_127(home: CrateRunner, tmp_path: Path) -> None:
-    done = home("run", "--mask", "--", "no-such-command-for-crate", "arg")
-    assert_clean_error(done, 127, hidden=HIDDEN)
-    assert done.stderr == "crate: error: command not found: no-such-command-for-crate\n"
-    assert_clean_error(home("run", "--mask", "--", str(tmp_path / "missing.sh")), 127)
-
-
-def test_not_executable_exits_126(home: CrateRunner, tmp_path: Path) -> None:
-    script = tmp_path / "script.sh"
-    script.write_text("#!/bin/sh\necho ran\n")
-    script.chmod(0o644)
-    done = home("run", "--mask", "--", str(script))
-    assert_clean_error(done, 126, hidden=HIDDEN)
-    assert str(script) in done.stderr
-    assert_clean_error(home("run", "--mask", "--", str(tmp_path)), 126)
-
-
-def test_a_closed_pipe_ends_the_command_as_without_crate(home: CrateRunner) -> None:
-    script = '"$@" | head -n 1; echo "status=${PIPESTATUS[0]}"'
-    done = subprocess.run(
-        ["bash", "-c", script, "bash", *home.argv0, "run", "--mask", "--", "yes", TOKEN],
-        capture_output=True,
-        env=home.env(),
-        timeout=60,
-        check=True,
-    )
-    assert done.stdout.decode().splitlines() == ["***", "status=141"]
-    assert done.stderr == b""
 
 
 # -- signals sent to crate ------------------------------------------------------------
@@ -268,30 +199,6 @@ def test_crate_ends_soon_after_the_command_is_killed(home: CrateRunner, tmp_path
     assert not marker.exists()
 
 
-SHOW_SIGNALS = ["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"]
-
-
-def standard_signals(status: str) -> dict[str, int]:
-    """SigIgn and SigBlk of /proc/PID/status, signals 1-31 only: glibc's
-    posix_spawn leaves its own internal signals (32, 33) ignored, as for any
-    program started with it."""
-    masks = dict(line.split(":") for line in status.splitlines())
-    return {k: int(v, 16) & 0x7FFFFFFF for k, v in masks.items()}
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_signal_dispositions_are_the_same_as_without_crate(home: CrateRunner) -> None:
-    direct = subprocess.run(SHOW_SIGNALS, capture_output=True, check=True)
-    wrapped = home("run", "--mask", "--", *SHOW_SIGNALS, check=True)
-    assert standard_signals(wrapped.stdout) == standard_signals(direct.stdout.decode())
-
-
-@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs Linux /proc")
-def test_no_file_descriptor_leaks_into_the_command(home: CrateRunner) -> None:
-    done = home("run", "--mask", "--", "sh", "-c", "ls /proc/$$/fd", check=True)
-    assert done.stdout.split() == ["0", "1", "2"]
-
-
 # -- masking on pipes ---------------------------------------------------------------------
 
 
@@ -363,13 +270,6 @@ def test_references_are_masked_resolved_and_referenced(home: CrateRunner) -> Non
     assert unmasked.stdout.splitlines()[0] == f"url {resolved}"
 
 
-def test_stdin_reaches_the_command(home: CrateRunner) -> None:
-    data = b"piped\n" + TOKEN.encode() + b"\ndata\x00\xff\xfe\n"
-    done = run_bytes(home, "run", "--mask", "--", "cat", input=data)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == b"piped\n***\ndata\x00\xff\xfe\n"
-
-
 def test_output_of_a_background_child_is_masked_too(home: CrateRunner) -> None:
     """The command exits while a child of its own still writes to stdout:
     crate passes on (masked) everything until that child is done."""
@@ -410,9 +310,10 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_a_large_output_passes_unchanged_but_for_the_masks(home: CrateRunner) -> None:
     size = 20
-    done = run_bytes(home, "run", "--mask", "--", *py(BIG_OUTPUT, str(size)), timeout=300)
+    done = home.run_bytes("run", "--mask", "--", *py(BIG_OUTPUT, str(size)), timeout=300)
     assert done.returncode == 0, done.stderr
     namespace: dict[str, object] = {"__name__": "big_output"}
     exec(BIG_OUTPUT, namespace)  # the same stream, here

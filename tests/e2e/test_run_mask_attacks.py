@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner
+
+from tests.support.crate_runner import CrateRunner
 
 pytestmark = pytest.mark.e2e
 

@@ -34,10 +34,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner, assert_clean_error
-from test_run_mount_watch import Running, wait_for
 
 from crate_cli.run.mount import own_private_group
+from tests.support.crate_runner import CrateRunner, assert_clean_error
+from tests.support.processes import Running, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -24,17 +24,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error
-from test_cli_run import TRAP_SIGTERM
+
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
+from tests.support.processes import CRATE_TIMEOUT, TRAP_SIGTERM, Running, wait_for
 
 pytestmark = pytest.mark.e2e
 
 PYTHON = sys.executable
-DEADLINE = 20.0  # seconds any awaited condition gets
-CRATE_TIMEOUT = 60.0  # seconds a whole crate run gets
 
 # personal/dev of the shared home; distinctive values, to search for them.
 SECRETS = {
@@ -44,20 +43,6 @@ SECRETS = {
     "UNICODE": "caf\u00e9-e83b",
 }
 
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
-    """Poll `condition` until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-
 
 def process_gone(pid: int) -> bool:
     try:
@@ -65,59 +50,6 @@ def process_gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
-
-
-class Running:
-    """crate started in the background, in its own process group."""
-
-    def __init__(
-        self,
-        runner: CrateRunner,
-        args: list[str],
-        folder: Path,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        folder.mkdir(parents=True)
-        self.stdout_path = folder / "stdout"
-        self.stderr_path = folder / "stderr"
-        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [*runner.argv0, *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=runner.env(env),
-                start_new_session=True,
-            )
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-
-    @property
-    def stderr_lines(self) -> list[str]:
-        return self.stderr.splitlines()
-
-    def check_running(self) -> None:
-        code = self.proc.poll()
-        assert code is None, f"crate ended early with {code}; stderr:\n{self.stderr}"
-
-    def wait(self, timeout: float = CRATE_TIMEOUT) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"crate still running after {timeout:g} s; stderr:\n{self.stderr}"
-            ) from None
-
-    def close(self) -> None:
-        """Kill crate and whatever is left in its process group."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error
 
 from crate_cli.config import CREDENTIAL_VARIABLES
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
 
 pytestmark = pytest.mark.e2e
 

@@ -13,11 +13,12 @@ import json
 import subprocess
 
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error, require_tool
-from terminal import Terminal
-from tpm_simulator import Swtpm
 
 from crate_cli.errors import ExitCode
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
+from tests.support.terminal import Terminal
+from tests.support.tools import require_tool
+from tests.support.tpm_simulator import Swtpm
 
 pytestmark = pytest.mark.e2e
 

@@ -18,15 +18,20 @@ from pathlib import Path
 
 import cryptography
 import pytest
-from conftest import CrateRunner, Result, assert_clean_error, require_tool
 
 import crate_cli
+from tests.support.crate_runner import CrateRunner, Result, assert_clean_error
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.e2e
 
 FROZEN = bool(os.environ.get("CRATE_BIN"))
 VERSION = crate_cli.__version__
 CHECKOUT = Path(crate_cli.__file__).resolve().parent.parent
+# What crate knows of its build depends on how it was installed: the binary
+# carries build.json (commit and date), a source checkout (an editable
+# install) reads its commit from .git, a plain install (a wheel) knows neither.
+INSTALL = "binary" if FROZEN else "checkout" if (CHECKOUT / ".git").exists() else "wheel"
 COMPONENTS = ("click", "rich", "keyring", "python-pkcs11", "tpm2-pytss", "uvicorn")
 REPORT_KEYS = {
     "version",
@@ -90,10 +95,14 @@ def test_version_option_prints_one_line(crate: CrateRunner, args: list[str]) -> 
 def test_version_option_agrees_with_the_report(crate: CrateRunner) -> None:
     line = crate("--version", check=True).stdout.strip()
     report = version_report(crate)
-    if report["commit"]:
-        assert report["commit"][:12] in line, (line, report["commit"])
-    if report["build_date"]:
-        assert report["build_date"] in line, (line, report["build_date"])
+    assert (report["commit"] is None) == (INSTALL == "wheel"), report
+    commit = (report["commit"] or "")[:12]
+    expected = {
+        "binary": f"crate {VERSION} ({commit}, {report['build_date']}, binary)",
+        "checkout": f"crate {VERSION} ({commit})",
+        "wheel": f"crate {VERSION}",
+    }
+    assert line == expected[INSTALL]
 
 
 def test_version_option_creates_no_home(crate: CrateRunner) -> None:
@@ -121,18 +130,18 @@ def test_version_json_describes_the_runtime(crate: CrateRunner) -> None:
 
 
 def test_version_json_build_fields(crate: CrateRunner) -> None:
-    """The binary carries its build (commit, date, every component); the
-    editable install reads its commit from this checkout and has no date."""
+    """The binary carries its build (commit, date, every component); a source
+    checkout reads its commit from git and has no date; a wheel has neither."""
     report = version_report(crate)
-    head = git_head()
-    if FROZEN:
+    if INSTALL == "binary":
+        head = git_head()
         assert report["commit"] in (head, f"{head}-dirty"), (report["commit"], head)
         assert isinstance(report["build_date"], str)
         assert ISO_UTC.fullmatch(report["build_date"]), report["build_date"]
         missing = [name for name, found in report["components"].items() if not found]
         assert missing == [], f"the binary lacks {missing}"
     else:
-        assert report["commit"] == head
+        assert report["commit"] == (git_head() if INSTALL == "checkout" else None)
         assert report["build_date"] is None
         # The same environment as this test: the same distributions, found or not.
         assert report["components"] == {name: distribution(name) for name in COMPONENTS}

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vault_state import restore_triggers
 
 from crate_cli.errors import IntegrityError
 from crate_cli.vault import snapshots
 from crate_cli.vault.storage.sqlite.queries import HEAD_MACS
-
-pytest_plugins = ["crate_integration_fixtures"]
+from tests.support.vault_state import restore_triggers
 
 Sql = Callable[..., list[tuple[object, ...]]]
 Retrieve = Callable[..., dict[str, str]]

@@ -23,8 +23,6 @@ from crate_cli.vault import jwe
 from crate_cli.vault.api import MAX_RETRIEVE_NAMES, ApiCore, Principal, Request, Response
 from crate_cli.vault.storage.interface import AuditFilter
 
-pytest_plugins = ["crate_integration_fixtures"]
-
 ORG = "personal"
 SECRETS = f"/organization/{ORG}/secrets"
 PLAINTEXT = "plaintext-that-must-never-be-stored-3c9e"

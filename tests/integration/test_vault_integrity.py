@@ -2,9 +2,10 @@
 
 Each test edits a real org vault with sqlite3, as someone with access to the
 file could, then reads it back through the real client in a fresh Session
-(no cached keys) or through the CLI in a new process. Any modification or
-move of a ciphertext must surface as `IntegrityError` (exit 5): never a
-wrong value, never another error class, never a traceback.
+(no cached keys). Any modification or move of a ciphertext must surface as
+`IntegrityError` (exit 5): never a wrong value, never another error class,
+never a traceback. The same failures through the CLI, in new processes, are
+in tests/e2e/test_vault_integrity.py.
 """
 
 from __future__ import annotations
@@ -16,49 +17,15 @@ from pathlib import Path
 import pytest
 
 from crate_cli.errors import ExitCode, IntegrityError
+from tests.support.homes import all_values
+from tests.support.vault_state import VERSION_ROW, Sql, flip, read_cell, write_cell
 
-pytest_plugins = ["crate_integration_fixtures"]
-
-Sql = Callable[..., list[tuple[object, ...]]]
 Retrieve = Callable[..., dict[str, str]]
-
-_VERSION_ROW = "secret_id = (SELECT id FROM secrets WHERE env = ? AND name = ?) AND version = ?"
-
-
-def flip(blob: bytes, index: int) -> bytes:
-    """`blob` with one bit changed at `index` (negative counts from the end)."""
-    data = bytearray(blob)
-    data[index] ^= 0x01
-    return bytes(data)
-
-
-def head_version(sql: Sql, env: str, name: str) -> int:
-    ((version,),) = sql("SELECT version FROM secrets WHERE env = ? AND name = ?", (env, name))
-    assert isinstance(version, int)
-    return version
-
-
-def read_cell(sql: Sql, column: str, env: str, name: str, version: int | None = None) -> bytes:
-    version = version or head_version(sql, env, name)
-    ((value,),) = sql(
-        f"SELECT {column} FROM secret_versions WHERE {_VERSION_ROW}", (env, name, version)
-    )
-    assert isinstance(value, bytes)
-    return value
-
-
-def write_cell(
-    sql: Sql, column: str, env: str, name: str, value: object, version: int | None = None
-) -> None:
-    version = version or head_version(sql, env, name)
-    sql(
-        f"UPDATE secret_versions SET {column} = ? WHERE {_VERSION_ROW}", (value, env, name, version)
-    )
 
 
 def renumber(sql: Sql, env: str, name: str, old: int, new: int) -> None:
     """Change the number of one version row (not the head pointer)."""
-    sql(f"UPDATE secret_versions SET version = ? WHERE {_VERSION_ROW}", (new, env, name, old))
+    sql(f"UPDATE secret_versions SET version = ? WHERE {VERSION_ROW}", (new, env, name, old))
 
 
 def swap_ciphertexts(
@@ -83,10 +50,6 @@ def assert_integrity_failure(
     assert info.value.exit_code == ExitCode.INTEGRITY
     for value in secrets:
         assert value not in info.value.diagnostics()
-
-
-def all_values(acme_secrets: dict[str, dict[str, list[str]]]) -> list[str]:
-    return [v for names in acme_secrets.values() for vs in names.values() for v in vs]
 
 
 # -- the template reads back untouched (the baseline every test departs from) -------
@@ -270,42 +233,3 @@ def test_vault_copied_to_another_org(
         s.client("beta").store("dev", [("PLANTED", "planted-value")])
     # The original is unaffected.
     assert retrieve("acme", "dev", ["DB_URL"]) == {"DB_URL": acme_secrets["dev"]["DB_URL"][-1]}
-
-
-# -- the same failures through the CLI, in new processes ---------------------------------
-
-
-def assert_cli_integrity_failure(result, values: list[str]) -> None:
-    assert result.returncode == ExitCode.INTEGRITY, result
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert 1 <= len(lines) <= 2, result.stderr
-    assert lines[0].startswith("crate: error: ")
-    assert "Traceback" not in result.stderr
-    for value in values:
-        assert value not in result.stderr
-
-
-def test_cli_get_of_flipped_ciphertext(
-    acme_home: Path, vault_sql: Sql, crate, acme_secrets
-) -> None:
-    blob = read_cell(vault_sql, "ciphertext", "dev", "DB_URL")
-    write_cell(vault_sql, "ciphertext", "dev", "DB_URL", flip(blob, 20))
-    result = crate("secrets", "get", "DB_URL", "--org", "acme", "--env", "dev")
-    assert_cli_integrity_failure(result, all_values(acme_secrets))
-    assert "integrity" in result.stderr
-
-
-def test_cli_fetch_of_vault_moved_to_another_org(acme_home: Path, crate, acme_secrets) -> None:
-    orgs = acme_home / "orgs"
-    shutil.move(orgs / "acme.vault", orgs / "beta.vault")
-    result = crate("secrets", "fetch", "--org", "beta", "--env", "prod", "--format", "json")
-    assert_cli_integrity_failure(result, all_values(acme_secrets))
-
-
-def test_cli_set_with_tampered_rsa_key(acme_home: Path, vault_sql: Sql, crate) -> None:
-    ((wrapped,),) = vault_sql("SELECT wrapped_private FROM org_rsa_keys")
-    vault_sql("UPDATE org_rsa_keys SET wrapped_private = ?", (flip(wrapped, -3),))
-    result = crate("secrets", "set", "NEW_NAME", "-", "--org", "acme", input="cli-new-value-xyz")
-    assert_cli_integrity_failure(result, ["cli-new-value-xyz"])
-    assert vault_sql("SELECT count(*) FROM secrets WHERE name = 'NEW_NAME'") == [(0,)]

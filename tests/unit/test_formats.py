@@ -17,7 +17,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
@@ -28,6 +27,7 @@ from crate_cli.formats import (
     parse_dotenv,
     render,
 )
+from tests.support.tools import require_tool
 
 # ---------------------------------------------------------------- helpers
 

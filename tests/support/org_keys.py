@@ -1,0 +1,96 @@
+"""An org opened as the vault's operations take it (crate_cli/vault/keys.py's
+OrgKeys), over the real SQLite storage in a temp home, and values sealed to
+its key as crate's client seals them: for the unit tests of the operations
+(tests/unit/vault/), which then read back the storage interface's rows.
+
+Making an org costs an RSA-3072 key, so a home is made once per session
+(`make_home`) and copied for each test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from crate_cli.config import CrateHome
+from crate_cli.vault import audit, jwe, secrets
+from crate_cli.vault.keys import Caller, OrgKeys
+from crate_cli.vault.masterkey import MasterKeys
+from crate_cli.vault.orgs import create_org
+from crate_cli.vault.secrets import NO_LIMITS, UNSCOPED, Limits, Scope, SealedItem, SecretRecord
+from crate_cli.vault.storage.interface import AuditEntryRow, AuditFilter, HeadRow, VersionRow
+from crate_cli.vault.storage.sqlite import SqliteStorage
+
+ORG = "acme"
+TESTER = Caller("tester@unit")
+
+
+def make_home(root: Path) -> None:
+    """A home at `root` with master key v1 in a file slot and org ORG."""
+    home = CrateHome(root, root)
+    master = MasterKeys(home, environ={})
+    master.create_first("file")
+    create_org(SqliteStorage(home), master, ORG)
+
+
+@contextlib.contextmanager
+def open_org(root: Path, org: str = ORG, master: MasterKeys | None = None) -> Iterator[OrgKeys]:
+    """The org's keys over its store, closed afterwards."""
+    home = CrateHome(root, root)
+    keys = OrgKeys(
+        org,
+        SqliteStorage(home).open_org(org),
+        master or MasterKeys(home, environ={}),
+        TESTER,
+        on_unlock_failure=audit.record_unlock_failure,
+    )
+    try:
+        yield keys
+    finally:
+        keys.store.close()
+
+
+def sealed(
+    keys: OrgKeys, env: str, values: dict[str, str], tags: list[str] | None = None
+) -> tuple[list[SealedItem], str]:
+    """`values` as one batch sealed to the org key for (org, env), as the client seals it."""
+    kid, _ = keys.active_public_key()
+    public = keys.private_key(kid).public_key()
+    header = {"kid": kid, "org": keys.org, "env": env, "tags": tags}
+    token = jwe.encrypt(public, json.dumps(values).encode("utf-8"), header)
+    return [SealedItem(name, tags) for name in values], token
+
+
+def store(
+    keys: OrgKeys,
+    env: str,
+    values: dict[str, str],
+    tags: list[str] | None = None,
+    scope: Scope = UNSCOPED,
+    limits: Limits = NO_LIMITS,
+) -> list[SecretRecord]:
+    """A sealed store of `values` in one transaction (secrets.store_sealed)."""
+    return secrets.store_sealed(
+        keys, env, None, sealed(keys, env, values, tags), TESTER, "set", scope, limits
+    )
+
+
+def head(keys: OrgKeys, env: str, name: str) -> HeadRow:
+    """The secret's head row, which must exist."""
+    row = keys.store.direct.head(env, name)
+    assert row is not None, f"no head for {env}/{name}"
+    return row
+
+
+def versions(keys: OrgKeys, env: str, name: str) -> list[VersionRow]:
+    """The secret's version rows, oldest first."""
+    return keys.store.direct.versions(head(keys, env, name).secret_id)
+
+
+def newest_entry(keys: OrgKeys) -> AuditEntryRow:
+    """The newest entry of the org's audit log."""
+    with keys.store.read() as db:
+        (page,) = db.audit_page(AuditFilter(), 1, None, None)
+    return page.entry
