@@ -19,9 +19,19 @@ from operator import itemgetter
 from typing import Any, ClassVar, Self, dataclass_transform
 
 
+class _RecordType(type):
+    """Gives every record class empty `__slots__`, as NamedTuple does: no
+    instance dictionary, so a field cannot be shadowed nor an attribute added."""
+
+    def __new__(
+        mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kw: Any
+    ) -> "_RecordType":
+        namespace.setdefault("__slots__", ())
+        return super().__new__(mcs, name, bases, namespace, **kw)
+
+
 @dataclass_transform(frozen_default=True)
-class Record(tuple[Any, ...]):
-    __slots__ = ()
+class Record(tuple[Any, ...], metaclass=_RecordType):
     _fields: ClassVar[tuple[str, ...]] = ()
     _defaults: ClassVar[dict[str, Any]] = {}
 
@@ -32,6 +42,7 @@ class Record(tuple[Any, ...]):
         names = tuple(cls.__dict__.get("__annotations__", {}))  # noqa: RUF063
         cls._defaults = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
         cls._fields = names
+        setattr(cls, "__match_args__", names)  # noqa: B010 - mypy sees no such class attribute
         for i, name in enumerate(names):
             setattr(cls, name, property(itemgetter(i), doc=f"field {i}: {name}"))
 
@@ -67,8 +78,8 @@ class Record(tuple[Any, ...]):
     def _replace(self, **changes: Any) -> Self:
         values = [changes.pop(n, v) for n, v in zip(self._fields, self, strict=True)]
         made = tuple.__new__(type(self), values)
-        if changes:
-            raise TypeError(f"{type(self).__name__} has no field {', '.join(map(repr, changes))}")
+        if changes:  # ValueError, as NamedTuple's _replace
+            raise ValueError(f"{type(self).__name__} has no field {', '.join(map(repr, changes))}")
         return made
 
     def _asdict(self) -> dict[str, Any]:

@@ -131,7 +131,9 @@ class Session:
         slot_type = keystore
         if keystore == "auto":
             slot_type, passed_over = self._pick_keystore()
-        created, version = self.master.create_first(slot_type, options, self.storage.list_orgs)
+        created, version = self.master.create_first(
+            slot_type, options, list_orgs=self.storage.list_orgs
+        )
         if not created:
             return False, version
         if not self.home.settings_path.exists():

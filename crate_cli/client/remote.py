@@ -35,6 +35,8 @@ from crate_cli.records import Record
 from crate_cli.vault.crypto import sha256_hex
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from crate_cli.client.transport.http import HttpTransport
 
 LOGIN_FILE = "login.json"
@@ -328,15 +330,22 @@ class LoggedIn(Record):
     org: str
     pin: Pin
     first_use: bool
+    place: str  # where the token is kept: keyring or file
 
 
 def log_in(
-    home: CrateHome, server: str, token: str, ca_file: str | None, expected: str | None, place: str
+    home: CrateHome,
+    server: str,
+    token: str,
+    ca_file: str | None,
+    expected: str | None,
+    choose_place: Callable[[], str],
 ) -> LoggedIn:
     """Check `token` against `server` (whoami), pin its org's key (refusing
     one that differs from `expected` or from the key pinned before), then keep
-    the token in `place` (keyring or file) and the login in login.json, in
-    place of any login before."""
+    the token where `choose_place` says (keyring or file; asked only now,
+    since it may probe the keyring) and the login in login.json, in place of
+    any login before."""
     from crate_cli.client.transport.http import HttpTransport
     from crate_cli.vault.names import check_org
 
@@ -346,11 +355,12 @@ def log_in(
     pin = fetch_pin(transport, org)
     before = pinned_key(home, server, org)
     check_new_pin(home, server, org, pin, expected)
+    place = choose_place()
     remove_login(home)  # the previous token may be kept somewhere else
     Credentials(home, place).set(TOKEN_LABEL, token)
     save_pin(home, server, org, pin)
     write_login(home, Login(server, org, ca_file, place, os.urandom(16).hex()))
-    return LoggedIn(who, org, pin, expected is None and before is None)
+    return LoggedIn(who, org, pin, expected is None and before is None, place)
 
 
 class Remote(Record):

@@ -63,10 +63,9 @@ def login(
     expected = expected_fingerprint(fingerprint) or expected_fingerprint(
         session.environ.get(FINGERPRINT_ENV), FINGERPRINT_ENV
     )
-    place = session.credentials_place()
-    done = log_in(session.home, server, token, ca_file, expected, place)
+    done = log_in(session.home, server, token, ca_file, expected, session.credentials_place)
     who, org = done.who, done.org
-    where = "the OS keyring" if place == "keyring" else "a 0600 file"
+    where = "the OS keyring" if done.place == "keyring" else "a 0600 file"
     scope = ", ".join(who.get("environments") or []) or "all environments"
     click.echo(
         f"crate: logged in to {server} as {who.get('actor')} ({who.get('role')} of {org!r}, "

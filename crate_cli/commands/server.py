@@ -93,10 +93,9 @@ def server(
     """
     from crate_cli.server import hardening
     from crate_cli.server.app import CrateApp, Limits
-    from crate_cli.server.serve import check_limits, plan_endpoint, run_uvicorn
+    from crate_cli.server.serve import plan_endpoint, run_uvicorn
     from crate_cli.vault.api import ApiCore, Denials
 
-    endpoint = plan_endpoint(listen, socket_path, tls_cert, tls_key, insecure_http)
     limits = Limits(
         max_in_flight=max_in_flight,
         workers=workers,
@@ -106,7 +105,9 @@ def server(
         auth_failure_refill=auth_failure_refill,
         denial_log_interval=denial_log_interval,
     )
-    check_limits(limits, max_connections_per_client)
+    endpoint = plan_endpoint(
+        listen, socket_path, tls_cert, tls_key, insecure_http, limits, max_connections_per_client
+    )
     # Before any key is in memory: no core dump, no same-user ptrace.
     hardening.make_undumpable()
     session = Session.for_terminal()

@@ -68,10 +68,13 @@ def plan_endpoint(
     tls_cert: str | None,
     tls_key: str | None,
     insecure_http: bool,
+    limits: Limits,
+    max_connections_per_client: int,
 ) -> Endpoint:
-    """The server's endpoint from its options. Plain HTTP is refused beyond
-    loopback (tokens would cross the network in clear) unless the operator
-    says a TLS proxy sits in front (`insecure_http`)."""
+    """The server's endpoint from its options, with its limits checked too
+    (check_limits), in the order the options are told about. Plain HTTP is
+    refused beyond loopback (tokens would cross the network in clear)
+    unless the operator says a TLS proxy sits in front (`insecure_http`)."""
     from crate_cli.client.transport.http import is_loopback_host
 
     if bool(tls_cert) != bool(tls_key):
@@ -81,6 +84,7 @@ def plan_endpoint(
             raise NotFound(f"no file {path}")
     if socket_path and listen:
         raise InvalidInput("give --listen or --socket, not both")
+    check_limits(limits, max_connections_per_client)
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None
     if socket_path:
         return Endpoint(None, Path(socket_path), tls)

@@ -163,7 +163,8 @@ class MasterKeys:
         self,
         keystore: str,
         options: dict[str, Any] | None = None,
-        list_orgs: Callable[[], list[str]] = list,
+        *,
+        list_orgs: Callable[[], list[str]],
     ) -> tuple[bool, MasterVersion]:
         """Create master key v1 sealed in one slot of type `keystore`.
 

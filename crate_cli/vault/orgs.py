@@ -24,20 +24,13 @@ DEFAULT_ENVIRONMENTS = ("dev", "staging", "prod")
 ORG_RSA_BITS = 3072
 
 
-def list_orgs(storage: Storage) -> list[str]:
-    return storage.list_orgs()
-
-
-def org_exists(storage: Storage, org: str) -> bool:
-    return storage.org_exists(check_org(org))
-
-
 def create_org(
     storage: Storage, master: MasterKeys, org: str, caller: Caller | None = None
 ) -> None:
     """Create org `org` with fresh keys wrapped by the current master key; its
     audit log starts with the creation."""
     check_org(org)
+    storage.prepare()
     if storage.org_exists(org):
         raise Conflict(f"organization {org!r} already exists")
     master_version = master.current().version

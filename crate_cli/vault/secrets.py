@@ -569,13 +569,23 @@ def _in_scope(
     return True
 
 
+def client_key(client_jwk: object) -> Any:
+    """The client's ephemeral public key from its JWK; InvalidInput (a bad
+    request, not a damaged vault) for anything else. Checked before the org
+    is opened, as every shape check of a request is."""
+    try:
+        return jwe.public_key_from_jwk(client_jwk)
+    except IntegrityError as e:
+        raise InvalidInput(e.message) from None
+
+
 def retrieve(
     keys: OrgKeys,
     env: str,
     names: list[str],
     tags: list[str],
     versions: dict[str, int] | None,
-    client_jwk: object,
+    public: Any,
     nonce: str,
     caller: Caller,
     tag_scope: frozenset[str] = NO_SCOPE,
@@ -590,11 +600,8 @@ def retrieve(
     `values`, `versions`, which are encoded and parsed three times faster.
     With `signed`, the answer also carries the org key's signature over
     the bundle, this client key, this nonce and the selection as the
-    request gave it (`layout` its member, jwe.signed_message)."""
-    try:
-        public = jwe.public_key_from_jwk(client_jwk)
-    except IntegrityError as e:  # a bad request, not a damaged vault
-        raise InvalidInput(e.message) from None
+    request gave it (`layout` its member, jwe.signed_message). `public` is
+    the client's key (client_key)."""
     selected = read_columns(keys, env, names, tags, versions, tag_scope)
     served = selected.names
     details: dict[str, Any] = {}

@@ -198,13 +198,14 @@ class VaultService:
         signed: bool = False,
         layout: str | None = None,
     ) -> dict[str, Any]:
+        public = secrets.client_key(client_jwk)  # a bad request before the org is opened
         return secrets.retrieve(
             self.org(org),
             env,
             names,
             tags,
             versions,
-            client_jwk,
+            public,
             nonce,
             caller or self.caller,
             tag_scope,

@@ -31,8 +31,9 @@ def make_home(root: Path) -> None:
     """A home at `root` with master key v1 in a file slot and org ORG."""
     home = CrateHome(root, root)
     master = MasterKeys(home, environ={})
-    master.create_first("file")
-    create_org(SqliteStorage(home), master, ORG)
+    storage = SqliteStorage(home)
+    master.create_first("file", list_orgs=storage.list_orgs)
+    create_org(storage, master, ORG)
 
 
 @contextlib.contextmanager

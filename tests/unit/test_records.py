@@ -36,7 +36,7 @@ def test_wrong_fields_are_refused() -> None:
         Point(1, 2, z=3)
     with pytest.raises(TypeError, match="takes 3 fields, not 2"):
         Point._make((1, 2))
-    with pytest.raises(TypeError, match="has no field 'z'"):
+    with pytest.raises(ValueError, match="has no field 'z'"):
         Point(1, 2)._replace(z=3)
 
 
@@ -44,6 +44,12 @@ def test_immutable_and_derived() -> None:
     p = Point(1, 2)
     with pytest.raises(AttributeError):
         p.x = 5  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        p.extra = 5  # type: ignore[attr-defined]  # no instance dictionary
+    assert not hasattr(p, "__dict__")
+    match p:
+        case Point(x, y):
+            assert (x, y) == (1, 2)
     assert p._replace(y=7) == Point(1, 7)
     assert p == Point(1, 2)  # unchanged
     assert Point._make([5, 6, "c"]) == Point(5, 6, "c")

@@ -497,6 +497,11 @@ class Storage(Protocol):
 
     def list_orgs(self) -> list[str]: ...
     def org_exists(self, org: str) -> bool: ...
+    def prepare(self) -> None:
+        """Make sure where orgs are kept exists and is private (NotPrivate if
+        it is not); create_org calls it before it unlocks a key."""
+        ...
+
     def org_marker(self, org: str) -> Hashable:
         """A value that changes whenever the org's data may have changed, had
         without opening it (`crate run --watch` polls it)."""

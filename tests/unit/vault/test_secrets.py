@@ -284,9 +284,7 @@ def test_a_retrieval_is_readable_only_with_the_clients_key_and_is_recorded(
 
     store(keys, "dev", {"A": "alpha", "B": "beta", "C": "gamma"})
     client = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    answer = secrets.retrieve(
-        keys, "dev", ["B", "A"], [], None, jwe.public_jwk(client.public_key()), "n-1", TESTER
-    )
+    answer = secrets.retrieve(keys, "dev", ["B", "A"], [], None, client.public_key(), "n-1", TESTER)
     bundle = json.loads(jwe.decrypt(client, answer["bundle"]).plaintext)
     assert (bundle["org"], bundle["environment"], bundle["nonce"]) == ("acme", "dev", "n-1")
     assert bundle["secrets"] == [

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from crate_cli.config import CrateHome, ensure_private_dir, fsync_dir
 from crate_cli.errors import Conflict, NotFound
+from crate_cli.vault.names import check_org
 from crate_cli.vault.storage.interface import OrgStore
 from crate_cli.vault.storage.sqlite.store import SqliteOrgStore
 
@@ -39,13 +40,21 @@ class SqliteStorage:
             return []
         return sorted(e[: -len(SUFFIX)] for e in entries if e.endswith(SUFFIX))
 
+    def _path(self, org: str) -> Path:
+        """The org's vault file; the name is checked first, so that no path is
+        ever built from a name that is not an org name (InvalidInput)."""
+        return self.home.vault_path(check_org(org))
+
+    def prepare(self) -> None:
+        ensure_private_dir(self.home.orgs_dir)
+
     def org_exists(self, org: str) -> bool:
-        return self.home.vault_path(org).exists()
+        return self._path(org).exists()
 
     def org_marker(self, org: str) -> Hashable:
         # A write lands in the WAL; a checkpoint then changes the file itself.
         state = []
-        for path in journal_files(self.home.vault_path(org))[:2]:
+        for path in journal_files(self._path(org))[:2]:
             try:
                 info = path.stat()
                 state.append((info.st_mtime_ns, info.st_size))
@@ -54,12 +63,12 @@ class SqliteStorage:
         return tuple(state)
 
     def open_org(self, org: str) -> SqliteOrgStore:
-        return SqliteOrgStore.open(self.home.vault_path(org), org)
+        return SqliteOrgStore.open(self._path(org), org)
 
     def create_org(self, org: str, initialise: Callable[[OrgStore], None]) -> None:
         orgs_dir = self.home.orgs_dir
         ensure_private_dir(orgs_dir)
-        final = self.home.vault_path(org)
+        final = self._path(org)
         if final.exists():
             raise Conflict(f"organization {org!r} already exists")
         tmp = orgs_dir / f".{org}.{os.urandom(4).hex()}.creating"
@@ -80,7 +89,7 @@ class SqliteStorage:
                     leftover.unlink()
 
     def delete_org(self, org: str) -> None:
-        path = self.home.vault_path(org)
+        path = self._path(org)
         doomed = self.home.orgs_dir / f".{org}.{os.urandom(4).hex()}.deleting"
         # One rename takes the org away at once; a crash after it leaves only a
         # hidden file, never a vault without its WAL under the org's name.

@@ -139,3 +139,25 @@ def test_an_audit_entry_is_never_overwritten(store: OrgStore) -> None:
     with store.read() as db:
         (again,) = db.audit_page(AuditFilter(), 1, None, None)
     assert again.entry == first
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "x" * 200])
+def test_no_path_is_built_from_a_name_that_is_no_org_name(
+    storage: SqliteStorage, home: Path, name: str
+) -> None:
+    """A name from the command line never becomes a path outside orgs/, not
+    even to ask whether a file exists (InvalidInput, exit 2, before any file
+    is looked at)."""
+    from crate_cli.errors import InvalidInput
+
+    (home / "evil.vault").write_bytes(b"")  # what ../evil would find from orgs/
+    for call in (
+        storage.org_exists,
+        storage.open_org,
+        storage.org_marker,
+        storage.delete_org,
+        lambda org: storage.create_org(org, lambda store: None),
+    ):
+        with pytest.raises(InvalidInput):
+            call(name)
+    assert (home / "evil.vault").exists()
