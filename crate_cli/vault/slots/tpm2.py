@@ -54,8 +54,9 @@ RC_RETRY = 0x922
 RC_OBJECT_MEMORY = 0x902
 RC_SESSION_MEMORY = 0x903
 # Waits between tries when the TPM is out of slots or busy (another program
-# holds them for a moment): about 1.5 s in all.
-BUSY_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8)
+# holds them for a moment): about 3 s in all, each stretched by a random
+# half so that processes that met at the TPM do not meet again at each try.
+BUSY_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
 
 class _TpmBusy(KeystoreError):
@@ -63,13 +64,14 @@ class _TpmBusy(KeystoreError):
 
 
 def _retrying(attempt: Callable[[], T]) -> T:
+    import random
     import time
 
     for wait in BUSY_WAITS:
         try:
             return attempt()
         except _TpmBusy:
-            time.sleep(wait)
+            time.sleep(wait * (1 + random.random() / 2))  # noqa: S311 - jitter, not a secret
     try:
         return attempt()
     except _TpmBusy:
