@@ -10,7 +10,7 @@ not served, answers a token as a bad token does, after the same work.
 import time
 from typing import Any, Literal
 
-from crate_cli.errors import Forbidden, NotFound, TokenExpired, Unauthorized
+from crate_cli.errors import CrateError, Forbidden, NotFound, TokenExpired, Unauthorized
 from crate_cli.records import Record
 from crate_cli.vault.keys import Caller, OrgKeys, Role
 from crate_cli.vault.service import VaultService
@@ -114,8 +114,6 @@ class TokenCheck:
 
     def _decoy_keys(self) -> OrgKeys | None:
         """A served org's keys, to look tokens up in for orgs that do not exist."""
-        from crate_cli.errors import CrateError
-
         if self._decoy is not None:
             return self._decoy
         for org in self.served_orgs():
@@ -129,8 +127,6 @@ class TokenCheck:
     def warm(self) -> None:
         """Open every served org's vault now, so that a stranger's first request
         to an org costs what later ones do (an open, cold vault is slower)."""
-        from crate_cli.errors import CrateError
-
         for org in self.served_orgs():
             try:
                 self.service.org(org).row_key()
