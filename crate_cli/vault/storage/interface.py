@@ -492,8 +492,36 @@ class OrgStore(Protocol):
     def close(self) -> None: ...
 
 
+class RegistryStore(Protocol):
+    """Where the master-key registry (vault/masterkey.py) is kept: the home's
+    `keys/master.json` for SQLite, a row of the store for PostgreSQL, so that
+    every replica of a team server unlocks the same master key versions.
+    Bytes in, bytes out: the registry's format is masterkey.py's business."""
+
+    # What messages call it (a path, or the store's redacted address).
+    location: str
+
+    def load(self) -> bytes | None:
+        """The registry as stored now (None: there is none yet)."""
+        ...
+
+    def locked(self) -> AbstractContextManager[None]:
+        """Hold the registry's lock, shared by every process and replica, for
+        a read-change-save; `load` and `save` inside it see and write under it."""
+        ...
+
+    def save(self, data: bytes) -> None:
+        """Replace the registry; only inside `locked()`. Durable once the
+        block of `locked()` has ended without an error."""
+        ...
+
+
 class Storage(Protocol):
     """Where a home's orgs live."""
+
+    def master_registry(self) -> RegistryStore:
+        """Where this storage's master-key registry is kept."""
+        ...
 
     def list_orgs(self) -> list[str]: ...
     def org_exists(self, org: str) -> bool: ...
