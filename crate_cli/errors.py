@@ -198,6 +198,21 @@ class ServerUnreachable(CrateError):
     api_code = "server_unreachable"
 
 
+class StoreUnavailable(CrateError):
+    """The team store (PostgreSQL) could not be reached, or did not confirm a
+    change in time: the request failed, and the message says whether the
+    change may have been saved."""
+
+    api_code = "store_unavailable"
+    http_status = 503
+
+
+class StoreRetry(StoreUnavailable):
+    """A store transaction failed in a way that is safe to run again from the
+    start (a lost connection, a deadlock, a serialization failure): it is
+    known not to have been applied. The API core retries such a request."""
+
+
 class TlsFailure(CrateError):
     """The server's certificate did not verify."""
 

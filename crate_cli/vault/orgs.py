@@ -14,6 +14,7 @@ from crate_cli.vault.keys import Caller, OrgKeys
 from crate_cli.vault.masterkey import MasterKeys
 from crate_cli.vault.names import check_org
 from crate_cli.vault.storage.interface import (
+    EXPORT_TABLES,
     OrgStore,
     RsaKeyRow,
     Storage,
@@ -84,3 +85,29 @@ def _initialise(
 
 def delete_org(storage: Storage, org: str) -> None:
     storage.delete_org(check_org(org))
+
+
+def copy_org(source: Storage, target: Storage, org: str) -> None:
+    """Copy org `org` from `source` into `target` with every row as stored, so
+    that every MAC, version and audit entry verifies there as here (`crate org
+    export-store`). It appears in the target whole or not at all; Conflict if
+    the target has it already. Both must be under the same master keys."""
+    check_org(org)
+    target.prepare()
+    if target.org_exists(org):
+        raise Conflict(f"organization {org!r} already exists in the target store")
+    store = source.open_org(org)
+    try:
+        with store.read() as db:  # one snapshot of the source
+            first_key = db.data_key(1) or db.newest_data_key()
+            created_at = first_key.created_at if first_key is not None else utc_now()
+
+            def initialise(new: OrgStore) -> None:
+                with new.write() as copy:
+                    copy.init_org(org, created_at)
+                    for table in EXPORT_TABLES:
+                        copy.import_rows(table, db.export_rows(table))
+
+            target.create_org(org, initialise)
+    finally:
+        store.close()

@@ -15,7 +15,14 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from crate_cli.errors import CrateError, Forbidden, KeystoreError, NotFound, Unauthorized
+from crate_cli.errors import (
+    CrateError,
+    Forbidden,
+    KeystoreError,
+    NotFound,
+    StoreRetry,
+    Unauthorized,
+)
 from crate_cli.records import Record
 from crate_cli.vault import audit
 from crate_cli.vault.api.auth import Denials, Permission, Principal, TokenCheck, authorize
@@ -23,8 +30,12 @@ from crate_cli.vault.audit import Action
 from crate_cli.vault.keys import Caller
 from crate_cli.vault.names import ENV_RE, SECRET_RE
 from crate_cli.vault.service import VaultService
+from crate_cli.vault.storage.interface import counting_commits
 
 MAX_RETRIEVE_NAMES = 1000
+# How many times a request that met StoreRetry (a lost connection, a
+# deadlock: nothing applied) runs again, after 50, 100, 200 ms (with jitter).
+STORE_RETRIES = 3
 
 
 class Request(Record):
@@ -201,11 +212,27 @@ class ApiCore:
         try:
             principal = self._principal(request, params.get("org"))
             authorize(principal, params.get("org"), r.need, r.action)
-            return r.handler(self.service, Call(request, principal, params, noted))
+            return self._run(r, Call(request, principal, params, noted))
         except CrateError as e:
             if r.action is not None and "org" in params:
                 self._record_refusal(request, params["org"], r.action, principal, noted, e)
             raise
+
+    def _run(self, r: Route, call: Call) -> Response:
+        """The route's handler, run again when the store says that nothing of
+        it was applied (StoreRetry) and none of its writes committed."""
+        attempt = 0
+        while True:
+            with counting_commits() as count:
+                try:
+                    return r.handler(self.service, call)
+                except StoreRetry:
+                    if count.commits or attempt >= STORE_RETRIES:
+                        raise
+            import time
+
+            time.sleep(0.05 * 2**attempt * (0.5 + os.urandom(1)[0] / 255))
+            attempt += 1
 
     def _principal(self, request: Request, org: str | None) -> Principal:
         """The caller: the transport's, or the owner of the request's token."""

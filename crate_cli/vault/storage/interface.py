@@ -23,8 +23,9 @@ Rows are `Record`s (crate_cli/records.py): typed like dataclasses, built
 and read like tuples, and cheap to define on `crate run`'s path.
 """
 
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from typing import Protocol
 
 from crate_cli.records import Record
@@ -308,6 +309,81 @@ class AuditFilter(Record):
     name: str | None = None  # entries naming this secret
 
 
+# -- copying an org between stores ------------------------------------------------------
+
+# An org's rows as `crate org export-store` copies them from one store to
+# another, every field as stored (so every MAC still verifies): table -> its
+# columns, in order. Rows carry no storage ids (a secret's versions name it by
+# environment and name), and environment snapshots stay behind (the next read
+# of the environment seals a new one).
+EXPORT_TABLES: dict[str, tuple[str, ...]] = {
+    "org_deks": ("version", "master_version", "wrapped", "created_at"),
+    "org_rsa_keys": (
+        "kid",
+        "master_version",
+        "public_der",
+        "wrapped_private",
+        "created_at",
+        "active",
+    ),
+    "org_audit_keys": ("version", "master_version", "wrapped", "created_at"),
+    "environments": ("name", "created_at"),
+    "secrets": ("env", "name", "version", "deleted", "tags", "updated_at", "actor", "mac"),
+    "secret_versions": (
+        "env",
+        "name",
+        "version",
+        "action",
+        "org_dek_version",
+        "wrapped_dek",
+        "ciphertext",
+        "tags",
+        "created_at",
+        "actor",
+        "mac",
+    ),
+    "tokens": (
+        "name",
+        "hash",
+        "role",
+        "envs",
+        "tags",
+        "created_at",
+        "expires_at",
+        "actor",
+        "mac",
+    ),
+    "token_revocations": ("hash", "name", "revoked_at", "actor", "mac"),
+    "allowed_names": ("name", "allowed_at", "actor", "mac"),
+    "allowed_names_ended": ("name", "allowed_at", "ended_at", "actor", "mac"),
+    "audit_log": (
+        "seq",
+        "time",
+        "actor",
+        "action",
+        "env",
+        "names",
+        "outcome",
+        "request_id",
+        "client",
+        "details",
+        "mac",
+    ),
+    "audit_pending": (
+        "time",
+        "actor",
+        "action",
+        "env",
+        "names",
+        "outcome",
+        "request_id",
+        "client",
+        "details",
+    ),
+    "audit_anchor": ("seq", "mac", "enabled", "tag"),
+}
+
+
 # -- the protocols --------------------------------------------------------------------------
 
 
@@ -399,6 +475,11 @@ class OrgReader(Protocol):
     def is_revoked(self, digest: bytes) -> bool: ...
     def revocations(self) -> list[RevocationRow]: ...
 
+    # copying
+    def export_rows(self, table: str) -> Iterator[tuple[object, ...]]:
+        """Every row of `table` (a key of EXPORT_TABLES) in its columns' order."""
+        ...
+
 
 class OrgWriter(OrgReader, Protocol):
     """The changes of one write transaction. Where SQLite has a trigger or a
@@ -459,6 +540,11 @@ class OrgWriter(OrgReader, Protocol):
     def revoke_token(self, row: RevocationRow) -> None:
         """Deletes the token named `row.name` and records its hash as revoked
         (for good; an existing record of that hash is kept)."""
+        ...
+
+    def import_rows(self, table: str, rows: Iterable[tuple[object, ...]]) -> None:
+        """Add rows given as `export_rows` gives them, into an org that has
+        none of them yet (its anchor row is replaced)."""
         ...
 
 
@@ -548,3 +634,35 @@ class Storage(Protocol):
     def delete_org(self, org: str) -> None:
         """NotFound when there is no such org."""
         ...
+
+
+# -- retries ----------------------------------------------------------------------------------
+
+
+class CommitCount:
+    """How many write transactions committed while it was current."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+
+
+_COMMITS: ContextVar[CommitCount | None] = ContextVar("crate_store_commits", default=None)
+
+
+@contextmanager
+def counting_commits() -> Iterator[CommitCount]:
+    """Count the commits of what runs inside (one request): a request that
+    failed with StoreRetry runs again only if none of its writes committed."""
+    count = CommitCount()
+    token = _COMMITS.set(count)
+    try:
+        yield count
+    finally:
+        _COMMITS.reset(token)
+
+
+def note_commit() -> None:
+    """Called by a store that may raise StoreRetry, after each commit."""
+    count = _COMMITS.get()
+    if count is not None:
+        count.commits += 1

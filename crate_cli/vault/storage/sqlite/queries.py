@@ -8,12 +8,13 @@ only constants of this module; every value is a parameter.
 """
 
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from crate_cli.errors import AuditSeqTaken
 from crate_cli.vault.storage.interface import (
+    EXPORT_TABLES,
     AllowedNameRow,
     AnchorRow,
     AuditEntryRow,
@@ -549,3 +550,33 @@ class SqliteRows:
             "VALUES (?, ?, ?, ?, ?)",
             row,
         )
+
+    # -- copying an org -------------------------------------------------------------------
+
+    def export_rows(self, table: str) -> Iterator[tuple[object, ...]]:
+        columns = EXPORT_TABLES[table]
+        if table == "secret_versions":
+            fields = ", ".join(f"v.{c}" for c in columns[2:])
+            query = (
+                f"SELECT s.env, s.name, {fields} FROM secret_versions v "
+                "JOIN secrets s ON s.id = v.secret_id ORDER BY s.env, s.name, v.version"
+            )
+        else:
+            query = f"SELECT {', '.join(columns)} FROM {table} ORDER BY rowid"
+        return iter(self._conn.execute(query))
+
+    def import_rows(self, table: str, rows: Iterable[tuple[object, ...]]) -> None:
+        columns = EXPORT_TABLES[table]
+        marks = ", ".join("?" * len(columns))
+        if table == "secret_versions":
+            query = (
+                f"INSERT INTO secret_versions (secret_id, {', '.join(columns[2:])}) "
+                "VALUES ((SELECT id FROM secrets WHERE env = ? AND name = ?), "
+                f"{', '.join('?' * (len(columns) - 2))})"
+            )
+        elif table == "audit_anchor":
+            names = ", ".join(columns)
+            query = f"INSERT OR REPLACE INTO audit_anchor (id, {names}) VALUES (1, {marks})"
+        else:
+            query = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+        self._conn.executemany(query, rows)

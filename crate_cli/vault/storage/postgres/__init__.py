@@ -1,0 +1,326 @@
+"""Orgs in one PostgreSQL database, shared by every `crate server` replica
+(storage/interface.py's Storage; selected by `--store`, CRATE_STORE or the
+`store` setting; psycopg is imported only here).
+
+Each process keeps one connection pool per store address. The schema is
+created, or migrated, on first use under an advisory lock (schema.py). An
+org is created in one transaction with everything `initialise` writes, so it
+appears whole or not at all, and two replicas creating the same name cannot
+both succeed (the unique index on live names). Deleting an org removes its
+rows but the audit log's, which is append-only: the org's row stays as a
+tombstone and its name is free again.
+
+The master-key registry is one row of the store (PostgresRegistry), so
+every replica unlocks the same master key versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Hashable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool
+
+from crate_cli.clock import utc_now
+from crate_cli.errors import Conflict, NotFound, UnsupportedVersion
+from crate_cli.vault.names import check_org
+from crate_cli.vault.storage.interface import OrgStore
+from crate_cli.vault.storage.postgres.schema import (
+    _SCHEMA_V1,
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    ORG_TABLES,
+    SCHEMA_VERSION,
+)
+from crate_cli.vault.storage.postgres.store import (
+    IDLE_IN_TRANSACTION_S,
+    LOCK_TIMEOUT_S,
+    RECONNECT_S,
+    PostgresOrgStore,
+    finish,
+    get_connection,
+    store_errors,
+)
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+
+POOL_SIZE = 16
+# TCP keepalives: a peer that vanished (a partition) is noticed in ~20 s
+# instead of the kernel's two hours.
+_CONNECT_ARGS: dict[str, Any] = {
+    "autocommit": True,
+    "application_name": "crate",
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+}
+
+_POOLS: dict[str, ConnectionPool[Any]] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def redact(url: str) -> str:
+    """`url` without its password, for messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "the store (an unreadable address)"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0] + ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
+
+
+def _configure(conn: Connection[Any]) -> None:
+    conn.execute(
+        f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'; "
+        f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_S}s'"
+    )
+
+
+def _pool_for(url: str, where: str) -> ConnectionPool[Any]:
+    """This process's pool for `url`, made (and the schema migrated) on first use."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(url)
+        if pool is None:
+            _quiet_pool_log()
+            pool = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=POOL_SIZE,
+                kwargs=_CONNECT_ARGS,
+                configure=_configure,
+                open=True,
+                name="crate",
+                reconnect_timeout=RECONNECT_S,
+            )
+            try:
+                migrate(pool, where)
+            except BaseException:
+                pool.close()
+                raise
+            _POOLS[url] = pool
+        return pool
+
+
+def _quiet_pool_log() -> None:
+    """The pool's background workers log connection failures, which Python
+    would print on stderr with no handler set: crate reports them itself."""
+    import logging
+
+    log = logging.getLogger("psycopg.pool")
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
+        log.propagate = False
+
+
+def close_pools() -> None:
+    """Close every pool of this process (tests, and a server shutting down)."""
+    with _POOLS_LOCK:
+        for pool in _POOLS.values():
+            pool.close()
+        _POOLS.clear()
+
+
+def _scalar(conn: Connection[Any], sql: str, params: tuple[Any, ...] = ()) -> Any:
+    """The first column of the one row `sql` returns."""
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def migrate(pool: ConnectionPool[Any], where: str) -> None:
+    """Create the schema, or bring it to SCHEMA_VERSION, under an advisory
+    lock: replicas that start together migrate once."""
+    conn = get_connection(pool, where, "BEGIN")
+    try:
+        with store_errors(where):
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            version = 0
+            if _scalar(conn, "SELECT to_regclass('crate_schema')") is not None:
+                version = int(_scalar(conn, "SELECT version FROM crate_schema"))
+            if version > SCHEMA_VERSION:
+                raise UnsupportedVersion(
+                    f"{where} has schema version {version}, newer than this crate understands "
+                    f"({SCHEMA_VERSION}); it was left untouched",
+                    "upgrade crate on this machine to use this store",
+                )
+            if version == 0:
+                conn.execute(_SCHEMA_V1)
+                conn.execute("INSERT INTO crate_schema (id, version) VALUES (1, 1)")
+                version = 1
+            while version < SCHEMA_VERSION:
+                conn.execute(MIGRATIONS[version])
+                version += 1
+                conn.execute("UPDATE crate_schema SET version = %s WHERE id = 1", (version,))
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            finish(pool, conn, "ROLLBACK")
+        raise
+    with store_errors(where):
+        finish(pool, conn, "COMMIT")
+
+
+class PostgresStorage:
+    """The orgs of one PostgreSQL store (storage/interface.py's Storage)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.location = f"the store {redact(url)}"
+
+    @property
+    def pool(self) -> ConnectionPool[Any]:
+        return _pool_for(self.url, self.location)
+
+    def _where(self, org: str) -> str:
+        return f"organization {org!r} in {self.location}"
+
+    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        with store_errors(self.location), self.pool.connection(timeout=RECONNECT_S) as conn:
+            return conn.execute(sql, params).fetchone()
+
+    def list_orgs(self) -> list[str]:
+        with store_errors(self.location), self.pool.connection(timeout=RECONNECT_S) as conn:
+            rows = conn.execute(
+                "SELECT name FROM orgs WHERE deleted_at IS NULL ORDER BY name"
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def _org_id(self, org: str) -> int | None:
+        row = self._one(
+            "SELECT id FROM orgs WHERE name = %s AND deleted_at IS NULL", (check_org(org),)
+        )
+        return None if row is None else int(row[0])
+
+    def org_exists(self, org: str) -> bool:
+        return self._org_id(org) is not None
+
+    def prepare(self) -> None:
+        """Reach the store and make sure its schema is current."""
+        _ = self.pool
+
+    def org_marker(self, org: str) -> Hashable:
+        row = self._one(
+            "SELECT id, changes FROM orgs WHERE name = %s AND deleted_at IS NULL", (check_org(org),)
+        )
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def open_org(self, org: str) -> PostgresOrgStore:
+        org_id = self._org_id(org)
+        if org_id is None:
+            raise NotFound(f"organization {org!r} does not exist in {self.location}")
+        return PostgresOrgStore(self.pool, org, org_id, self._where(org))
+
+    def create_org(self, org: str, initialise: Callable[[OrgStore], None]) -> None:
+        check_org(org)
+        pool = self.pool
+        conn = get_connection(pool, self.location, "BEGIN ISOLATION LEVEL READ COMMITTED")
+        try:
+            with store_errors(self.location):
+                try:
+                    org_id = int(
+                        _scalar(
+                            conn,
+                            "INSERT INTO orgs (name, created_at) VALUES (%s, %s) RETURNING id",
+                            (org, utc_now()),
+                        )
+                    )
+                except pg_errors.UniqueViolation:
+                    raise Conflict(f"organization {org!r} already exists") from None
+                conn.execute(
+                    "INSERT INTO audit_anchor (org_id, seq, mac, enabled, tag) "
+                    "VALUES (%s, 0, ''::bytea, 0, ''::bytea)",
+                    (org_id,),
+                )
+            store = PostgresOrgStore(pool, org, org_id, self._where(org), pinned=conn)
+            initialise(store)
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                finish(pool, conn, "ROLLBACK")
+            raise
+        with store_errors(self.location):
+            finish(pool, conn, "COMMIT")
+
+    def delete_org(self, org: str) -> None:
+        check_org(org)
+        pool = self.pool
+        conn = get_connection(pool, self.location, "BEGIN ISOLATION LEVEL READ COMMITTED")
+        try:
+            with store_errors(self.location):
+                row = conn.execute(
+                    "UPDATE orgs SET deleted_at = %s WHERE name = %s AND deleted_at IS NULL "
+                    "RETURNING id",
+                    (utc_now(), org),
+                ).fetchone()
+                if row is None:
+                    raise NotFound(f"organization {org!r} does not exist")
+                for table in ORG_TABLES:
+                    conn.execute(f"DELETE FROM {table} WHERE org_id = %s", (row[0],))
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                finish(pool, conn, "ROLLBACK")
+            raise
+        with store_errors(self.location):
+            finish(pool, conn, "COMMIT")
+
+    def master_registry(self) -> PostgresRegistry:
+        return PostgresRegistry(self)
+
+
+class PostgresRegistry:
+    """The master-key registry as the one row of `master_registry`
+    (storage/interface.py's RegistryStore); `locked()` holds that row's lock."""
+
+    def __init__(self, storage: PostgresStorage) -> None:
+        self._storage = storage
+        self.location = f"the master-key registry in {storage.location}"
+        self._local = threading.local()
+
+    def _conn(self) -> Connection[Any] | None:
+        conn: Connection[Any] | None = getattr(self._local, "conn", None)
+        return conn
+
+    def load(self) -> bytes | None:
+        conn = self._conn()
+        if conn is not None:
+            with store_errors(self.location):
+                row = conn.execute("SELECT document FROM master_registry WHERE id = 1").fetchone()
+        else:
+            row = self._storage._one("SELECT document FROM master_registry WHERE id = 1")
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        pool = self._storage.pool
+        conn = get_connection(pool, self.location, "BEGIN ISOLATION LEVEL READ COMMITTED")
+        self._local.conn = conn
+        try:
+            with store_errors(self.location):
+                conn.execute("SELECT 1 FROM master_registry WHERE id = 1 FOR UPDATE")
+            yield
+        except BaseException:
+            self._local.conn = None
+            with contextlib.suppress(psycopg.Error):
+                finish(pool, conn, "ROLLBACK")
+            raise
+        self._local.conn = None
+        with store_errors(self.location):
+            finish(pool, conn, "COMMIT")
+
+    def save(self, data: bytes) -> None:
+        conn = self._conn()
+        assert conn is not None, "save() only inside locked()"
+        with store_errors(self.location):
+            conn.execute(
+                "UPDATE master_registry SET document = %s, updated_at = %s WHERE id = 1",
+                (data, utc_now()),
+            )
