@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from crate_cli.session import Session
 from tests.support import signals
 from tests.support.crate_runner import CrateRunner
 from tests.support.keyring_service import SecretService
+from tests.support.postgres import PostgresCluster, database_name
 from tests.support.tools import IN_CI
 from tests.support.tpm_simulator import Swtpm
 
@@ -81,6 +82,50 @@ def swtpm() -> Iterator[Swtpm]:
         yield tpm
     finally:
         tpm.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL for the whole run, started by the first test
+    that asks for it (see tests/support/postgres.py). Shared: a test that stops
+    or kills a server uses make_postgres instead."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresCluster) -> Iterator[str]:
+    """A new empty database for this test alone, as crate_app's URL with its
+    password; dropped after the test, whatever is still connected."""
+    if not postgres.running:  # a test stopped the shared server after all
+        postgres.start()
+    url = postgres.fresh_database()
+    yield url
+    if postgres.running:
+        postgres.drop_database(database_name(url))
+
+
+@pytest.fixture
+def make_postgres() -> Iterator[Callable[..., PostgresCluster]]:
+    """Start a private PostgreSQL (settings over FAST, e.g. postgres.DURABLE),
+    for a test that stops, kills or reconfigures it; all closed after the test."""
+    clusters: list[PostgresCluster] = []
+
+    def make(settings: Mapping[str, str] | None = None) -> PostgresCluster:
+        cluster = PostgresCluster(settings)
+        clusters.append(cluster)
+        cluster.start()
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in clusters:
+            cluster.close()
 
 
 @pytest.fixture

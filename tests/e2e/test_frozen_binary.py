@@ -202,6 +202,18 @@ def test_a_tpm2_slot_works_where_libtss2_is_not_installed(crate: CrateRunner, sw
     assert (code, out) == (0, VALUE), err
 
 
+def test_the_bundle_carries_psycopg_and_its_libpq() -> None:
+    """`crate server --store postgresql://...` needs psycopg, its compiled
+    wrapper with the libpq it ships, and the pool: nothing on the start path
+    imports them, so the spec names them (packaging/crate.spec)."""
+    internal = FOLDER / "_internal"
+    for module in ("psycopg/__init__.pyc", "psycopg/pq/__init__.pyc", "psycopg_pool/__init__.pyc"):
+        assert (internal / module).is_file(), module
+    for pattern in ("psycopg_binary/pq.*.so", "psycopg_binary/_psycopg.*.so"):
+        assert glob.glob(str(internal / pattern)), pattern
+    assert glob.glob(str(internal / "psycopg_binary.libs" / "libpq-*.so*"))
+
+
 def test_the_onefile_build(tmp_path: Path) -> None:
     onefile = os.environ.get("CRATE_ONEFILE")
     if not onefile:

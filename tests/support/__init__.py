@@ -9,6 +9,7 @@ http_server    crate's HTTP adapter under uvicorn in a thread of the test's proc
 crate_server   a real `crate server` process; relay, an active relay in front of it
 tls_ca         a private CA and a certificate for 127.0.0.1
 tpm_simulator  swtpm; softhsm_token, a SoftHSM2 token; keyring_service, gnome-keyring
+postgres       a throwaway PostgreSQL cluster (initdb, pg_ctl) and fresh databases on it
 slots          a slot provider's context and prompts, tpm2 records
 vault_state    a vault file as someone with the file sees and edits it
 vault_damage   whole vault files damaged, and the check that a refusal left them alone
