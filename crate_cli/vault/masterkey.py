@@ -1,9 +1,12 @@
 """Master key versions and their slots (DESIGN §2).
 
-The registry `keys/master.json` lists every master key version and, for each,
-the slots that seal it (LUKS-style: each slot wraps the same 32-byte key).
-It holds no key in clear. Unlocking tries a version's slots in the order of
-the `keys.unlock_order` setting and reports every failure if all fail.
+The registry lists every master key version and, for each, the slots that
+seal it (LUKS-style: each slot wraps the same 32-byte key). It holds no key
+in clear. Where it is kept is storage's business (a `RegistryStore`: the
+home's `keys/master.json` for SQLite, vault/storage/registry_file.py, a row
+of the store for PostgreSQL); every change is a load, change and save under
+the registry's lock. Unlocking tries a version's slots in the order of the
+`keys.unlock_order` setting and reports every failure if all fail.
 
 An unlocked master key stays in this process's memory only.
 """
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from crate_cli.clock import utc_now
-from crate_cli.config import CrateHome, file_lock, write_private_file
+from crate_cli.config import CrateHome
 from crate_cli.errors import (
     Conflict,
     CrateError,
@@ -31,8 +34,8 @@ from crate_cli.records import Record
 from crate_cli.vault import crypto
 from crate_cli.vault.slots import provider
 from crate_cli.vault.slots.base import OTHER_SLOT, SecretPrompt, SlotContext
+from crate_cli.vault.storage.interface import RegistryStore
 
-REGISTRY_FILE = "master.json"
 REGISTRY_FORMAT = 1
 
 
@@ -110,7 +113,11 @@ def _dump_registry(versions: list[MasterVersion]) -> bytes:
 
 
 class MasterKeys:
-    """The master key registry of one crate home, and the keys unlocked so far."""
+    """The master key registry of one crate home (or of its store), and the
+    keys unlocked so far.
+
+    `registry` is where the registry is kept; None is the home's file. The
+    slots' own files and the "last used" markers stay in the home."""
 
     def __init__(
         self,
@@ -118,17 +125,34 @@ class MasterKeys:
         environ: dict[str, str] | None = None,
         prompt: SecretPrompt | None = None,
         unlock_order: list[str] | None = None,
+        registry: RegistryStore | None = None,
     ) -> None:
         self.home = home
         self.environ = dict(os.environ) if environ is None else environ
         self.prompt = prompt
         self.unlock_order = unlock_order or []
+        if registry is None:
+            from crate_cli.vault.storage.registry_file import FileRegistry
+
+            registry = FileRegistry(home)
+        self.registry: RegistryStore = registry
         self._versions: list[MasterVersion] | None = None
         self._unlocked: dict[int, bytes] = {}
 
     @property
-    def path(self) -> Path:
-        return self.home.keys_dir / REGISTRY_FILE
+    def location(self) -> str:
+        """What messages call the registry: its file, or the store's address."""
+        return self.registry.location
+
+    def _load(self) -> list[MasterVersion]:
+        """The registry as stored now (inside `registry.locked()` for a change)."""
+        raw = self.registry.load()
+        self._versions = [] if raw is None else _parse_registry(raw, self.location)
+        return self._versions
+
+    def _save(self, versions: list[MasterVersion]) -> None:
+        self.registry.save(_dump_registry(versions))
+        self._versions = versions
 
     def _slot_context(self, options: dict[str, Any] | None = None) -> SlotContext:
         return SlotContext(
@@ -137,13 +161,7 @@ class MasterKeys:
 
     def versions(self) -> list[MasterVersion]:
         if self._versions is None:
-            path = self.path
-            try:
-                raw = path.read_bytes()
-            except FileNotFoundError:
-                self._versions = []
-            else:
-                self._versions = _parse_registry(raw, path)
+            return self._load()
         return self._versions
 
     def exists(self) -> bool:
@@ -172,15 +190,14 @@ class MasterKeys:
         (whether this call created it, the current version). `list_orgs` tells
         the orgs that exist: with any, the registry was lost, not never made.
         """
-        with file_lock(self.home.keys_dir / ".lock"):
-            self._versions = None
-            if self.exists():
+        with self.registry.locked():
+            if self._load():
                 return False, self.current()
             vaults = list_orgs()
             if vaults:
                 # A new key could never open them: the registry was lost, not never made.
                 raise KeystoreError(
-                    f"the key registry {self.path} is missing or empty, "
+                    f"the key registry {self.location} is missing or empty, "
                     f"but {len(vaults)} org vault(s) exist in {self.home.orgs_dir}",
                     "restore the keys folder from a backup; crate will not make a new master key",
                 )
@@ -189,8 +206,7 @@ class MasterKeys:
             version = MasterVersion(
                 version=1, created_at=utc_now(), slots=(slot,), check=_key_check(key, 1)
             )
-            write_private_file(self.path, _dump_registry([version]))
-            self._versions = [version]
+            self._save([version])
             self._unlocked[1] = key
             return True, version
 
@@ -213,7 +229,7 @@ class MasterKeys:
             # Another process may have rotated the key since the registry was read.
             self._versions = None
         raise KeystoreError(
-            f"master key v{version} is not in the key registry {self.path}",
+            f"master key v{version} is not in the key registry {self.location}",
             "it was pruned or the registry was replaced; restore keys/ from a backup",
         )
 
@@ -364,9 +380,8 @@ class MasterKeys:
     def rotate(self) -> MasterVersion:
         """Create master key version N+1, sealed in a slot like each slot of
         version N (asking for what each needs); version N stays until pruned."""
-        with file_lock(self.home.keys_dir / ".lock"):
-            self._versions = None
-            record = self.current()
+        with self.registry.locked():
+            record = self.current()  # the registry as it is now
             self.unlock(record.version)  # the old key must be usable to rewrap
             key = crypto.new_key()
             version = record.version + 1
@@ -385,23 +400,19 @@ class MasterKeys:
             new = MasterVersion(
                 version=version, created_at=utc_now(), slots=slots, check=_key_check(key, version)
             )
-            versions = [*self.versions(), new]
-            write_private_file(self.path, _dump_registry(versions))
-            self._versions = versions
+            self._save([*self.versions(), new])
             self._unlocked[version] = key
             return new
 
     def remove_version(self, version: int) -> MasterVersion:
         """Delete an old version and destroy its slots (the caller checked that
         nothing refers to it)."""
-        with file_lock(self.home.keys_dir / ".lock"):
-            self._versions = None
+        with self.registry.locked():
+            self._load()
             record = self._version(version)
             if record.version == self.current().version:
                 raise Conflict(f"master key v{version} is the current one")
-            versions = [v for v in self.versions() if v.version != version]
-            write_private_file(self.path, _dump_registry(versions))
-            self._versions = versions
+            self._save([v for v in self.versions() if v.version != version])
             self._unlocked.pop(version, None)
         for slot in record.slots:
             provider(slot.type).destroy(self._slot_context(), slot.params)
@@ -415,9 +426,8 @@ class MasterKeys:
                 "the env slot keeps nothing on disk: set CRATE_MASTER_KEY from "
                 "`crate keys export-env` where it is needed"
             )
-        with file_lock(self.home.keys_dir / ".lock"):
-            self._versions = None
-            record = self.current()
+        with self.registry.locked():
+            record = self.current()  # the registry as it is now
             key = self.unlock(record.version)
             slot = self._seal_slot(key, record.version, keystore, options)
             self._replace(record._replace(slots=(*record.slots, slot)))
@@ -425,9 +435,8 @@ class MasterKeys:
 
     def remove_slot(self, slot_id: str) -> SlotRecord:
         """Remove a slot, refusing when no other slot of its version still unlocks."""
-        with file_lock(self.home.keys_dir / ".lock"):
-            self._versions = None
-            for record in self.versions():
+        with self.registry.locked():
+            for record in self._load():
                 doomed = [s for s in record.slots if s.id == slot_id]
                 if not doomed:
                     continue
@@ -453,9 +462,9 @@ class MasterKeys:
         raise NotFound(f"no key slot {slot_id!r}", "list them with: crate keys slots list")
 
     def _replace(self, record: MasterVersion) -> None:
-        versions = [record if v.version == record.version else v for v in self.versions()]
-        write_private_file(self.path, _dump_registry(versions))
-        self._versions = versions
+        """Save the registry as loaded under `registry.locked()`, with `record`
+        in place of its version."""
+        self._save([record if v.version == record.version else v for v in self.versions()])
 
 
 ENV_SLOT_VARIABLE = "CRATE_MASTER_KEY"

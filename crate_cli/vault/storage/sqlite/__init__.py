@@ -15,6 +15,7 @@ from crate_cli.config import CrateHome, ensure_private_dir, fsync_dir
 from crate_cli.errors import Conflict, NotFound
 from crate_cli.vault.names import check_org
 from crate_cli.vault.storage.interface import OrgStore
+from crate_cli.vault.storage.registry_file import FileRegistry
 from crate_cli.vault.storage.sqlite.store import SqliteOrgStore
 
 SUFFIX = ".vault"
@@ -32,6 +33,11 @@ class SqliteStorage:
 
     def __init__(self, home: CrateHome) -> None:
         self.home = home
+
+    def master_registry(self) -> FileRegistry:
+        """The home's `keys/master.json`: SQLite keeps the registry beside the
+        vaults, in the home."""
+        return FileRegistry(self.home)
 
     def list_orgs(self) -> list[str]:
         try:
