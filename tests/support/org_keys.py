@@ -1,10 +1,11 @@
 """An org opened as the vault's operations take it (crate_cli/vault/keys.py's
-OrgKeys), over the real SQLite storage in a temp home, and values sealed to
-its key as crate's client seals them: for the unit tests of the operations
-(tests/unit/vault/), which then read back the storage interface's rows.
+OrgKeys), over a real storage — SQLite files in a temp home, or a database of
+a real PostgreSQL (a `Backend`) — and values sealed to its key as crate's
+client seals them: for the unit tests of the operations (tests/unit/vault/),
+which then read back the storage interface's rows, the same on both.
 
-Making an org costs an RSA-3072 key, so a home is made once per session
-(`make_home`) and copied for each test.
+Making an org costs an RSA-3072 key, so a home (and a template database) is
+made once per session and copied for each test.
 """
 
 from __future__ import annotations
@@ -20,30 +21,64 @@ from crate_cli.vault.keys import Caller, OrgKeys
 from crate_cli.vault.masterkey import MasterKeys
 from crate_cli.vault.orgs import create_org
 from crate_cli.vault.secrets import NO_LIMITS, UNSCOPED, Limits, Scope, SealedItem, SecretRecord
-from crate_cli.vault.storage.interface import AuditEntryRow, AuditFilter, HeadRow, VersionRow
+from crate_cli.vault.storage.interface import (
+    AuditEntryRow,
+    AuditFilter,
+    HeadRow,
+    Storage,
+    VersionRow,
+)
 from crate_cli.vault.storage.sqlite import SqliteStorage
 
 ORG = "acme"
 TESTER = Caller("tester@unit")
 
 
-def make_home(root: Path) -> None:
+class Backend:
+    """Where a test's orgs live: the home's SQLite files (no `url`), or the
+    PostgreSQL database at `url`, which also keeps the master-key registry.
+    Key slots that keep a file (the `file` slot) keep it in the home either way."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url
+
+    @property
+    def name(self) -> str:
+        return "sqlite" if self.url is None else "postgres"
+
+    def storage(self, root: Path) -> Storage:
+        if self.url is None:
+            return SqliteStorage(CrateHome(root, root))
+        from crate_cli.vault.storage.postgres import PostgresStorage
+
+        return PostgresStorage(self.url)
+
+    def master(self, root: Path) -> MasterKeys:
+        """The master keys of a new process on this backend."""
+        registry = self.storage(root).master_registry()
+        return MasterKeys(CrateHome(root, root), environ={}, registry=registry)
+
+
+SQLITE = Backend()
+
+
+def make_home(root: Path, backend: Backend = SQLITE) -> None:
     """A home at `root` with master key v1 in a file slot and org ORG."""
-    home = CrateHome(root, root)
-    master = MasterKeys(home, environ={})
-    storage = SqliteStorage(home)
+    storage = backend.storage(root)
+    master = backend.master(root)
     master.create_first("file", list_orgs=storage.list_orgs)
     create_org(storage, master, ORG)
 
 
 @contextlib.contextmanager
-def open_org(root: Path, org: str = ORG, master: MasterKeys | None = None) -> Iterator[OrgKeys]:
+def open_org(
+    root: Path, org: str = ORG, master: MasterKeys | None = None, backend: Backend = SQLITE
+) -> Iterator[OrgKeys]:
     """The org's keys over its store, closed afterwards."""
-    home = CrateHome(root, root)
     keys = OrgKeys(
         org,
-        SqliteStorage(home).open_org(org),
-        master or MasterKeys(home, environ={}),
+        backend.storage(root).open_org(org),
+        master or backend.master(root),
         TESTER,
         on_unlock_failure=audit.record_unlock_failure,
     )

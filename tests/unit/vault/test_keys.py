@@ -15,7 +15,7 @@ from crate_cli.vault.keys import OrgKeys
 from crate_cli.vault.masterkey import MasterKeys
 from crate_cli.vault.storage.interface import HeadRow
 from crate_cli.vault.storage.sqlite import SqliteStorage
-from tests.support.org_keys import ORG, TESTER, head, open_org, store, versions
+from tests.support.org_keys import ORG, TESTER, Backend, head, open_org, store, versions
 
 
 def test_an_org_has_one_data_key_one_audit_key_and_one_rsa_key(keys: OrgKeys) -> None:
@@ -72,7 +72,9 @@ def test_a_head_with_any_field_changed_does_not_verify(keys: OrgKeys, field: str
         keys.check_head("dev", changed)
 
 
-def test_a_row_mac_binds_the_org_and_the_environment(home: Path, keys: OrgKeys) -> None:
+def test_a_row_mac_binds_the_org_and_the_environment(
+    home: Path, keys: OrgKeys, backend: Backend
+) -> None:
     store(keys, "dev", {"A": "alpha"})
     row = head(keys, "dev", "A")
     (version,) = versions(keys, "dev", "A")
@@ -82,7 +84,7 @@ def test_a_row_mac_binds_the_org_and_the_environment(home: Path, keys: OrgKeys) 
         keys.check_version("prod", "A", version)
     with pytest.raises(IntegrityError):
         keys.check_version("dev", "B", version)
-    master = MasterKeys(CrateHome(home, home), environ={})
+    master = backend.master(home)
     other = OrgKeys(
         "other", keys.store, master, TESTER, on_unlock_failure=lambda *args: None
     )  # the same rows and keys, read as another org's
@@ -119,12 +121,12 @@ def test_a_failed_unlock_is_reported_once_and_raised_each_time(home: Path) -> No
     assert reported == [("keystore_unavailable", 1)]
 
 
-def test_a_failed_unlock_is_left_pending_in_the_audit_log(home: Path) -> None:
+def test_a_failed_unlock_is_left_pending_in_the_audit_log(home: Path, backend: Backend) -> None:
     """Without the key there is no MAC to chain with: the org's default
     report (audit.record_unlock_failure) writes a pending entry."""
     (key_file,) = (home / "keys").glob("slot-*.key")
     key_file.unlink()
-    with open_org(home) as keys:
+    with open_org(home, backend=backend) as keys:
         with pytest.raises(KeystoreError):
             keys.dek(1)
         ((_, fields),) = keys.store.direct.pending_entries()

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from crate_cli.config import CrateHome
 from crate_cli.errors import IntegrityError
 from crate_cli.vault import rotation, secrets
 from crate_cli.vault.keys import OrgKeys
-from crate_cli.vault.masterkey import MasterKeys
 from crate_cli.vault.storage.interface import VersionRewrap
-from tests.support.org_keys import TESTER, head, newest_entry, open_org, store
+from tests.support.org_keys import TESTER, Backend, head, newest_entry, open_org, store
 
 
 def stored(keys: OrgKeys) -> dict[str, str]:
@@ -116,9 +114,11 @@ def test_a_due_rotation_runs_before_a_write_and_says_it_was_scheduled(keys: OrgK
     }
 
 
-def test_a_rewrap_moves_every_org_key_to_the_new_master_version(home: Path) -> None:
-    master = MasterKeys(CrateHome(home, home), environ={})
-    with open_org(home, master=master) as keys:
+def test_a_rewrap_moves_every_org_key_to_the_new_master_version(
+    home: Path, backend: Backend
+) -> None:
+    master = backend.master(home)
+    with open_org(home, master=master, backend=backend) as keys:
         expected = stored(keys)
         assert set(rotation.master_versions_used(keys)) == {1}
         assert master.rotate().version == 2
@@ -133,5 +133,5 @@ def test_a_rewrap_moves_every_org_key_to_the_new_master_version(home: Path) -> N
             {"master_version": 2, "rewrapped": 3},
         )
     master.remove_version(1)
-    with open_org(home) as fresh:  # a new process, with version 2 only
+    with open_org(home, backend=backend) as fresh:  # a new process, with version 2 only
         assert read_all(fresh) == expected

@@ -38,6 +38,7 @@ from crate_cli.vault.storage.postgres.schema import (
     SCHEMA_VERSION,
 )
 from crate_cli.vault.storage.postgres.store import (
+    FIRST_CONTACT_S,
     IDLE_IN_TRANSACTION_S,
     LOCK_TIMEOUT_S,
     RECONNECT_S,
@@ -123,6 +124,14 @@ def _quiet_pool_log() -> None:
         log.propagate = False
 
 
+def close_pool(url: str) -> None:
+    """Close this process's pool for `url`, if it has one."""
+    with _POOLS_LOCK:
+        pool = _POOLS.pop(url, None)
+    if pool is not None:
+        pool.close()
+
+
 def close_pools() -> None:
     """Close every pool of this process (tests, and a server shutting down)."""
     with _POOLS_LOCK:
@@ -141,7 +150,7 @@ def _scalar(conn: Connection[Any], sql: str, params: tuple[Any, ...] = ()) -> An
 def migrate(pool: ConnectionPool[Any], where: str) -> None:
     """Create the schema, or bring it to SCHEMA_VERSION, under an advisory
     lock: replicas that start together migrate once."""
-    conn = get_connection(pool, where, "BEGIN")
+    conn = get_connection(pool, where, "BEGIN", FIRST_CONTACT_S)
     try:
         with store_errors(where):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))

@@ -54,6 +54,9 @@ IDLE_IN_TRANSACTION_S = 60
 # fails (a restart under load took 3-5 s here), and how long a write whose
 # COMMIT lost its connection keeps asking whether it was saved.
 RECONNECT_S = 8.0
+# A process's first contact with the store: a wrong address or a stopped
+# server is reported soon, not after RECONNECT_S.
+FIRST_CONTACT_S = 2.0
 CONFIRM_S = 15.0
 # Write ids older than this are dropped (by one write in PRUNE_ONE_IN).
 WRITE_ID_KEEP_S = 3600
@@ -115,10 +118,12 @@ def backoff(attempt: int) -> float:
     return float(min(0.05 * 2**attempt, 1.0) * (0.5 + random.random()))  # noqa: S311 (jitter)
 
 
-def get_connection(pool: ConnectionPool[Any], where: str, begin: str) -> Connection[Any]:
+def get_connection(
+    pool: ConnectionPool[Any], where: str, begin: str, patience: float = RECONNECT_S
+) -> Connection[Any]:
     """A pooled connection with `begin` run on it; a lost connection is
-    replaced until RECONNECT_S have passed (then StoreUnavailable)."""
-    deadline = time.monotonic() + RECONNECT_S
+    replaced until `patience` seconds have passed (then StoreUnavailable)."""
+    deadline = time.monotonic() + patience
     attempt = 0
     while True:
         conn: Connection[Any] | None = None

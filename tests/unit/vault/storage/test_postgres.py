@@ -177,9 +177,7 @@ def test_a_revocation_is_permanent_while_its_org_lives(keys: OrgKeys, pg_url: st
 # -- orgs -----------------------------------------------------------------------------------
 
 
-def test_an_org_whose_creation_fails_leaves_nothing(
-    storage: PostgresStorage, pg_url: str
-) -> None:
+def test_an_org_whose_creation_fails_leaves_nothing(storage: PostgresStorage, pg_url: str) -> None:
     storage.prepare()
 
     def broken(org_store: Any) -> None:
@@ -194,9 +192,7 @@ def test_an_org_whose_creation_fails_leaves_nothing(
     assert sql(pg_url, "SELECT count(*) FROM orgs") == [(0,)]
 
 
-def test_two_replicas_creating_one_org_do_not_both_succeed(
-    pg_url: str, master: MasterKeys
-) -> None:
+def test_two_replicas_creating_one_org_do_not_both_succeed(pg_url: str, master: MasterKeys) -> None:
     outcomes: list[str] = []
 
     def create(n: int) -> None:
@@ -354,4 +350,4 @@ def test_an_unreachable_store_is_reported_without_its_password() -> None:
     close_pools()
     assert "hunter2" not in str(caught.value) and "hunter2" not in caught.value.diagnostics()
     assert "127.0.0.1" in str(caught.value)
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 6  # the first contact is not retried for long
