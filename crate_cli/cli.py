@@ -31,6 +31,8 @@ COMMANDS = {
 
 # Commands that retrieve secrets: main() starts their ephemeral key first.
 RETRIEVING = (["run"], ["secrets", "get"], ["secrets", "fetch"])
+# The root command's options that take a value (`crate --store URL run`).
+ROOT_VALUE_OPTIONS = ("--store",)
 
 
 def _print_version() -> None:
@@ -82,8 +84,14 @@ def _build_root() -> Any:
         help="Show the version and exit.",
     )
     @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
+    @click.option(
+        "--store",
+        metavar="URL",
+        help="Where the vaults are kept: sqlite (the home's files, the default) or "
+        "postgresql://... for a team server (env CRATE_STORE; setting store).",
+    )
     @click.pass_context
-    def crate(ctx: click.Context, debug: bool) -> None:
+    def crate(ctx: click.Context, debug: bool, store: str | None) -> None:
         """crate: a local-first secrets manager for developers.
 
         \b
@@ -91,6 +99,13 @@ def _build_root() -> Any:
         crate run -- CMD ARGS...          run CMD with the secrets in its environment
         """
         ctx.ensure_object(dict)["debug"] = debug
+        if store is not None:
+            # Every Session of this command sees it, before CRATE_STORE and the
+            # setting; not an environment variable, which `crate run`'s command
+            # would inherit.
+            from crate_cli.session import Session
+
+            Session.store_option = store
 
     return crate
 
@@ -160,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _dispatch(args: list[str], own: list[str]) -> None:
     """Run the command `args` names; `own` are the arguments before `--`."""
-    words = [a for a in own if not a.startswith("-")]
+    words = _command_words(own)
     if any(words[: len(c)] == c for c in RETRIEVING):
         import gc
 
@@ -188,6 +203,21 @@ def _dispatch(args: list[str], own: list[str]) -> None:
             return
         args = args[:cut]
     _click_main(args, run_command)
+
+
+def _command_words(own: list[str]) -> list[str]:
+    """The words of `own` that name the command and its arguments: neither
+    options nor the value of a root option (`crate --store URL run`)."""
+    words: list[str] = []
+    value_next = False
+    for arg in own:
+        if value_next:
+            value_next = False
+        elif not words and arg in ROOT_VALUE_OPTIONS:
+            value_next = True
+        elif not arg.startswith("-"):
+            words.append(arg)
+    return words
 
 
 def _usage_message(error: Any) -> str:

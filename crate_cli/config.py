@@ -23,7 +23,11 @@ SETTINGS_FILE = "settings.toml"
 SETTINGS_CACHE = ".settings.toml.json"
 
 # Settings a user may change, with their defaults and the type they must have.
+# A name without a dot is a top-level key of settings.toml.
 DEFAULTS: dict[str, Any] = {
+    # Where the orgs and the master-key registry are kept: "" (or "sqlite") is
+    # the home's SQLite files, a postgresql:// URL a team server's database.
+    "store": "",
     "session.org": "",
     "session.env": "dev",
     "secrets.max_value_bytes": 64 * 1024,
@@ -243,8 +247,9 @@ class Settings:
         return cls(path, data)
 
     def get(self, key: str) -> Any:
-        section, _, name = key.partition(".")
-        table = self.data.get(section)
+        section, dot, name = key.partition(".")
+        table = self.data.get(section) if dot else self.data
+        name = name if dot else key
         if isinstance(table, dict) and name in table:
             value = table[name]
             default = DEFAULTS.get(key)
@@ -264,8 +269,11 @@ class Settings:
         return DEFAULTS.get(key)
 
     def set(self, key: str, value: Any) -> None:
-        section, _, name = key.partition(".")
-        self.data.setdefault(section, {})[name] = value
+        section, dot, name = key.partition(".")
+        if dot:
+            self.data.setdefault(section, {})[name] = value
+        else:
+            self.data[key] = value
 
     @classmethod
     def update(cls, home: CrateHome, key: str, value: Any) -> "Settings":

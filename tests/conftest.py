@@ -46,7 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def crate_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "crate-home"
     monkeypatch.setenv("CRATE_HOME", str(home))
-    for var in ("CRATE_ORG", "CRATE_ENV", "CRATE_PASSPHRASE", "CRATE_MASTER_KEY"):
+    for var in ("CRATE_ORG", "CRATE_ENV", "CRATE_PASSPHRASE", "CRATE_MASTER_KEY", "CRATE_STORE"):
         monkeypatch.delenv(var, raising=False)
     # Implicit first use makes a file slot, whatever TPM or keyring this
     # machine has; the tests of `auto` itself unset this.

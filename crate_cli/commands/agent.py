@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from crate_cli.commands.options import json_option, print_json
+from crate_cli.errors import InvalidInput
 from crate_cli.session import Session
 
 
@@ -28,7 +29,15 @@ def start(idle_timeout: str, as_json: bool) -> None:
     from crate_cli.server import agent as agent_core
 
     seconds = parse_duration(idle_timeout, "--idle-timeout")
-    info = agent_core.start(Session.for_terminal(), seconds)
+    session = Session.for_terminal()
+    if not session.local_store:
+        # Commands find the agent by their home, whatever store they name.
+        raise InvalidInput(
+            "the agent serves the home's own vaults, not another store",
+            "run `crate server` for a shared store, or start the agent without "
+            "--store and CRATE_STORE",
+        )
+    info = agent_core.start(session, seconds)
     if as_json:
         print_json(info)
         return

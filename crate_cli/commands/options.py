@@ -13,14 +13,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def complete_org(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
-    """Shell completion of --org: the home's vault files, nothing unlocked."""
-    from crate_cli.config import resolve_home
-    from crate_cli.session import open_storage
+    """Shell completion of --org: the home's vault files, nothing unlocked.
+    With another store, nothing: a key press opens no database connection."""
+    from crate_cli.session import Session
 
     try:
-        return [
-            org for org in open_storage(resolve_home()).list_orgs() if org.startswith(incomplete)
-        ]
+        session = Session()
+        if not session.local_store:
+            return []
+        return [org for org in session.storage.list_orgs() if org.startswith(incomplete)]
     except Exception:  # a completion must never print an error into the prompt
         return []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from crate_cli.cli import restore_environment
+from crate_cli.cli import _command_words, restore_environment
 
 LAUNCHED = {
     "_PYI_ARCHIVE_FILE": "/b/crate",
@@ -56,3 +56,17 @@ def test_restore_environment(before: dict[str, str], after: dict[str, str]) -> N
     environ = dict(before)
     restore_environment(environ)
     assert environ == after
+
+
+@pytest.mark.parametrize(
+    ("own", "words"),
+    [
+        (["--store", "postgresql://h/x", "run"], ["run"]),
+        (["--store=sqlite", "--debug", "secrets", "get", "A"], ["secrets", "get", "A"]),
+        (["--debug", "--store", "sqlite", "run", "A"], ["run", "A"]),
+        # After the command's name, --store is not the root's option.
+        (["run", "--store", "A"], ["run", "A"]),
+    ],
+)
+def test_a_root_options_value_is_not_a_command_word(own: list[str], words: list[str]) -> None:
+    assert _command_words(own) == words

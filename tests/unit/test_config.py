@@ -49,3 +49,22 @@ def test_settings_cache_follows_the_file_text(tmp_path: Path) -> None:
     (tmp_path / ".settings.toml.json").write_text("{not json")
     assert Settings.load(home).get("session.org") == "beta"
     assert "beta" in (tmp_path / ".settings.toml.json").read_text()
+
+
+def test_a_setting_without_a_section_is_a_top_level_key(tmp_path: Path) -> None:
+    home = CrateHome(tmp_path, tmp_path)
+    settings = Settings.load(home)
+    assert settings.get("store") == ""
+    settings.set("session.org", "acme")
+    settings.set("store", "sqlite")
+    settings.save()
+    text = (tmp_path / "settings.toml").read_text()
+    assert text.startswith('store = "sqlite"\n'), text  # TOML: before any table
+    import tomllib
+
+    assert tomllib.loads(text) == {"store": "sqlite", "session": {"org": "acme"}}
+    assert Settings.load(home).get("store") == "sqlite"
+    assert Settings.load(home).get("session.org") == "acme"
+    (tmp_path / "settings.toml").write_text("store = 5\n")
+    with pytest.raises(InvalidInput, match=r"setting store in .* must be a str"):
+        Settings.load(home).get("store")
