@@ -70,13 +70,9 @@ def open_storage(home: CrateHome, store: str = "") -> Storage:
 
 def _postgres_storage(url: str) -> Storage:
     try:
-        # The postgres package is written apart (issue 19); until it is there,
-        # mypy finds no module here.
-        from crate_cli.vault.storage.postgres import (  # type: ignore[import-not-found, unused-ignore]
-            PostgresStorage,
-        )
+        from crate_cli.vault.storage.postgres import PostgresStorage
     except ModuleNotFoundError as e:
-        if (e.name or "").partition(".")[0] != "psycopg":
+        if not (e.name or "").startswith("psycopg"):
             raise
         raise CrateError(
             "a PostgreSQL store needs psycopg, which is not installed with this crate",

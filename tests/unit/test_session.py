@@ -195,4 +195,4 @@ def test_another_store_never_uses_the_homes_agent(home: CrateHome) -> None:
     """The agent serves the home's files; its socket is found by home."""
     session = _session(home, {"CRATE_STORE": f"postgresql://u:{PASSWORD}@db/x"})
     assert session.agent is None
-    assert POSTGRES not in sys.modules or sys.modules[POSTGRES] is None
+    assert "storage" not in session.__dict__  # deciding that opened no store

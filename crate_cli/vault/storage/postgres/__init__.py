@@ -20,7 +20,6 @@ import contextlib
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -47,6 +46,7 @@ from crate_cli.vault.storage.postgres.store import (
     get_connection,
     store_errors,
 )
+from crate_cli.vault.storage.urls import redact_store_url
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -66,19 +66,6 @@ _CONNECT_ARGS: dict[str, Any] = {
 
 _POOLS: dict[str, ConnectionPool[Any]] = {}
 _POOLS_LOCK = threading.Lock()
-
-
-def redact(url: str) -> str:
-    """`url` without its password, for messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "the store (an unreadable address)"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0] + ":***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
 
 
 def _configure(conn: Connection[Any]) -> None:
@@ -184,7 +171,7 @@ class PostgresStorage:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.location = f"the store {redact(url)}"
+        self.location = f"the store {redact_store_url(url)}"
 
     @property
     def pool(self) -> ConnectionPool[Any]:
