@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from crate_cli.commands.options import json_option, org_option, print_json
 from crate_cli.config import Settings
-from crate_cli.errors import CrateError, InvalidInput
+from crate_cli.errors import Conflict, CrateError, InvalidInput, NotFound
 from crate_cli.session import Session, stdin_is_terminal
+
+if TYPE_CHECKING:
+    from crate_cli.vault.masterkey import MasterKeys
 
 
 @click.group()
@@ -57,6 +62,79 @@ def delete(name: str, yes: bool) -> None:
     if session.settings.get("session.org") == name:
         Settings.update(session.home, "session.org", "")
     click.echo(f"deleted organization {name!r}", err=True)
+
+
+@org.command("export-store")
+@click.option(
+    "--to", "target", required=True, metavar="URL", help="The store to copy into (postgresql://…)."
+)
+@click.option(
+    "--org",
+    "orgs",
+    multiple=True,
+    metavar="ORG",
+    help="Copy only this org (repeatable; default all).",
+)
+def export_store(target: str, orgs: tuple[str, ...]) -> None:
+    """Copy organizations into another store, every key, version and audit
+    entry as they are (moving a team's orgs to PostgreSQL).
+
+    The master-key registry goes along when the target has none. Each copy
+    appears whole or not at all, and its audit chain is verified there."""
+    from crate_cli.session import open_storage
+    from crate_cli.vault.masterkey import MasterKeys
+    from crate_cli.vault.orgs import copy_org, verify_copy
+    from crate_cli.vault.storage.urls import redact_store_url
+
+    session = Session.for_terminal()
+    if target.lower() == session.store.lower() or (session.local_store and target == "sqlite"):
+        raise InvalidInput("--to names the store crate is using already", "give another store")
+    source = session.storage
+    names = list(orgs) or source.list_orgs()
+    for name in names:
+        if not source.org_exists(name):
+            raise NotFound(f"organization {name!r} does not exist")
+    shown = redact_store_url(target)
+    destination = open_storage(session.home, target)
+    there = [name for name in names if destination.org_exists(name)]
+    if there:
+        raise Conflict(
+            f"{shown} has organization {there[0]!r} already; nothing was copied",
+            "copy the others with --org NAME",
+        )
+    registry = destination.master_registry()
+    if session.master.share_with(registry):
+        click.echo(f"copied the master-key registry to {shown}", err=True)
+    copied_master = MasterKeys(
+        session.home, environ=session.environ, prompt=session.prompt, registry=registry
+    )
+    for name in names:
+        copy_org(source, destination, name)
+        entries = verify_copy(destination, copied_master, name)
+        click.echo(
+            f"copied organization {name!r} to {shown}: audit log verified ({entries} entries)",
+            err=True,
+        )
+    _advise_slots(copied_master)
+
+
+def _advise_slots(master: MasterKeys) -> None:
+    """Say which slots of the copied registry replicas on other hosts can use."""
+    host_bound = sorted(
+        {
+            s.type
+            for v in master.versions()
+            for s in v.slots
+            if s.type in ("file", "keyring", "tpm2")
+        }
+    )
+    if host_bound:
+        click.echo(
+            f"crate: note: {', '.join(host_bound)} slots unlock on this host only; for replicas "
+            "elsewhere add a passphrase or pkcs11 slot (crate --store URL keys slots add TYPE) or "
+            "give them CRATE_MASTER_KEY (crate keys export-env)",
+            err=True,
+        )
 
 
 @org.command("allow-name")

@@ -233,6 +233,30 @@ class MasterKeys:
             "it was pruned or the registry was replaced; restore keys/ from a backup",
         )
 
+    def share_with(self, target: RegistryStore) -> bool:
+        """Make the registry at `target` hold this registry's master key
+        versions, so that orgs copied there open (`crate org export-store`):
+        copied when it has none, accepted when it holds each of them with the
+        same key check. Returns whether it was copied; Conflict when `target`
+        holds other master keys."""
+        mine = self._load()
+        if not mine:
+            raise KeystoreError(f"there is no master key in {self.location}", "run: crate init")
+        with target.locked():
+            raw = target.load()
+            if raw is None:
+                target.save(_dump_registry(mine))
+                return True
+            held = {(v.version, v.check) for v in _parse_registry(raw, target.location)}
+            for v in mine:
+                if (v.version, v.check) not in held:
+                    raise Conflict(
+                        f"{target.location} holds other master keys than {self.location} "
+                        f"(master key v{v.version} differs)",
+                        "copy into a store that has no master key yet",
+                    )
+        return False
+
     def forget(self) -> None:
         """Drop every unlocked key (the agent, when it locks). Python cannot
         overwrite immutable bytes; dropping the last reference is what it can do."""
