@@ -156,11 +156,10 @@ def rotate_master() -> None:
     rewrapped in one transaction; an interrupted rotation is finished by
     running the command again. Old versions stay until crate keys prune.
     """
-    from crate_cli.config import file_lock
-
     session = Session.for_terminal()
-    # One rotation at a time: a slow one must not undo a later one.
-    with file_lock(session.home.keys_dir / ".rotate.lock"):
+    # One rotation at a time, across every process and replica on the store:
+    # a slow one must not undo a later one.
+    with session.storage.exclusive("rotate"):
         _rotate_master(session)
 
 

@@ -253,3 +253,24 @@ def test_a_killed_replica_and_a_restarted_postgresql_lose_no_acknowledged_write(
         from crate_cli.vault.storage.postgres import close_pools
 
         close_pools()
+
+
+def test_a_master_key_rotation_reaches_every_replica(team: Team) -> None:
+    """The registry is in the store: after `crate keys rotate master` on the
+    store, running replicas unlock the new version themselves (the same
+    passphrase slot) and keep serving; pruning the old one breaks nothing."""
+    team.create_orgs(("hot",))
+    replicas = [team.start_replica(), team.start_replica()]
+    for n, replica in enumerate(replicas):
+        team.client("hot", replica.url).store("dev", [("BEFORE", f"v{n}")])
+    team.crate("keys", "rotate", "master")
+    team.crate("keys", "prune")
+    for n, replica in enumerate(replicas):
+        client = team.client("hot", replica.url)
+        client.store("dev", [("AFTER", f"w{n}")])
+        (got,) = client.retrieve("dev", ["BEFORE"])
+        assert got.value == "v1"
+    status = team.crate("keys", "status")
+    assert "master key v2" in status and "master key v1" not in status
+    verified = json.loads(team.crate("audit", "verify", "--org", "hot", "--json"))
+    assert verified["entries"] >= 5

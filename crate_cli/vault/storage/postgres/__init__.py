@@ -268,6 +268,22 @@ class PostgresStorage:
         with store_errors(self.location):
             finish(pool, conn, "COMMIT")
 
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """A session-level advisory lock on a connection of its own, held with
+        no transaction open (so no idle-in-transaction timeout ends it); the
+        server drops it if this process dies."""
+        pool = self.pool
+        with store_errors(self.location), pool.connection(timeout=RECONNECT_S) as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"crate:{name}",))
+            try:
+                yield
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(
+                        "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (f"crate:{name}",)
+                    )
+
     def master_registry(self) -> PostgresRegistry:
         return PostgresRegistry(self)
 

@@ -9,9 +9,10 @@ for the same reasons.
 import contextlib
 import os
 from collections.abc import Callable, Hashable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from crate_cli.config import CrateHome, ensure_private_dir, fsync_dir
+from crate_cli.config import CrateHome, ensure_private_dir, file_lock, fsync_dir
 from crate_cli.errors import Conflict, NotFound
 from crate_cli.vault.names import check_org
 from crate_cli.vault.storage.interface import OrgStore
@@ -33,6 +34,9 @@ class SqliteStorage:
 
     def __init__(self, home: CrateHome) -> None:
         self.home = home
+
+    def exclusive(self, name: str) -> AbstractContextManager[None]:
+        return file_lock(self.home.keys_dir / f".{name}.lock")
 
     def master_registry(self) -> FileRegistry:
         """The home's `keys/master.json`: SQLite keeps the registry beside the

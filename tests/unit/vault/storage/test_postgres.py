@@ -351,3 +351,21 @@ def test_an_unreachable_store_is_reported_without_its_password() -> None:
     assert "hunter2" not in str(caught.value) and "hunter2" not in caught.value.diagnostics()
     assert "127.0.0.1" in str(caught.value)
     assert time.monotonic() - started < 6  # the first contact is not retried for long
+
+
+def test_a_long_task_runs_once_at_a_time_across_replicas(pg_url: str) -> None:
+    first, second = PostgresStorage(pg_url), PostgresStorage(f"{pg_url}?application_name=b")
+    order: list[str] = []
+
+    def other() -> None:
+        with second.exclusive("rotate"):
+            order.append("second")
+
+    with first.exclusive("rotate"):
+        thread = threading.Thread(target=other)
+        thread.start()
+        time.sleep(0.3)
+        order.append("first")
+    thread.join()
+    close_pools()
+    assert order == ["first", "second"]
