@@ -274,3 +274,51 @@ def test_a_master_key_rotation_reaches_every_replica(team: Team) -> None:
     assert "master key v2" in status and "master key v1" not in status
     verified = json.loads(team.crate("audit", "verify", "--org", "hot", "--json"))
     assert verified["entries"] >= 5
+
+
+@pytest.mark.slow
+def test_a_promoted_synchronous_standby_has_every_acknowledged_write(
+    tmp_path: Path, make_postgres: Callable[..., object]
+) -> None:
+    """Failover as PostgreSQL's tooling does it: the primary dies under load,
+    its synchronous standby is promoted, and the replicas, given both hosts
+    with target_session_attrs=read-write, carry on against it."""
+    from tests.support.postgres import DURABLE
+
+    primary = make_postgres(DURABLE)
+    primary.create_database("team")  # type: ignore[attr-defined]
+    standby = primary.standby()  # type: ignore[attr-defined]
+    try:
+        one, two = primary.dsn("team"), standby.dsn("team")  # type: ignore[attr-defined]
+        hosts = f"{one.rsplit('@', 1)[1].split('/')[0]},{two.rsplit('@', 1)[1].split('/')[0]}"
+        url = f"{one.rsplit('@', 1)[0]}@{hosts}/team?target_session_attrs=read-write"
+        team = Team(tmp_path, url)
+        team.create_orgs(("hot", "team1"))
+        team.start_replica()
+        team.start_replica()
+        events: dict[str, float] = {}
+
+        def failover() -> None:
+            time.sleep(2.0)
+            primary.kill()  # type: ignore[attr-defined]
+            events["primary killed"] = time.monotonic()
+            standby.promote()
+            events["promoted"] = time.monotonic()
+
+        thread = threading.Thread(target=failover)
+        thread.start()
+        orgs = ["hot" if i < 4 else "team1" for i in range(CLIENTS)]
+        names = ["HOT" if i < 4 else f"K{i}" for i in range(CLIENTS)]
+        load = run_clients(team, orgs, names, round_robin(team), 8.0)
+        thread.join()
+        before = [a for a in load.successes if a < events["primary killed"]]
+        assert before, "no write was acknowledged before the failover"
+        after = [t for t in load.successes if t > events["promoted"]]
+        assert after and after[0] - events["promoted"] < 5.0
+        check_invariants(team, load)  # read back from the promoted standby
+    finally:
+        team.stop()
+        standby.close()
+        from crate_cli.vault.storage.postgres import close_pools
+
+        close_pools()

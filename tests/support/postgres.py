@@ -80,7 +80,9 @@ BASE: dict[str, str] = {
 
 HBA = f"""\
 local all all trust
+local replication {SUPERUSER} trust
 host all {SUPERUSER} 127.0.0.1/32 trust
+host replication {SUPERUSER} 127.0.0.1/32 trust
 host all all 127.0.0.1/32 scram-sha-256
 """
 
@@ -322,6 +324,40 @@ class PostgresCluster:
         for segment in segments:
             segment.unlink(missing_ok=True)
         self.running = False
+
+    def standby(self, synchronous: bool = True) -> PostgresCluster:
+        """A streaming standby of this running cluster on a port of its own
+        (pg_basebackup -R), started. `synchronous`: this cluster's commits
+        then wait until the standby has them (set after the copy, so that the
+        standby does not inherit the setting: promoted with no standby of its
+        own, it would wait forever)."""
+        replica = PostgresCluster(self.settings)
+        as_server(["rm", "-rf", str(replica.data)], replica.dir)
+        replica._check(
+            "pg_basebackup",
+            *("-D", str(replica.data), "-h", str(self.socket_dir), "-p", str(self.port)),
+            *("-U", SUPERUSER, "-R", "-X", "stream", "--no-sync"),
+        )
+        replica._configure()
+        replica.password = self.password
+        replica._set_port(free_port())
+        done = replica._run("pg_ctl", "start", "-w", "-t", str(TIMEOUT), *replica._ctl_args())
+        if done.returncode != 0:
+            raise RuntimeError(f"the standby did not start:\n{replica.log_tail()}")
+        replica.running = True
+        if synchronous:
+            self.admin_sql("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            self.admin_sql("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + TIMEOUT
+            while not self.admin_sql("SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync'"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the standby never became synchronous")
+                time.sleep(0.05)
+        return replica
+
+    def promote(self) -> None:
+        """Make this standby a primary (pg_ctl promote waits until it is)."""
+        self._check("pg_ctl", "promote", "-w", "-t", str(TIMEOUT), "-D", str(self.data))
 
     def close(self) -> None:
         """Stop the server (immediate: nothing in it is kept) and remove its folder."""
