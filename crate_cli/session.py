@@ -74,9 +74,13 @@ def _postgres_storage(url: str) -> Storage:
     except ModuleNotFoundError as e:
         if not (e.name or "").startswith("psycopg"):
             raise
+        import sys
+
+        hint = "install crate with its postgres extra: pip install 'crate-cli[postgres]'"
+        if getattr(sys, "frozen", False):
+            hint = "use the one-folder build (crate-VERSION-OS-ARCH.tar.gz), which has it"
         raise CrateError(
-            "a PostgreSQL store needs psycopg, which is not installed with this crate",
-            "install crate with its postgres extra: pip install 'crate-cli[postgres]'",
+            "a PostgreSQL store needs psycopg, which this crate does not have", hint
         ) from None
     storage: Storage = PostgresStorage(url)
     return storage

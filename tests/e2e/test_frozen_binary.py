@@ -231,3 +231,8 @@ def test_the_onefile_build(tmp_path: Path) -> None:
     assert (code, out) == (5, VALUE), err
     code, out, err = run([onefile, "run", "--", "env"], env)
     assert "LD_LIBRARY_PATH" not in out and "_PYI" not in out and "_MEI" not in out, out
+    # No PostgreSQL driver in the one-file build (packaging/crate.spec): said plainly.
+    store = {**env, "CRATE_STORE": "postgresql://crate:hunter2@127.0.0.1:1/crate"}
+    code, out, err = run([onefile, "org", "list"], store)
+    assert code == 1 and "needs psycopg" in err and "one-folder build" in err, err
+    assert "hunter2" not in out + err
