@@ -58,8 +58,8 @@ def session_at(home: Path, store: str | None = None) -> Iterator[Session]:
     """A Session with no cached keys or connections, as a new crate process has.
 
     Its store is `store` ("": the home's files), by default CRATE_STORE of
-    this process's environment, as a crate started by the test would see it
-    (`acme_store` sets it for a test on PostgreSQL)."""
+    this process's environment, as a crate process with that environment
+    would choose (`acme_store` sets it for a test on PostgreSQL)."""
     environ = {"CRATE_HOME": str(home), "CRATE_KEYSTORE": "file"}
     store = os.environ.get("CRATE_STORE", "") if store is None else store
     if store:
@@ -172,7 +172,7 @@ def acme_store(
 @pytest.fixture
 def acme_home(acme_store: str, crate_home: Path, request: pytest.FixtureRequest) -> Path:
     """A private copy of the template home at CRATE_HOME (so the `crate`
-    fixture uses it), with org `acme` in `acme_store`."""
+    fixture uses it, on SQLite), with org `acme` in `acme_store`."""
     if acme_store:
         template, _ = request.getfixturevalue("pg_acme_template")
     else:
