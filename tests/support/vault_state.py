@@ -65,6 +65,28 @@ def run_sql(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[An
     return rows
 
 
+def run_pg_sql(
+    url: str, sql: str, params: tuple[Any, ...] = (), org: str | None = "acme"
+) -> list[tuple[Any, ...]]:
+    """One statement of `run_sql`'s (SQLite's `?` placeholders) run directly on
+    a PostgreSQL store and committed, as its owner could (the triggers stay).
+
+    Every row of a PostgreSQL store carries its org's `org_id`, which these
+    statements do not name: one is run only while `org` is the store's only
+    org (live or deleted), so it cannot touch another's rows. `org` None: the
+    statement scopes itself (it names org_id, or reads no org's rows)."""
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        if org is not None:
+            orgs = [name for (name,) in conn.execute("SELECT name FROM orgs ORDER BY id")]
+            assert orgs == [org], f"SQL for org {org!r} on a store of orgs {orgs}: scope it"
+        cursor = conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+        rows = cursor.fetchall() if cursor.description is not None else []
+    # Leaving the block committed the transaction.
+    return rows
+
+
 def restore_triggers(sql: Any) -> None:
     """Put back, with crate's exact text, every trigger a tampering test dropped:
     a careful attacker edits rows behind the triggers and then restores them,
