@@ -21,6 +21,7 @@ COMMANDS = {
     "keys": ("crate_cli.commands.keys", "keys"),
     "server": ("crate_cli.commands.server", "server"),
     "token": ("crate_cli.commands.token", "token"),
+    "store": ("crate_cli.commands.store", "store"),
     "login": ("crate_cli.commands.login", "login"),
     "logout": ("crate_cli.commands.login", "logout"),
     "agent": ("crate_cli.commands.agent", "agent"),

@@ -17,6 +17,7 @@ every replica unlocks the same master key versions.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -26,11 +27,12 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
 from crate_cli.clock import utc_now
-from crate_cli.errors import Conflict, NotFound, UnsupportedVersion
+from crate_cli.errors import Conflict, InvalidInput, NotFound, UnsupportedVersion
 from crate_cli.vault.names import check_org
 from crate_cli.vault.storage.interface import OrgStore
 from crate_cli.vault.storage.postgres.schema import (
     _SCHEMA_V1,
+    APP_GRANTS,
     MIGRATION_LOCK,
     MIGRATIONS,
     ORG_TABLES,
@@ -283,6 +285,41 @@ class PostgresStorage:
                     conn.execute(
                         "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (f"crate:{name}",)
                     )
+
+    def grant_app_role(self, role: str) -> list[str]:
+        """Give `role` what a replica needs and no more (run as the tables'
+        owner): every row it writes, but audit rows only to add and read, so
+        that neither UPDATE, DELETE nor TRUNCATE of the log, nor disabling its
+        trigger (the owner's DDL), is open to it. Returns the statements run."""
+        from psycopg import sql
+
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
+            raise InvalidInput(
+                f"not a role name crate grants to: {role[:64]!r}",
+                "use lower-case letters, digits and _ (a PostgreSQL role created beforehand)",
+            )
+        who = sql.Identifier(role)
+        statements = [
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(self._schema()), who),
+            sql.SQL("GRANT SELECT ON crate_schema TO {}").format(who),
+            *(
+                sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(rights), sql.Identifier(table), who)
+                for table, rights in APP_GRANTS.items()
+            ),
+            sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
+                sql.Identifier(self._schema()), who
+            ),
+        ]
+        done = []
+        pool = self.pool
+        with store_errors(self.location), pool.connection(RECONNECT_S) as conn, conn.transaction():
+            for statement in statements:
+                conn.execute(statement)
+                done.append(statement.as_string(conn))
+        return done
+
+    def _schema(self) -> str:
+        return str(self._one("SELECT current_schema()")[0])
 
     def master_registry(self) -> PostgresRegistry:
         return PostgresRegistry(self)

@@ -270,3 +270,32 @@ ORG_TABLES = (
     "org_audit_keys",
     "org_deks",
 )
+
+# What `crate store grant ROLE` gives the role replicas connect as, table by
+# table: the audit log only to add and read; revocations and ended
+# allowances never to change (DELETE only for deleting their org, which the
+# trigger checks); no DDL anywhere (only the tables' owner has it).
+APP_GRANTS = {
+    **dict.fromkeys(
+        (
+            "orgs",
+            "org_deks",
+            "org_rsa_keys",
+            "org_audit_keys",
+            "environments",
+            "secrets",
+            "secret_versions",
+            "env_snapshots",
+            "tokens",
+            "allowed_names",
+            "audit_anchor",
+            "audit_pending",
+            "write_ids",
+            "master_registry",
+        ),
+        "SELECT, INSERT, UPDATE, DELETE",
+    ),
+    "token_revocations": "SELECT, INSERT, DELETE",
+    "allowed_names_ended": "SELECT, INSERT, DELETE",
+    "audit_log": "SELECT, INSERT",
+}
