@@ -40,6 +40,10 @@ NOT_ON_THE_RUN_PATH = (
     "ssl",
     "crate_cli.display",
     "crate_cli.client.remote",
+    # The PostgreSQL store: psycopg costs about 150 ms, and a local vault needs none of it.
+    "psycopg",
+    "psycopg_pool",
+    "crate_cli.vault.storage.postgres",
 )
 
 RUN_AND_LIST_MODULES = """
