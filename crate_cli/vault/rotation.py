@@ -45,6 +45,10 @@ def rotate_org(
         if progress is not None and (done % 2000 == 0 or done == total):
             progress(done, total)
     with keys.store.write() as db:
+        if scheduled and keys.current_dek_version(db) >= planned:
+            # Decided again under the org's lock: another process or replica
+            # rotated since the snapshot, so the schedule is met already.
+            return keys.current_dek_version(db), 0
         new = _insert_data_key(db, keys, new_key)
         if new != planned:
             prepared.clear()  # another rotation came first: redo every row

@@ -114,6 +114,33 @@ def test_a_due_rotation_runs_before_a_write_and_says_it_was_scheduled(keys: OrgK
     }
 
 
+def test_a_scheduled_rotation_is_decided_again_under_the_lock(
+    keys: OrgKeys, home: Path, backend: Backend
+) -> None:
+    """Two replicas find the same rotation due at once: the one that gets the
+    org's lock second sees the new key and rotates nothing more."""
+    store(keys, "dev", {"A": "1"})
+
+    def other_replica_rotates_first(done: int, total: int) -> None:
+        with open_org(home, backend=backend) as other:
+            rotation.rotate_org(other, TESTER, scheduled=True)
+
+    version, rewrapped = rotation.rotate_org(
+        keys, TESTER, progress=other_replica_rotates_first, scheduled=True
+    )
+    assert (version, rewrapped) == (2, 0)
+    assert keys.current_dek_version(keys.store.direct) == 2  # one rotation, not two
+    entries = [e for e in audit_actions(keys) if e == "rotate-org"]
+    assert len(entries) == 1
+
+
+def audit_actions(keys: OrgKeys) -> list[str]:
+    from crate_cli.vault.storage.interface import AuditFilter
+
+    with keys.store.read() as db:
+        return [p.entry.action for p in db.audit_page(AuditFilter(), 100, None, None)]
+
+
 def test_a_rewrap_moves_every_org_key_to_the_new_master_version(
     home: Path, backend: Backend
 ) -> None:
