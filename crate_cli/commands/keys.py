@@ -109,7 +109,12 @@ def _status_tree(session: Session, rows: list[dict[str, Any]], orgs: list[dict[s
     from rich.markup import escape
     from rich.tree import Tree
 
-    tree = Tree(f"crate home {session.home.describe()}")
+    if session.local_store:
+        tree = Tree(f"crate home {session.home.describe()}")
+    else:
+        from crate_cli.vault.storage.urls import redact_store_url
+
+        tree = Tree(f"crate store {redact_store_url(session.store)}")
     for v in sorted(session.master.versions(), key=lambda v: v.version):
         current = (
             " (current)"

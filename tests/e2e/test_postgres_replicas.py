@@ -272,6 +272,7 @@ def test_a_master_key_rotation_reaches_every_replica(team: Team) -> None:
         assert got.value == "v1"
     status = team.crate("keys", "status")
     assert "master key v2" in status and "master key v1" not in status
+    assert "crate store postgresql://" in status and team.url.split("@")[0] not in status
     verified = json.loads(team.crate("audit", "verify", "--org", "hot", "--json"))
     assert verified["entries"] >= 5
 
