@@ -323,3 +323,20 @@ def test_a_promoted_synchronous_standby_has_every_acknowledged_write(
         from crate_cli.vault.storage.postgres import close_pools
 
         close_pools()
+
+
+def test_a_revoked_token_is_refused_by_every_replica_at_once(team: Team) -> None:
+    from crate_cli.errors import Unauthorized
+
+    team.create_orgs(("hot",))
+    replicas = [team.start_replica(), team.start_replica()]
+    victim = team.crate("token", "create", "victim", "--role", "reader", "--org", "hot").strip()
+    team.client("hot", replicas[0].url).store("dev", [("K", "v")])
+    for replica in replicas:
+        reader = SecretsClient(HttpTransport(replica.url, victim), "hot")
+        assert [s.value for s in reader.retrieve("dev", ["K"])] == ["v"]
+    team.crate("token", "revoke", "victim", "--org", "hot")
+    for replica in replicas:  # no cache anywhere: the next request is refused
+        reader = SecretsClient(HttpTransport(replica.url, victim), "hot")
+        with pytest.raises(Unauthorized):
+            reader.retrieve("dev", ["K"])
