@@ -56,6 +56,9 @@ CREDENTIAL_VARIABLES = (
     "CRATE_TPM2_PIN",
     "CRATE_TOKEN",
 )
+# What crate run's command never inherits: the credentials, and the store's
+# address, which usually carries the database password.
+NOT_INHERITED = (*CREDENTIAL_VARIABLES, "CRATE_STORE")
 
 
 class CrateHome(Record):

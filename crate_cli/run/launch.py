@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping
 
-from crate_cli.config import CREDENTIAL_VARIABLES
+from crate_cli.config import NOT_INHERITED
 from crate_cli.errors import CommandNotExecutable, CommandNotFound, CrateError
 from crate_cli.records import Record
 
@@ -36,9 +36,10 @@ def child_environment(
     inherit: bool = True,
 ) -> dict[str, str]:
     """The child's environment: inherited variables (all, or the minimal set),
-    overridden by the secrets unless preserved, without crate's credentials."""
+    overridden by the secrets unless preserved, without crate's credentials
+    or the store's address."""
     if inherit:
-        env = {k: v for k, v in inherited.items() if k not in CREDENTIAL_VARIABLES}
+        env = {k: v for k, v in inherited.items() if k not in NOT_INHERITED}
     else:
         env = {k: inherited[k] for k in MINIMAL_ENVIRONMENT if k in inherited}
     kept = set(env) if preserve is True else set(preserve or ()) & set(env)

@@ -84,3 +84,52 @@ def test_granting_on_the_home_s_files_is_refused(crate: CrateRunner) -> None:
     result = crate("store", "grant", "someone")
     assert result.returncode == ExitCode.USAGE
     assert "only a PostgreSQL store" in result.stderr
+
+
+def test_a_revocation_cannot_be_removed_by_pretending_its_org_deleted(
+    app_url: str, pg_url: str, tmp_path: Path
+) -> None:
+    owner = CrateRunner(tmp_path / "owner")
+    env = {"CRATE_STORE": pg_url, "CRATE_PASSPHRASE": "p4ss-word-long"}
+    owner("token", "create", "ci", "--role", "reader", "--org", "acme", env=env, check=True)
+    owner("token", "revoke", "ci", "--org", "acme", env=env, check=True)
+    with psycopg.connect(app_url) as conn:
+        # Tombstone the org, delete its revocation, bring it back: refused at the last step.
+        conn.execute("UPDATE orgs SET deleted_at = 'now' WHERE name = 'acme'")
+        conn.execute("DELETE FROM token_revocations")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="deletion final"):
+            conn.execute("UPDATE orgs SET deleted_at = NULL WHERE name = 'acme'")
+    with psycopg.connect(app_url) as conn:
+        # A temporary table named orgs must not stand in for crate's.
+        org_id = conn.execute("SELECT id FROM orgs WHERE name = 'acme'").fetchone()[0]
+        conn.execute("CREATE TEMP TABLE orgs (id bigint, deleted_at text)")
+        conn.execute("INSERT INTO pg_temp.orgs VALUES (%s, 'x')", (org_id,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permanent"):
+            conn.execute("DELETE FROM public.token_revocations")
+    with psycopg.connect(app_url) as conn:
+        assert conn.execute("SELECT count(*) FROM token_revocations").fetchone() == (1,)
+        assert conn.execute("SELECT deleted_at FROM orgs WHERE name = 'acme'").fetchone() == (None,)
+
+
+def test_a_function_planted_on_the_path_never_runs_as_crate(
+    postgres: PostgresCluster, app_url: str, pg_url: str, tmp_path: Path
+) -> None:
+    """Where others may create in the public schema (PostgreSQL 14 and older
+    allow it by default), a function shadowing a built-in one crate calls
+    must not run: crate resolves names in pg_catalog first."""
+    role = app_url.split("://", 1)[1].split(":", 1)[0]
+    postgres.admin_sql(f"GRANT CREATE ON SCHEMA public TO {role}", dbname=database_name(pg_url))
+    with psycopg.connect(app_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.loot (who text)")
+        conn.execute("GRANT INSERT ON public.loot TO PUBLIC")
+        conn.execute(
+            "CREATE FUNCTION public.hashtextextended(text, integer) RETURNS bigint "
+            "LANGUAGE sql AS $$ INSERT INTO public.loot VALUES (current_user) RETURNING 1 $$"
+        )
+        conn.execute("GRANT EXECUTE ON FUNCTION public.hashtextextended(text, integer) TO PUBLIC")
+    owner = CrateRunner(tmp_path / "owner")
+    env = {"CRATE_STORE": pg_url, "CRATE_PASSPHRASE": "p4ss-word-long"}
+    owner("keys", "rotate", "master", env=env, check=True)  # takes the store-wide lock
+    owner("secrets", "set", "A", "-", "--org", "acme", input="v", env=env, check=True)
+    with psycopg.connect(app_url) as conn:
+        assert conn.execute("SELECT count(*) FROM public.loot").fetchone() == (0,)

@@ -90,6 +90,17 @@ def test_the_option_does_not_reach_crate_runs_command(
         "--store", "sqlite", "run", "--", "sh", "-c", 'echo "$A ${CRATE_STORE-unset}"', check=True
     )
     assert result.stdout == "1 unset\n"
+    # Nor does CRATE_STORE, which usually carries the database's password.
+    result = crate(
+        "run",
+        "--",
+        "sh",
+        "-c",
+        'echo "$A ${CRATE_STORE-unset}"',
+        env={"CRATE_STORE": "sqlite"},
+        check=True,
+    )
+    assert result.stdout == "1 unset\n"
 
 
 def test_the_agent_serves_only_the_homes_own_vaults(crate: CrateRunner) -> None:

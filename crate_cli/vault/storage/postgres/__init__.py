@@ -21,13 +21,20 @@ import re
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
 from crate_cli.clock import utc_now
-from crate_cli.errors import Conflict, InvalidInput, NotFound, UnsupportedVersion
+from crate_cli.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StoreUnavailable,
+    UnsupportedVersion,
+)
 from crate_cli.vault.names import check_org
 from crate_cli.vault.storage.interface import OrgStore
 from crate_cli.vault.storage.postgres.schema import (
@@ -71,10 +78,31 @@ _POOLS_LOCK = threading.Lock()
 
 
 def _configure(conn: Connection[Any]) -> None:
+    """Every new connection: the timeouts, and names resolved in a fixed
+    order, PostgreSQL's own first, then the schema crate's tables are in
+    (the connection's current one: the URL or the role may choose it), the
+    session's temporary tables last (schema.py says why)."""
+    from psycopg import sql
+
+    schema = conn.execute("SELECT current_schema()").fetchone()
+    path: sql.Composable = sql.SQL("pg_catalog, pg_temp")
+    if schema is not None and schema[0] is not None:
+        path = sql.SQL("pg_catalog, {}, pg_temp").format(sql.Identifier(schema[0]))
     conn.execute(
-        f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'; "
-        f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_S}s'"
+        sql.SQL("SET search_path = {}; SET lock_timeout = {}; ").format(
+            path, sql.Literal(f"{LOCK_TIMEOUT_S}s")
+        )
+        + sql.SQL("SET idle_in_transaction_session_timeout = {}").format(
+            sql.Literal(f"{IDLE_IN_TRANSACTION_S}s")
+        )
     )
+
+
+def crate_schema(conn: Connection[Any]) -> str | None:
+    """The schema crate's tables are (or will be) in: the one after pg_catalog
+    on the path _configure set (None: it does not exist)."""
+    row = conn.execute("SELECT (pg_catalog.current_schemas(false))[2]").fetchone()
+    return None if row is None or row[0] is None else str(row[0])
 
 
 def _pool_for(url: str, where: str) -> ConnectionPool[Any]:
@@ -95,11 +123,29 @@ def _pool_for(url: str, where: str) -> ConnectionPool[Any]:
             )
             try:
                 migrate(pool, where)
+            except StoreUnavailable as e:
+                pool.close()
+                raise _diagnosed(url, where, e) from None
             except BaseException:
                 pool.close()
                 raise
             _POOLS[url] = pool
         return pool
+
+
+def _diagnosed(url: str, where: str, error: StoreUnavailable) -> StoreUnavailable:
+    """Why the first contact failed, as libpq says it (the pool keeps the
+    reason to itself): one direct attempt, its first line (libpq never
+    repeats a password)."""
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+    except psycopg.Error as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        password = urlsplit(url).password if "://" in url else None
+        if password and password in reason:
+            reason = type(e).__name__  # never, as far as libpq goes; still checked
+        return StoreUnavailable(f"cannot reach {where}: {reason}", error.hint)
+    return error
 
 
 def _quiet_pool_log() -> None:
@@ -142,7 +188,21 @@ def migrate(pool: ConnectionPool[Any], where: str) -> None:
     conn = get_connection(pool, where, "BEGIN", FIRST_CONTACT_S)
     try:
         with store_errors(where):
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s::bigint)", (MIGRATION_LOCK,))
+            schema = crate_schema(conn)
+            if schema is None:
+                raise UnsupportedVersion(
+                    f"{where} has no schema to keep crate's tables in",
+                    "create one the connecting role owns, or name it in the URL "
+                    "(options=-csearch_path=SCHEMA)",
+                )
+            from psycopg import sql
+
+            conn.execute(
+                sql.SQL("SET LOCAL search_path = {}, pg_catalog, pg_temp").format(
+                    sql.Identifier(schema)
+                )
+            )
             version = 0
             if _scalar(conn, "SELECT to_regclass('crate_schema')") is not None:
                 version = int(_scalar(conn, "SELECT version FROM crate_schema"))
@@ -153,7 +213,8 @@ def migrate(pool: ConnectionPool[Any], where: str) -> None:
                     "upgrade crate on this machine to use this store",
                 )
             if version == 0:
-                conn.execute(_SCHEMA_V1)
+                quoted = sql.Identifier(schema).as_string(conn)
+                conn.execute(_SCHEMA_V1.replace("@SCHEMA@", quoted))
                 conn.execute("INSERT INTO crate_schema (id, version) VALUES (1, 1)")
                 version = 1
             while version < SCHEMA_VERSION:
@@ -277,13 +338,18 @@ class PostgresStorage:
         server drops it if this process dies."""
         pool = self.pool
         with store_errors(self.location), pool.connection(timeout=RECONNECT_S) as conn:
-            conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"crate:{name}",))
+            conn.execute(
+                "SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtextextended(%s::text, 0))",
+                (f"crate:{name}",),
+            )
             try:
                 yield
             finally:
                 with contextlib.suppress(psycopg.Error):
                     conn.execute(
-                        "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (f"crate:{name}",)
+                        "SELECT pg_catalog.pg_advisory_unlock("
+                        "pg_catalog.hashtextextended(%s::text, 0))",
+                        (f"crate:{name}",),
                     )
 
     def grant_app_role(self, role: str) -> list[str]:
@@ -319,7 +385,10 @@ class PostgresStorage:
         return done
 
     def _schema(self) -> str:
-        return str(self._one("SELECT current_schema()")[0])
+        with store_errors(self.location), self.pool.connection(timeout=RECONNECT_S) as conn:
+            schema = crate_schema(conn)
+        assert schema is not None  # prepare() made the tables there
+        return schema
 
     def master_registry(self) -> PostgresRegistry:
         return PostgresRegistry(self)

@@ -15,6 +15,14 @@ lives, and environment snapshots are dropped as soon as what they copy changes.
 
 The schema version is one row; migrations run under a transaction-scoped
 advisory lock, so replicas starting together migrate once.
+
+Names resolve in a fixed order, `pg_catalog`, crate's schema, `pg_temp` last:
+for crate's sessions (set on every connection) and inside the trigger
+functions (`SET search_path`, `@SCHEMA@` being the schema the tables are made
+in), so that a function or table planted in another schema, or a temporary
+table, never stands in for PostgreSQL's or crate's own. An org's tombstone is
+final, so that a role that may write `orgs` cannot pretend an org deleted to
+remove its permanent rows and then bring it back.
 """
 
 SCHEMA_VERSION = 1
@@ -194,7 +202,8 @@ CREATE TABLE write_ids (
 );
 CREATE INDEX write_ids_by_time ON write_ids (org_id, at);
 
-CREATE FUNCTION crate_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION crate_append_only() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, @SCHEMA@, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION 'the audit log is append-only' USING ERRCODE = 'insufficient_privilege';
 END;
@@ -204,7 +213,8 @@ FOR EACH ROW EXECUTE FUNCTION crate_append_only();
 CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
 FOR EACH STATEMENT EXECUTE FUNCTION crate_append_only();
 
-CREATE FUNCTION crate_permanent() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION crate_permanent() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, @SCHEMA@, pg_temp AS $$
 BEGIN
     IF TG_OP = 'DELETE' AND EXISTS (
         SELECT 1 FROM orgs WHERE id = OLD.org_id AND deleted_at IS NOT NULL
@@ -223,7 +233,21 @@ FOR EACH STATEMENT EXECUTE FUNCTION crate_append_only();
 CREATE TRIGGER ended_no_truncate BEFORE TRUNCATE ON allowed_names_ended
 FOR EACH STATEMENT EXECUTE FUNCTION crate_append_only();
 
-CREATE FUNCTION crate_snapshot_stale() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION crate_org_row() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, @SCHEMA@, pg_temp AS $$
+BEGIN
+    IF OLD.deleted_at IS NOT NULL OR NEW.id <> OLD.id OR NEW.name <> OLD.name THEN
+        RAISE EXCEPTION 'an org''s name is fixed and its deletion final'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER orgs_tombstone_final BEFORE UPDATE ON orgs
+FOR EACH ROW EXECUTE FUNCTION crate_org_row();
+
+CREATE FUNCTION crate_snapshot_stale() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, @SCHEMA@, pg_temp AS $$
 BEGIN
     IF TG_TABLE_NAME = 'org_deks' THEN
         DELETE FROM env_snapshots WHERE org_id = NEW.org_id;

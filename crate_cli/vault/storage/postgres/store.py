@@ -37,6 +37,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from crate_cli.errors import (
     Conflict,
     CrateError,
+    InvalidInput,
     NotFound,
     StoreRetry,
     StoreUnavailable,
@@ -93,6 +94,19 @@ def translate(error: psycopg.Error | PoolTimeout, where: str) -> CrateError:
         return StoreRetry(f"the connection to {where} was lost; nothing was changed")
     if isinstance(error, pg_errors.IdleInTransactionSessionTimeout | pg_errors.QueryCanceled):
         return StoreUnavailable(f"{where}: the store ended a slow transaction ({primary})")
+    if isinstance(error, pg_errors.ReadOnlySqlTransaction):
+        return StoreUnavailable(
+            f"{where} is a read-only standby; nothing was changed",
+            "point the store at the primary, e.g. list every host with "
+            "target_session_attrs=read-write in the URL",
+        )
+    if isinstance(error, pg_errors.InsufficientPrivilege):
+        return CrateError(
+            f"{where} refused: {primary}",
+            "the store's owner gives a replica's role what it needs: crate store grant ROLE",
+        )
+    if isinstance(error, psycopg.DataError):  # a value out of PostgreSQL's range
+        return InvalidInput(f"a value is out of range for {where} ({primary})")
     if isinstance(error, psycopg.IntegrityError):
         return Conflict(f"the change conflicts with the contents of {where} ({primary})")
     if isinstance(error, pg_errors.DiskFull | pg_errors.InsufficientResources):

@@ -369,3 +369,30 @@ def test_a_long_task_runs_once_at_a_time_across_replicas(pg_url: str) -> None:
     thread.join()
     close_pools()
     assert order == ["first", "second"]
+
+
+def test_a_value_out_of_postgresql_s_range_is_bad_input_not_damage(keys: OrgKeys) -> None:
+    from crate_cli.errors import InvalidInput
+
+    store(keys, "dev", {"A": "v"})
+    with pytest.raises(InvalidInput, match="out of range"):
+        keys.store.direct.values("dev", ["A"], {"A": 10**20})
+
+
+def test_a_read_only_standby_says_so(make_postgres: Any, tmp_path: Path) -> None:
+    from crate_cli.errors import StoreUnavailable
+
+    primary = make_postgres()
+    primary.create_database("team")
+    primary_storage = PostgresStorage(primary.dsn("team"))
+    primary_storage.prepare()
+    standby = primary.standby(synchronous=False)
+    try:
+        on_standby = PostgresStorage(standby.dsn("team"))
+        assert on_standby.list_orgs() == []  # reads work
+        with pytest.raises(StoreUnavailable, match="read-only standby") as caught:
+            on_standby.create_org("acme", lambda store: None)
+        assert "target_session_attrs=read-write" in (caught.value.hint or "")
+    finally:
+        close_pools()
+        standby.close()
