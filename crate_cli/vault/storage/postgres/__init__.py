@@ -51,9 +51,8 @@ from crate_cli.vault.storage.postgres.store import (
     LOCK_TIMEOUT_S,
     RECONNECT_S,
     PostgresOrgStore,
-    finish,
-    get_connection,
     store_errors,
+    transaction,
 )
 from crate_cli.vault.storage.urls import redact_store_url
 
@@ -185,48 +184,40 @@ def _scalar(conn: Connection[Any], sql: str, params: tuple[Any, ...] = ()) -> An
 def migrate(pool: ConnectionPool[Any], where: str) -> None:
     """Create the schema, or bring it to SCHEMA_VERSION, under an advisory
     lock: replicas that start together migrate once."""
-    conn = get_connection(pool, where, "BEGIN", FIRST_CONTACT_S)
-    try:
-        with store_errors(where):
-            conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s::bigint)", (MIGRATION_LOCK,))
-            schema = crate_schema(conn)
-            if schema is None:
-                raise UnsupportedVersion(
-                    f"{where} has no schema to keep crate's tables in",
-                    "create one the connecting role owns, or name it in the URL "
-                    "(options=-csearch_path=SCHEMA)",
-                )
-            from psycopg import sql
-
-            conn.execute(
-                sql.SQL("SET LOCAL search_path = {}, pg_catalog, pg_temp").format(
-                    sql.Identifier(schema)
-                )
+    with transaction(pool, where, "BEGIN", FIRST_CONTACT_S) as conn:
+        conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s::bigint)", (MIGRATION_LOCK,))
+        schema = crate_schema(conn)
+        if schema is None:
+            raise UnsupportedVersion(
+                f"{where} has no schema to keep crate's tables in",
+                "create one the connecting role owns, or name it in the URL "
+                "(options=-csearch_path=SCHEMA)",
             )
-            version = 0
-            if _scalar(conn, "SELECT to_regclass('crate_schema')") is not None:
-                version = int(_scalar(conn, "SELECT version FROM crate_schema"))
-            if version > SCHEMA_VERSION:
-                raise UnsupportedVersion(
-                    f"{where} has schema version {version}, newer than this crate understands "
-                    f"({SCHEMA_VERSION}); it was left untouched",
-                    "upgrade crate on this machine to use this store",
-                )
-            if version == 0:
-                quoted = sql.Identifier(schema).as_string(conn)
-                conn.execute(_SCHEMA_V1.replace("@SCHEMA@", quoted))
-                conn.execute("INSERT INTO crate_schema (id, version) VALUES (1, 1)")
-                version = 1
-            while version < SCHEMA_VERSION:
-                conn.execute(MIGRATIONS[version])
-                version += 1
-                conn.execute("UPDATE crate_schema SET version = %s WHERE id = 1", (version,))
-    except BaseException:
-        with contextlib.suppress(psycopg.Error):
-            finish(pool, conn, "ROLLBACK")
-        raise
-    with store_errors(where):
-        finish(pool, conn, "COMMIT")
+        from psycopg import sql
+
+        conn.execute(
+            sql.SQL("SET LOCAL search_path = {}, pg_catalog, pg_temp").format(
+                sql.Identifier(schema)
+            )
+        )
+        version = 0
+        if _scalar(conn, "SELECT to_regclass('crate_schema')") is not None:
+            version = int(_scalar(conn, "SELECT version FROM crate_schema"))
+        if version > SCHEMA_VERSION:
+            raise UnsupportedVersion(
+                f"{where} has schema version {version}, newer than this crate understands "
+                f"({SCHEMA_VERSION}); it was left untouched",
+                "upgrade crate on this machine to use this store",
+            )
+        if version == 0:
+            quoted = sql.Identifier(schema).as_string(conn)
+            conn.execute(_SCHEMA_V1.replace("@SCHEMA@", quoted))
+            conn.execute("INSERT INTO crate_schema (id, version) VALUES (1, 1)")
+            version = 1
+        while version < SCHEMA_VERSION:
+            conn.execute(MIGRATIONS[version])
+            version += 1
+            conn.execute("UPDATE crate_schema SET version = %s WHERE id = 1", (version,))
 
 
 class PostgresStorage:
@@ -282,54 +273,36 @@ class PostgresStorage:
     def create_org(self, org: str, initialise: Callable[[OrgStore], None]) -> None:
         check_org(org)
         pool = self.pool
-        conn = get_connection(pool, self.location, "BEGIN ISOLATION LEVEL READ COMMITTED")
-        try:
-            with store_errors(self.location):
-                try:
-                    org_id = int(
-                        _scalar(
-                            conn,
-                            "INSERT INTO orgs (name, created_at) VALUES (%s, %s) RETURNING id",
-                            (org, utc_now()),
-                        )
+        with transaction(pool, self.location) as conn:
+            try:
+                org_id = int(
+                    _scalar(
+                        conn,
+                        "INSERT INTO orgs (name, created_at) VALUES (%s, %s) RETURNING id",
+                        (org, utc_now()),
                     )
-                except pg_errors.UniqueViolation:
-                    raise Conflict(f"organization {org!r} already exists") from None
-                conn.execute(
-                    "INSERT INTO audit_anchor (org_id, seq, mac, enabled, tag) "
-                    "VALUES (%s, 0, ''::bytea, 0, ''::bytea)",
-                    (org_id,),
                 )
-            store = PostgresOrgStore(pool, org, org_id, self._where(org), pinned=conn)
-            initialise(store)
-        except BaseException:
-            with contextlib.suppress(psycopg.Error):
-                finish(pool, conn, "ROLLBACK")
-            raise
-        with store_errors(self.location):
-            finish(pool, conn, "COMMIT")
+            except pg_errors.UniqueViolation:
+                raise Conflict(f"organization {org!r} already exists") from None
+            conn.execute(
+                "INSERT INTO audit_anchor (org_id, seq, mac, enabled, tag) "
+                "VALUES (%s, 0, ''::bytea, 0, ''::bytea)",
+                (org_id,),
+            )
+            initialise(PostgresOrgStore(pool, org, org_id, self._where(org), pinned=conn))
 
     def delete_org(self, org: str) -> None:
         check_org(org)
-        pool = self.pool
-        conn = get_connection(pool, self.location, "BEGIN ISOLATION LEVEL READ COMMITTED")
-        try:
-            with store_errors(self.location):
-                row = conn.execute(
-                    "UPDATE orgs SET deleted_at = %s WHERE name = %s AND deleted_at IS NULL "
-                    "RETURNING id",
-                    (utc_now(), org),
-                ).fetchone()
-                if row is None:
-                    raise NotFound(f"organization {org!r} does not exist")
-                for table in ORG_TABLES:
-                    conn.execute(f"DELETE FROM {table} WHERE org_id = %s", (row[0],))
-        except BaseException:
-            with contextlib.suppress(psycopg.Error):
-                finish(pool, conn, "ROLLBACK")
-            raise
-        with store_errors(self.location):
-            finish(pool, conn, "COMMIT")
+        with transaction(self.pool, self.location) as conn:
+            row = conn.execute(
+                "UPDATE orgs SET deleted_at = %s WHERE name = %s AND deleted_at IS NULL "
+                "RETURNING id",
+                (utc_now(), org),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"organization {org!r} does not exist")
+            for table in ORG_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE org_id = %s", (row[0],))
 
     @contextlib.contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
@@ -418,21 +391,13 @@ class PostgresRegistry:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        pool = self._storage.pool
-        conn = get_connection(pool, self.location, "BEGIN ISOLATION LEVEL READ COMMITTED")
-        self._local.conn = conn
-        try:
-            with store_errors(self.location):
-                conn.execute("SELECT 1 FROM master_registry WHERE id = 1 FOR UPDATE")
-            yield
-        except BaseException:
-            self._local.conn = None
-            with contextlib.suppress(psycopg.Error):
-                finish(pool, conn, "ROLLBACK")
-            raise
-        self._local.conn = None
-        with store_errors(self.location):
-            finish(pool, conn, "COMMIT")
+        with transaction(self._storage.pool, self.location) as conn:
+            conn.execute("SELECT 1 FROM master_registry WHERE id = 1 FOR UPDATE")
+            self._local.conn = conn
+            try:
+                yield
+            finally:
+                self._local.conn = None
 
     def save(self, data: bytes) -> None:
         conn = self._conn()

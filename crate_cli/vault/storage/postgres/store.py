@@ -167,6 +167,37 @@ def finish(pool: ConnectionPool[Any], conn: Connection[Any], statement: str) -> 
         pool.putconn(conn)
 
 
+@contextlib.contextmanager
+def transaction(
+    pool: ConnectionPool[Any],
+    where: str,
+    begin: str = "BEGIN ISOLATION LEVEL READ COMMITTED",
+    patience: float = RECONNECT_S,
+) -> Iterator[Connection[Any]]:
+    """One transaction on a pooled connection (the store's own work: creating,
+    deleting, migrating, the registry): rolled back if the block raises, else
+    committed. A connection lost during COMMIT leaves it unknown whether the
+    change was saved, and StoreUnavailable says so (never StoreRetry, which
+    promises nothing was)."""
+    conn = get_connection(pool, where, begin, patience)
+    try:
+        with store_errors(where):
+            yield conn
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            finish(pool, conn, "ROLLBACK")
+        raise
+    try:
+        finish(pool, conn, "COMMIT")
+    except (psycopg.Error, PoolTimeout) as e:
+        if connection_lost(e, conn):
+            raise StoreUnavailable(
+                f"the connection to {where} was lost while saving; the change may have been saved",
+                "check (e.g. crate org list) before doing it again",
+            ) from None
+        raise translate(e, where) from None
+
+
 class PostgresOrgStore:
     """An open org of a PostgreSQL store. Use `write()` for every change."""
 

@@ -396,3 +396,24 @@ def test_a_read_only_standby_says_so(make_postgres: Any, tmp_path: Path) -> None
     finally:
         close_pools()
         standby.close()
+
+
+def test_a_lost_commit_of_the_store_s_own_work_says_it_may_have_been_saved(
+    storage: PostgresStorage, master: MasterKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creating an org whose COMMIT answer is lost: never "nothing was changed"
+    (it was), but "may have been saved"."""
+    from crate_cli.errors import StoreUnavailable
+
+    real_finish = pg_store.finish
+
+    def finish_then_lose(pool: Any, conn: Any, statement: str) -> None:
+        real_finish(pool, conn, statement)
+        if statement == "COMMIT":
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(pg_store, "finish", finish_then_lose)
+    with pytest.raises(StoreUnavailable, match="may have been saved"):
+        create_org(storage, master, "lost")
+    monkeypatch.undo()
+    assert storage.list_orgs() == ["lost"]
